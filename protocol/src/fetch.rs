@@ -1,0 +1,94 @@
+//! The data-plane protocol (`zorgmesh/fetch/1` over QUIC): one request per bidirectional
+//! stream, answered by a stream of frames.
+//!
+//! Framing: each frame is a `u32` little-endian length followed by that many bytes of an
+//! encoded [`FetchRequest`] or [`FetchFrame`]. The client sends one request and finishes its
+//! send side; the server answers with zero or more `Resource` frames and exactly one `End`
+//! or `Error` frame, then finishes.
+
+use crate::codec::{self, DecodeError};
+use crate::patient::PatientKey;
+
+/// ALPN protocol id of the data plane.
+pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/1";
+/// Largest request frame.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// Largest response frame (one resource).
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// Most resources one response may carry.
+pub const MAX_RESOURCES_PER_RESPONSE: u32 = 200_000;
+
+/// What a client asks a holder.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum FetchRequest {
+    /// Tag 0: every resource the holder has for the patient.
+    PatientResources {
+        /// The patient's pseudonym.
+        patient: PatientKey,
+    },
+}
+
+/// Why a holder refused or failed a request. Tags are stable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum FetchErrorCode {
+    /// Tag 0: the request could not be decoded.
+    BadRequest,
+    /// Tag 1: the holder has no data for the patient.
+    NotFound,
+    /// Tag 2: the holder failed internally.
+    Internal,
+    /// Tag 3: the holder is overloaded; try later.
+    Busy,
+}
+
+/// One frame of a response.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum FetchFrame {
+    /// Tag 0: one FHIR resource as JSON.
+    Resource {
+        /// The resource's JSON bytes (UTF-8).
+        json: Vec<u8>,
+    },
+    /// Tag 1: the response is complete.
+    End {
+        /// Number of `Resource` frames sent.
+        count: u32,
+    },
+    /// Tag 2: the request failed.
+    Error {
+        /// Machine-readable reason.
+        code: FetchErrorCode,
+        /// Human-readable explanation.
+        message: String,
+    },
+}
+
+impl FetchRequest {
+    /// Encodes the request (without the length prefix).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+    /// Decodes a request body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode(bytes, MAX_REQUEST_BYTES)
+    }
+}
+
+impl FetchFrame {
+    /// Encodes the frame (without the length prefix).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+    /// Decodes a frame body.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        codec::decode(bytes, MAX_FRAME_BYTES)
+    }
+}
+
+/// Prefixes `body` with its `u32` little-endian length.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}

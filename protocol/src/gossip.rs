@@ -1,0 +1,59 @@
+//! Messages on the gossip mesh, and the registry of protocol identifiers.
+
+use crate::batch::{SignedBatch, MAX_BATCH_BYTES};
+use crate::codec::{self, DecodeError};
+use crate::record::{SignedNodeRecord, MAX_CERTIFICATE_BYTES};
+
+/// Every versioned protocol id zorgmesh speaks, newest first per family. A retired id is
+/// never reused for something else.
+pub const PROTOCOL_IDS: &[&str] = &[LOCATOR_TOPIC_VERSION, FETCH_ALPN_STR];
+
+/// Version suffix of the locator gossip topic.
+pub const LOCATOR_TOPIC_VERSION: &str = "/zorgmesh/locators/1";
+/// ALPN of the QUIC data plane (see [`crate::fetch`]).
+pub const FETCH_ALPN_STR: &str = "zorgmesh/fetch/1";
+
+/// Largest gossip message.
+pub const MAX_GOSSIP_BYTES: usize = MAX_BATCH_BYTES + MAX_CERTIFICATE_BYTES + 4096;
+
+/// The gossip topic for locator batches of a network: one national topic (see
+/// docs/ARCHITECTURE.md for why not one per region).
+pub fn locator_topic(network: &str) -> String {
+    format!("{LOCATOR_TOPIC_VERSION}/{network}")
+}
+
+/// A message on the locator topic. Tags are `u32` in declaration order; never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub enum GossipMessage {
+    /// Tag 0: a batch with the publisher's current node record.
+    Batch {
+        /// The publisher's signed record (certificate and data-plane address).
+        record: SignedNodeRecord,
+        /// The signed batch.
+        batch: SignedBatch,
+    },
+}
+
+impl GossipMessage {
+    /// Encodes for the wire.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decodes and structurally validates a gossip message.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let message: Self = codec::decode(bytes, MAX_GOSSIP_BYTES)?;
+        match &message {
+            GossipMessage::Batch { record, batch } => {
+                record.record.validate()?;
+                batch.body.validate()?;
+                if record.record.node != batch.body.publisher {
+                    return Err(DecodeError::Invalid(
+                        "the node record and the batch name different nodes".into(),
+                    ));
+                }
+            }
+        }
+        Ok(message)
+    }
+}

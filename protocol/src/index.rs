@@ -1,0 +1,319 @@
+//! The locator index every node keeps: which holders have data for which patient.
+//!
+//! Batches enter through [`LocatorIndex::receive_batch`], which decides, without any I/O,
+//! whether a batch is applied, a harmless duplicate, buffered behind a gap, or rejected.
+//! Gossip maps the verdicts onto accept / ignore / reject, which feed peer scoring.
+
+use crate::batch::{SignatureError, SignedBatch, FIRST_SEQUENCE, GENESIS_HASH};
+use crate::codec::DecodeError;
+use crate::identity::PublisherInfo;
+use crate::locator::{LocatorEntry, NodeId};
+use crate::patient::PatientKey;
+use std::collections::{BTreeMap, HashMap};
+
+/// Bounds of an index.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexLimits {
+    /// Out-of-order batches buffered per publisher while waiting for a gap to fill.
+    pub max_pending_per_publisher: usize,
+    /// Publishers the index accepts.
+    pub max_publishers: usize,
+}
+
+impl Default for IndexLimits {
+    fn default() -> Self {
+        Self {
+            max_pending_per_publisher: 256,
+            max_publishers: 100_000,
+        }
+    }
+}
+
+/// What happened to a batch the index accepted or ignored.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The batch (and any buffered batches it unblocked) entered the index.
+    Applied {
+        /// Sequence numbers applied, in order.
+        sequences: Vec<u64>,
+        /// Patients whose entry changed.
+        patients: Vec<PatientKey>,
+    },
+    /// The index already has this batch.
+    Duplicate,
+    /// The batch is valid but earlier batches are missing; it waits in a bounded buffer.
+    Buffered {
+        /// First missing sequence number.
+        missing_from: u64,
+        /// Last missing sequence number.
+        missing_to: u64,
+    },
+}
+
+/// Why the index refused a batch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchRejection {
+    /// No verified certificate is known for the publisher.
+    #[error("publisher {0} has no verified certificate in this network")]
+    UnknownPublisher(NodeId),
+    /// The publisher's certificate is not valid at `now`.
+    #[error("publisher {0}'s certificate is not valid now")]
+    CertificateNotValid(NodeId),
+    /// The batch breaks a structural rule.
+    #[error(transparent)]
+    Invalid(#[from] DecodeError),
+    /// The signature does not verify.
+    #[error("bad signature: {0}")]
+    Signature(#[from] SignatureError),
+    /// The publisher signed two different batches with the same sequence number.
+    #[error("publisher {publisher} forked its log at sequence {sequence}")]
+    Fork {
+        /// The publisher.
+        publisher: NodeId,
+        /// The sequence number signed twice.
+        sequence: u64,
+    },
+    /// The batch's `previous_hash` does not match the batch before it.
+    #[error("batch {sequence} of {publisher} does not chain to the batch before it")]
+    BrokenChain {
+        /// The publisher.
+        publisher: NodeId,
+        /// The batch's sequence number.
+        sequence: u64,
+    },
+    /// The buffer for out-of-order batches of this publisher is full.
+    #[error("too many out-of-order batches buffered for {0}")]
+    BufferFull(NodeId),
+}
+
+impl BatchRejection {
+    /// True when the sender of the batch is at fault (the verdict should lower its score);
+    /// false when the batch was merely not useful now.
+    pub fn is_misbehaviour(&self) -> bool {
+        !matches!(self, BatchRejection::BufferFull(_))
+    }
+}
+
+/// A holder of a patient's data, as the index knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderLocation {
+    /// The holder's certificate facts.
+    pub info: PublisherInfo,
+    /// Its data-plane address, if a node record has been seen.
+    pub data_address: Option<String>,
+    /// Its locator entry for the patient.
+    pub entry: LocatorEntry,
+}
+
+#[derive(Debug)]
+struct PublisherState {
+    info: PublisherInfo,
+    data_address: Option<String>,
+    record_issued_at_ms: u64,
+    next_sequence: u64,
+    head_hash: [u8; 32],
+    pending: BTreeMap<u64, SignedBatch>,
+}
+
+/// The sans-IO locator index.
+#[derive(Debug, Default)]
+pub struct LocatorIndex {
+    limits: IndexLimits,
+    publishers: HashMap<NodeId, PublisherState>,
+    patients: HashMap<PatientKey, BTreeMap<NodeId, LocatorEntry>>,
+    live_entries: usize,
+}
+
+impl LocatorIndex {
+    /// An empty index.
+    pub fn new(limits: IndexLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// Records a publisher whose certificate chain the caller has verified. Returns false
+    /// when the index is full and the publisher is new.
+    pub fn admit_publisher(&mut self, info: PublisherInfo) -> bool {
+        if let Some(state) = self.publishers.get_mut(&info.node) {
+            state.info = info;
+            return true;
+        }
+        if self.publishers.len() >= self.limits.max_publishers {
+            return false;
+        }
+        self.publishers.insert(
+            info.node,
+            PublisherState {
+                info,
+                data_address: None,
+                record_issued_at_ms: 0,
+                next_sequence: FIRST_SEQUENCE,
+                head_hash: GENESIS_HASH,
+                pending: BTreeMap::new(),
+            },
+        );
+        true
+    }
+
+    /// True when the publisher has been admitted.
+    pub fn knows_publisher(&self, node: &NodeId) -> bool {
+        self.publishers.contains_key(node)
+    }
+
+    /// Records a publisher's data-plane address from a verified node record; older records
+    /// than the one held are ignored.
+    pub fn update_address(&mut self, node: &NodeId, address: &str, issued_at_ms: u64) {
+        if let Some(state) = self.publishers.get_mut(node) {
+            if issued_at_ms >= state.record_issued_at_ms {
+                state.record_issued_at_ms = issued_at_ms;
+                state.data_address = Some(address.to_owned());
+            }
+        }
+    }
+
+    /// Feeds one batch to the index.
+    pub fn receive_batch(
+        &mut self,
+        batch: SignedBatch,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, BatchRejection> {
+        let publisher = batch.body.publisher;
+        let limits = self.limits;
+        let state = self
+            .publishers
+            .get_mut(&publisher)
+            .ok_or(BatchRejection::UnknownPublisher(publisher))?;
+        if now_ms < state.info.valid_from_ms || now_ms > state.info.valid_until_ms {
+            return Err(BatchRejection::CertificateNotValid(publisher));
+        }
+        batch.body.validate()?;
+        let sequence = batch.body.sequence;
+        if sequence < state.next_sequence {
+            // Old news, unless it contradicts the head we hold.
+            if sequence + 1 == state.next_sequence && batch.body.hash() != state.head_hash {
+                batch.verify()?;
+                return Err(BatchRejection::Fork {
+                    publisher,
+                    sequence,
+                });
+            }
+            return Ok(BatchOutcome::Duplicate);
+        }
+        batch.verify()?;
+        if sequence > state.next_sequence {
+            if let Some(held) = state.pending.get(&sequence) {
+                if held.body.hash() != batch.body.hash() {
+                    return Err(BatchRejection::Fork {
+                        publisher,
+                        sequence,
+                    });
+                }
+                return Ok(BatchOutcome::Duplicate);
+            }
+            if state.pending.len() >= limits.max_pending_per_publisher {
+                return Err(BatchRejection::BufferFull(publisher));
+            }
+            let missing_from = state.next_sequence;
+            state.pending.insert(sequence, batch);
+            let missing_to = (missing_from..)
+                .find(|s| state.pending.contains_key(s))
+                .map_or(sequence - 1, |s| s - 1);
+            return Ok(BatchOutcome::Buffered {
+                missing_from,
+                missing_to,
+            });
+        }
+        if batch.body.previous_hash != state.head_hash {
+            return Err(BatchRejection::BrokenChain {
+                publisher,
+                sequence,
+            });
+        }
+        // Apply this batch and every buffered batch that now follows on.
+        let mut sequences = Vec::new();
+        let mut patients = Vec::new();
+        let mut next = Some(batch);
+        while let Some(current) = next.take() {
+            state.head_hash = current.body.hash();
+            state.next_sequence = current.body.sequence + 1;
+            sequences.push(current.body.sequence);
+            for entry in current.body.entries {
+                patients.push(entry.patient);
+                let holders = self.patients.entry(entry.patient).or_default();
+                let was_live = holders.get(&publisher).is_some_and(|e| !e.retracted);
+                let is_live = !entry.retracted;
+                match (was_live, is_live) {
+                    (false, true) => self.live_entries += 1,
+                    (true, false) => self.live_entries -= 1,
+                    _ => {}
+                }
+                holders.insert(publisher, entry);
+            }
+            if let Some(candidate) = state.pending.remove(&state.next_sequence) {
+                if candidate.body.previous_hash == state.head_hash {
+                    next = Some(candidate);
+                } else {
+                    // A buffered batch that does not chain is dropped; sync will refetch.
+                    state.pending.clear();
+                }
+            }
+        }
+        state.pending.retain(|s, _| *s > state.next_sequence);
+        Ok(BatchOutcome::Applied {
+            sequences,
+            patients,
+        })
+    }
+
+    /// The holders that currently have data for a patient (retracted entries left out),
+    /// ordered by node id.
+    pub fn holders(&self, patient: &PatientKey) -> Vec<HolderLocation> {
+        let Some(holders) = self.patients.get(patient) else {
+            return Vec::new();
+        };
+        holders
+            .iter()
+            .filter(|(_, entry)| !entry.retracted)
+            .filter_map(|(node, entry)| {
+                let state = self.publishers.get(node)?;
+                Some(HolderLocation {
+                    info: state.info.clone(),
+                    data_address: state.data_address.clone(),
+                    entry: entry.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Number of live (not retracted) entries.
+    pub fn live_entries(&self) -> usize {
+        self.live_entries
+    }
+
+    /// Number of patients with at least one entry (live or retracted).
+    pub fn patient_count(&self) -> usize {
+        self.patients.len()
+    }
+
+    /// For each publisher, the last applied sequence number (0 when none).
+    pub fn publisher_heads(&self) -> BTreeMap<NodeId, u64> {
+        self.publishers
+            .iter()
+            .map(|(node, state)| (*node, state.next_sequence - 1))
+            .collect()
+    }
+
+    /// Certificate facts of a publisher.
+    pub fn publisher(&self, node: &NodeId) -> Option<&PublisherInfo> {
+        self.publishers.get(node).map(|s| &s.info)
+    }
+
+    /// Facts and data-plane address of every known publisher.
+    pub fn publishers(&self) -> impl Iterator<Item = (&PublisherInfo, Option<&str>)> {
+        self.publishers
+            .values()
+            .map(|s| (&s.info, s.data_address.as_deref()))
+    }
+}

@@ -1,0 +1,40 @@
+//! # zorgmesh-protocol
+//!
+//! The wire types, signing rules and the **sans-IO protocol core** of zorgmesh.
+//!
+//! Nothing in this crate opens a socket, reads a clock or draws OS randomness: every
+//! operation takes its inputs (and `now`, in milliseconds since the Unix epoch) and returns
+//! outputs. `zorgmesh-node` drives it from libp2p, quinn and HTTP; a simulator can drive the
+//! very same code in virtual time.
+//!
+//! How a locator flows through this crate:
+//!
+//! 1. [`patient::PatientKey::derive`] turns a BSN into a 32-byte pseudonym under the
+//!    network's [`patient::LocatorKey`].
+//! 2. A holder stages a [`locator::LocatorEntry`] in its [`publisher::PublisherLog`], which
+//!    cuts a [`batch::SignedBatch`] by size or time window.
+//! 3. The batch travels in a [`gossip::GossipMessage`]; every receiver feeds it to its
+//!    [`index::LocatorIndex`], which checks publisher authority, signature and sequence.
+//! 4. [`resolve::ResolutionPlan`] turns an index lookup into per-holder fetches with
+//!    deadlines; the data plane speaks [`fetch`] frames.
+//!
+//! Every byte layout is specified in `protocol/SPEC.md` and pinned by golden vectors.
+
+pub mod batch;
+pub mod codec;
+pub mod fetch;
+pub mod gossip;
+pub mod identity;
+pub mod index;
+pub mod locator;
+pub mod patient;
+pub mod publisher;
+pub mod record;
+pub mod resolve;
+
+pub use batch::{BatchBody, SignedBatch};
+pub use identity::{NodeRole, PublisherInfo};
+pub use index::LocatorIndex;
+pub use locator::{LocatorEntry, NodeId, ResourceCount};
+pub use patient::{Bsn, LocatorKey, PatientKey};
+pub use publisher::{BatchPolicy, PublisherLog};

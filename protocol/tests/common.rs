@@ -1,0 +1,67 @@
+//! Fixtures shared by the protocol tests: fixed keys and a small batch.
+#![allow(dead_code)]
+
+use ed25519_dalek::SigningKey;
+use zorgmesh_protocol::batch::{BatchBody, SignedBatch, GENESIS_HASH};
+use zorgmesh_protocol::identity::{NodeRole, PublisherInfo};
+use zorgmesh_protocol::locator::{LocatorEntry, NodeId, ResourceCount};
+use zorgmesh_protocol::patient::{Bsn, LocatorKey, PatientKey};
+
+pub fn publisher_key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+pub fn node_id(key: &SigningKey) -> NodeId {
+    NodeId(key.verifying_key().to_bytes())
+}
+
+pub fn locator_key() -> LocatorKey {
+    LocatorKey::from_bytes([42u8; 32])
+}
+
+pub fn entry(key: &SigningKey, bsn: &str, counts: &[(&str, u32)]) -> LocatorEntry {
+    LocatorEntry {
+        patient: PatientKey::derive(&locator_key(), &Bsn::parse(bsn).unwrap()),
+        holder: node_id(key),
+        counts: counts
+            .iter()
+            .map(|(t, c)| ResourceCount {
+                resource_type: (*t).to_owned(),
+                count: *c,
+            })
+            .collect(),
+        updated_at_ms: 1_767_225_600_000,
+        retracted: false,
+    }
+}
+
+/// The golden batch: sequence 1, two entries, fixed time.
+pub fn golden_batch() -> SignedBatch {
+    let key = publisher_key();
+    let mut entries = vec![
+        entry(&key, "999911120", &[("Condition", 2), ("Patient", 1)]),
+        entry(&key, "111222333", &[("Observation", 5)]),
+    ];
+    entries.sort_by_key(|e| e.patient);
+    BatchBody {
+        publisher: node_id(&key),
+        sequence: 1,
+        previous_hash: GENESIS_HASH,
+        created_at_ms: 1_767_225_600_500,
+        entries,
+    }
+    .sign(&key)
+}
+
+pub fn publisher_info(key: &SigningKey) -> PublisherInfo {
+    PublisherInfo {
+        node: node_id(key),
+        name: "umcg".into(),
+        organisation_ura: "00000001".into(),
+        organisation_name: "UMC Groningen".into(),
+        region: "noord".into(),
+        role: NodeRole::Institution,
+        valid_from_ms: 0,
+        valid_until_ms: u64::MAX,
+    }
+}

@@ -1,0 +1,148 @@
+//! The locator index's verdicts: order, gaps, forks, unknown and expired publishers.
+
+mod common;
+
+use zorgmesh_protocol::batch::BatchBody;
+use zorgmesh_protocol::index::{BatchOutcome, BatchRejection, IndexLimits};
+use zorgmesh_protocol::publisher::{BatchPolicy, PublisherLog};
+use zorgmesh_protocol::LocatorIndex;
+
+fn three_batches() -> Vec<zorgmesh_protocol::SignedBatch> {
+    let key = common::publisher_key();
+    let mut log = PublisherLog::new(common::node_id(&key), BatchPolicy::default(), None);
+    let mut out = Vec::new();
+    for (i, bsn) in ["999911120", "111222333", "123456782"].iter().enumerate() {
+        log.stage(common::entry(&key, bsn, &[("Patient", 1)]), i as u64);
+        out.push(log.flush(i as u64, &key).unwrap());
+    }
+    out
+}
+
+#[test]
+fn batches_in_order_are_applied() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    for batch in three_batches() {
+        assert!(matches!(
+            index.receive_batch(batch, 10).unwrap(),
+            BatchOutcome::Applied { .. }
+        ));
+    }
+    assert_eq!(index.live_entries(), 3);
+    assert_eq!(index.publisher_heads()[&common::node_id(&key)], 3);
+}
+
+#[test]
+fn a_gap_is_buffered_then_filled() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    let batches = three_batches();
+    assert_eq!(
+        index.receive_batch(batches[2].clone(), 10).unwrap(),
+        BatchOutcome::Buffered {
+            missing_from: 1,
+            missing_to: 2
+        }
+    );
+    assert_eq!(index.live_entries(), 0);
+    index.receive_batch(batches[0].clone(), 10).unwrap();
+    let outcome = index.receive_batch(batches[1].clone(), 10).unwrap();
+    assert!(
+        matches!(outcome, BatchOutcome::Applied { ref sequences, .. } if sequences == &[2, 3]),
+        "{outcome:?}"
+    );
+    assert_eq!(index.live_entries(), 3);
+    assert_eq!(
+        index.receive_batch(batches[0].clone(), 10).unwrap(),
+        BatchOutcome::Duplicate
+    );
+}
+
+#[test]
+fn unknown_publisher_is_rejected() {
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    let err = index
+        .receive_batch(common::golden_batch(), 10)
+        .unwrap_err();
+    assert!(matches!(err, BatchRejection::UnknownPublisher(_)));
+    assert!(err.is_misbehaviour());
+}
+
+#[test]
+fn expired_certificate_is_rejected() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    let mut info = common::publisher_info(&key);
+    info.valid_until_ms = 5;
+    index.admit_publisher(info);
+    assert!(matches!(
+        index.receive_batch(common::golden_batch(), 10),
+        Err(BatchRejection::CertificateNotValid(_))
+    ));
+}
+
+#[test]
+fn a_second_batch_with_the_same_sequence_is_a_fork() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    index.receive_batch(common::golden_batch(), 10).unwrap();
+    let mut other: BatchBody = common::golden_batch().body;
+    other.created_at_ms += 1;
+    let forged = other.sign(&key);
+    assert!(matches!(
+        index.receive_batch(forged, 10),
+        Err(BatchRejection::Fork { sequence: 1, .. })
+    ));
+}
+
+#[test]
+fn a_batch_signed_by_another_key_is_rejected() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    let intruder = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let mut batch = common::golden_batch();
+    batch.signature = {
+        use ed25519_dalek::Signer;
+        intruder.sign(&batch.body.signing_bytes()).to_bytes()
+    };
+    assert!(matches!(
+        index.receive_batch(batch, 10),
+        Err(BatchRejection::Signature(_))
+    ));
+    assert_eq!(index.live_entries(), 0);
+}
+
+#[test]
+fn publisher_log_cuts_by_size_and_window() {
+    let key = common::publisher_key();
+    let policy = BatchPolicy {
+        max_entries: 2,
+        window_ms: 100,
+    };
+    let mut log = PublisherLog::new(common::node_id(&key), policy, None);
+    log.stage(common::entry(&key, "999911120", &[("Patient", 1)]), 0);
+    assert_eq!(log.next_deadline(), Some(100));
+    assert!(log.poll(50, &key).is_none());
+    assert!(log.poll(100, &key).is_some());
+    log.stage(common::entry(&key, "999911120", &[("Patient", 1)]), 200);
+    log.stage(common::entry(&key, "111222333", &[("Patient", 1)]), 201);
+    let batch = log.poll(201, &key).expect("size reached");
+    assert_eq!(batch.body.sequence, 2);
+    assert_eq!(batch.body.entries.len(), 2);
+    assert!(log.poll(10_000, &key).is_none());
+}
+
+#[test]
+fn batch_verification_finds_the_bad_one() {
+    let mut batches = three_batches();
+    batches[1].signature[0] ^= 1;
+    let refs: Vec<_> = batches.iter().collect();
+    let results = zorgmesh_protocol::SignedBatch::verify_many(&refs);
+    assert!(results[0].is_ok());
+    assert!(results[1].is_err());
+    assert!(results[2].is_ok());
+}
