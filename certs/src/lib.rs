@@ -1,1 +1,49 @@
+//! # zorgmesh-certs
+//!
+//! The network's trust material:
+//!
+//! - the **trust anchor**: a self-signed ed25519 CA certificate for one network;
+//! - **node certificates** (X.509) that bind a node's ed25519 key to its name, organisation
+//!   (URA and name), region and role, carried in a zorgmesh identity extension;
+//! - the network **locator key**, under which BSNs become patient keys.
+//!
+//! One ed25519 key per node is its libp2p identity, its TLS identity and its batch-signing
+//! key. [`TrustAnchor::verify_node_certificate`] is the one place that decides whether a
+//! certificate belongs to this network.
 
+mod authority;
+mod files;
+mod identity;
+mod verify;
+
+pub use authority::{CertificateAuthority, IssuedNode};
+pub use files::{
+    read_certificate, read_locator_key, read_signing_key, write_certificate, write_locator_key,
+    write_private_file, write_signing_key,
+    CaFiles, FileError, NodeFiles,
+};
+pub use identity::{NodeIdentity, IDENTITY_EXTENSION_OID};
+pub use verify::{CertError, TrustAnchor, VerifiedNode};
+
+/// The DNS name a node's certificate carries (and TLS clients ask for).
+pub fn node_dns_name(node_name: &str) -> String {
+    format!("{node_name}.node.zorgmesh")
+}
+
+/// Checks that a node, region or network name is a lower-case DNS label.
+pub fn validate_label(kind: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} {value:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        ))
+    }
+}

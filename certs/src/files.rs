@@ -1,0 +1,210 @@
+//! Reading and writing trust material. Private keys are written owner-only (0600), through
+//! a temporary file that is renamed into place, so a crash never leaves half a key.
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use ed25519_dalek::SigningKey;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use zorgmesh_protocol::LocatorKey;
+
+/// Why trust material could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file does not hold what it should.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Refusing to overwrite existing material.
+    #[error("{0} already exists: refusing to overwrite trust material (remove it first)")]
+    Exists(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn format_err(path: &Path, message: impl Into<String>) -> FileError {
+    FileError::Format {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Writes `contents` to `path` atomically with the given Unix mode.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    file.write_all(contents).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// Writes a secret file, readable by the owner only.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Writes a public file (certificate).
+pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), FileError> {
+    write_atomic(path, contents, 0o644)
+}
+
+/// Writes an ed25519 key as PKCS#8 PEM, owner-only.
+pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), FileError> {
+    let pem = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| format_err(path, e.to_string()))?;
+    write_private_file(path, pem.as_bytes())
+}
+
+/// Reads an ed25519 key from PKCS#8 PEM.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, FileError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    SigningKey::from_pkcs8_pem(&text)
+        .map_err(|e| format_err(path, format!("not an ed25519 PKCS#8 PEM private key: {e}")))
+}
+
+/// Writes a certificate as PEM.
+pub fn write_certificate(path: &Path, der: &[u8]) -> Result<(), FileError> {
+    let text = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    write_public_file(path, text.as_bytes())
+}
+
+/// Reads a PEM certificate and returns its DER.
+pub fn read_certificate(path: &Path) -> Result<Vec<u8>, FileError> {
+    let text = std::fs::read(path).map_err(io(path))?;
+    let parsed = pem::parse(&text).map_err(|e| format_err(path, format!("not a PEM file: {e}")))?;
+    if parsed.tag() != "CERTIFICATE" {
+        return Err(format_err(
+            path,
+            format!("holds a {:?}, not a CERTIFICATE", parsed.tag()),
+        ));
+    }
+    Ok(parsed.into_contents())
+}
+
+/// Writes the network locator key as hex, owner-only.
+pub fn write_locator_key(path: &Path, key: &LocatorKey) -> Result<(), FileError> {
+    write_private_file(path, format!("{}\n", hex::encode(key.as_bytes())).as_bytes())
+}
+
+/// Reads the network locator key (64 hex characters).
+pub fn read_locator_key(path: &Path) -> Result<LocatorKey, FileError> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| format_err(path, "locator key must be 64 hex characters"))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| format_err(path, "locator key must be 32 bytes (64 hex characters)"))?;
+    Ok(LocatorKey::from_bytes(bytes))
+}
+
+/// The files of a network's trust material in one directory.
+#[derive(Clone, Debug)]
+pub struct CaFiles {
+    /// `ca.crt`: the trust anchor every node needs.
+    pub certificate: PathBuf,
+    /// `ca.key`: the CA's private key; only the operator that issues certificates needs it.
+    pub key: PathBuf,
+    /// `locator.key`: the network locator key every node needs.
+    pub locator_key: PathBuf,
+}
+
+impl CaFiles {
+    /// The standard file names in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            certificate: dir.join("ca.crt"),
+            key: dir.join("ca.key"),
+            locator_key: dir.join("locator.key"),
+        }
+    }
+
+    /// Fails if any of the files exists.
+    pub fn ensure_absent(&self) -> Result<(), FileError> {
+        for path in [&self.certificate, &self.key, &self.locator_key] {
+            if path.exists() {
+                return Err(FileError::Exists(path.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the CA and locator key.
+    pub fn write(
+        &self,
+        ca: &crate::CertificateAuthority,
+        locator_key: &LocatorKey,
+    ) -> Result<(), FileError> {
+        write_signing_key(&self.key, ca.key())?;
+        write_certificate(&self.certificate, ca.certificate_der())?;
+        write_locator_key(&self.locator_key, locator_key)
+    }
+
+    /// Loads the CA (key and certificate).
+    pub fn load_authority(&self) -> Result<crate::CertificateAuthority, FileError> {
+        let key = read_signing_key(&self.key)?;
+        let der = read_certificate(&self.certificate)?;
+        crate::CertificateAuthority::load(key, der).map_err(|m| format_err(&self.key, m))
+    }
+
+    /// Loads the trust anchor only.
+    pub fn load_anchor(&self) -> Result<crate::TrustAnchor, FileError> {
+        let der = read_certificate(&self.certificate)?;
+        crate::TrustAnchor::from_der(&der).map_err(|e| format_err(&self.certificate, e.to_string()))
+    }
+}
+
+/// A node's key and certificate files.
+#[derive(Clone, Debug)]
+pub struct NodeFiles {
+    /// `<name>.crt`
+    pub certificate: PathBuf,
+    /// `<name>.key`
+    pub key: PathBuf,
+}
+
+impl NodeFiles {
+    /// The standard file names for node `name` in `dir`.
+    pub fn in_dir(dir: &Path, name: &str) -> Self {
+        Self {
+            certificate: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        }
+    }
+
+    /// Writes key and certificate.
+    pub fn write(&self, issued: &crate::IssuedNode) -> Result<(), FileError> {
+        write_signing_key(&self.key, &issued.key)?;
+        write_certificate(&self.certificate, &issued.certificate_der)
+    }
+}
+

@@ -1,0 +1,140 @@
+//! A certificate from another CA, an expired one, a tampered one and garbage are rejected;
+//! a good one yields the identity it was issued with.
+
+use ed25519_dalek::SigningKey;
+use std::os::unix::fs::PermissionsExt;
+use time::{Duration, OffsetDateTime};
+use zorgmesh_certs::{CaFiles, CertError, CertificateAuthority, NodeIdentity, TrustAnchor};
+use zorgmesh_protocol::NodeRole;
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap()
+}
+
+fn identity() -> NodeIdentity {
+    NodeIdentity {
+        name: "umcg".into(),
+        organisation_ura: "00001234".into(),
+        organisation_name: "Universitair Medisch Centrum Groningen".into(),
+        region: "noord".into(),
+        role: NodeRole::Institution,
+    }
+}
+
+fn ca(seed: u8, network: &str) -> CertificateAuthority {
+    CertificateAuthority::create(network, SigningKey::from_bytes(&[seed; 32]), now(), 3650).unwrap()
+}
+
+fn anchor(ca: &CertificateAuthority) -> TrustAnchor {
+    TrustAnchor::from_der(ca.certificate_der()).unwrap()
+}
+
+#[test]
+fn a_good_certificate_verifies_and_carries_the_identity() {
+    let ca = ca(1, "testnet");
+    let node_key = SigningKey::from_bytes(&[5; 32]);
+    let der = ca
+        .issue(&identity(), &node_key, now(), now() + Duration::days(365))
+        .unwrap();
+    let verified = anchor(&ca)
+        .verify_node_certificate(&der, Some(now().unix_timestamp() + 10))
+        .unwrap();
+    assert_eq!(verified.identity, identity());
+    assert_eq!(verified.node.0, node_key.verifying_key().to_bytes());
+    assert_eq!(anchor(&ca).network(), "testnet");
+}
+
+#[test]
+fn a_certificate_from_another_ca_is_rejected() {
+    let ours = ca(1, "testnet");
+    let theirs = ca(2, "testnet");
+    let der = theirs
+        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .unwrap();
+    // Same network name, same subject: only the signature tells them apart.
+    let err = anchor(&ours)
+        .verify_node_certificate(&der, Some(now().unix_timestamp()))
+        .unwrap_err();
+    assert!(matches!(err, CertError::BadSignature(_)), "{err}");
+
+    let other_network = ca(3, "othernet");
+    let der = other_network
+        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .unwrap();
+    let err = anchor(&ours)
+        .verify_node_certificate(&der, Some(now().unix_timestamp()))
+        .unwrap_err();
+    assert!(matches!(err, CertError::ForeignIssuer { .. }), "{err}");
+    assert!(err.to_string().contains("zorgmesh certs issue"));
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_is_rejected() {
+    let ca = ca(1, "testnet");
+    let der = ca
+        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .unwrap();
+    let later = (now() + Duration::days(2)).unix_timestamp();
+    let err = anchor(&ca).verify_node_certificate(&der, Some(later)).unwrap_err();
+    assert!(matches!(err, CertError::Expired { .. }), "{err}");
+    assert!(err.to_string().contains("umcg"), "{err}");
+    let earlier = (now() - Duration::days(1)).unix_timestamp();
+    let err = anchor(&ca).verify_node_certificate(&der, Some(earlier)).unwrap_err();
+    assert!(matches!(err, CertError::NotYetValid { .. }), "{err}");
+}
+
+#[test]
+fn a_tampered_certificate_is_rejected() {
+    let ca = ca(1, "testnet");
+    let der = ca
+        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(365))
+        .unwrap();
+    // Change the organisation name inside the identity extension, keeping the length.
+    let needle = b"Groningen";
+    let at = der
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("name is in the certificate");
+    let mut tampered = der.clone();
+    tampered[at..at + needle.len()].copy_from_slice(b"Rotterdam");
+    let err = anchor(&ca)
+        .verify_node_certificate(&tampered, Some(now().unix_timestamp()))
+        .unwrap_err();
+    assert!(matches!(err, CertError::BadSignature(_)), "{err}");
+}
+
+#[test]
+fn garbage_is_a_clear_error() {
+    let ca = ca(1, "testnet");
+    for input in [&b""[..], b"not a certificate", &[0x30, 0x82, 0xff, 0xff]] {
+        assert!(matches!(
+            anchor(&ca).verify_node_certificate(input, None),
+            Err(CertError::Malformed(_))
+        ));
+    }
+    // a node certificate is not a trust anchor
+    let der = ca
+        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .unwrap();
+    assert!(matches!(TrustAnchor::from_der(&der), Err(CertError::NotACa(_))));
+}
+
+#[test]
+fn key_files_are_owner_only_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = CaFiles::in_dir(dir.path());
+    let ca = ca(1, "testnet");
+    let locator = zorgmesh_protocol::LocatorKey::from_bytes([9; 32]);
+    files.write(&ca, &locator).unwrap();
+    for path in [&files.key, &files.locator_key] {
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    assert!(files.ensure_absent().is_err());
+    let loaded = files.load_authority().unwrap();
+    assert_eq!(loaded.certificate_der(), ca.certificate_der());
+    assert_eq!(zorgmesh_certs::read_locator_key(&files.locator_key).unwrap(), locator);
+    std::fs::write(&files.locator_key, "zz").unwrap();
+    let err = zorgmesh_certs::read_locator_key(&files.locator_key).unwrap_err();
+    assert!(err.to_string().contains("64 hex"), "{err}");
+}
