@@ -1,1 +1,14 @@
+//! # zorgmesh-node
+//!
+//! The async node around the sans-IO core of `zorgmesh-protocol`: sled [`storage`], the
+//! FHIR API ([`fhir`]), locator [`publishing`], the [`gossip`] mesh, the QUIC data plane
+//! ([`data_plane`]), [`dossier`] resolution, and the `zorgmesh` binary's commands.
 
+pub mod config;
+pub mod fhir;
+pub mod gossip;
+pub mod mesh;
+pub mod publishing;
+pub mod storage;
+pub mod data_plane;
+pub mod dossier;

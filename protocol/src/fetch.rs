@@ -13,8 +13,8 @@ use crate::patient::PatientKey;
 pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/1";
 /// Largest request frame.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// Largest response frame (one resource).
-pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+/// Largest response frame (one resource; the API accepts resources up to 8 MiB).
+pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 /// Most resources one response may carry.
 pub const MAX_RESOURCES_PER_RESPONSE: u32 = 200_000;
 

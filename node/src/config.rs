@@ -1,0 +1,203 @@
+//! The node's configuration: a documented TOML file with defaults that work.
+//!
+//! ```toml
+//! # Name of this node; must match its certificate.
+//! name = "umcg"
+//! # Where the node keeps its data (resources, logs, index). Relative paths are relative to
+//! # this file.
+//! data_dir = "data"
+//! # FHIR API (HTTP). Loopback by default: authentication comes with a later release.
+//! http_listen = "127.0.0.1:8080"
+//! # libp2p gossip (TCP).
+//! gossip_listen = "127.0.0.1:9000"
+//! # QUIC data plane (UDP); `data_advertise` is the address other nodes dial.
+//! data_listen = "127.0.0.1:7000"
+//! # data_advertise = "192.0.2.10:7000"
+//! # Peers to dial at start, as libp2p multiaddrs ending in /p2p/<peer id>.
+//! bootstrap = ["/ip4/127.0.0.1/tcp/9001/p2p/12D3KooW..."]
+//!
+//! [trust]
+//! ca_certificate = "ca.crt"
+//! node_certificate = "node.crt"
+//! node_key = "node.key"
+//! locator_key = "locator.key"
+//!
+//! [publishing]
+//! batch_max_entries = 1024   # cut a batch at this many patients
+//! batch_window_ms = 200      # or when the oldest staged entry is this old
+//!
+//! [resolve]
+//! holder_timeout_ms = 5000   # per-holder deadline when resolving a dossier
+//! ```
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name; must equal the name in the node certificate.
+    pub name: String,
+    /// Data directory (sled database).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// FHIR API listen address.
+    #[serde(default = "default_http")]
+    pub http_listen: SocketAddr,
+    /// Gossip listen address (TCP).
+    #[serde(default = "default_gossip")]
+    pub gossip_listen: SocketAddr,
+    /// QUIC data-plane listen address (UDP).
+    #[serde(default = "default_data")]
+    pub data_listen: SocketAddr,
+    /// Address other nodes use to reach the data plane; defaults to `data_listen` (after
+    /// binding, so port 0 works).
+    #[serde(default)]
+    pub data_advertise: Option<SocketAddr>,
+    /// Bootstrap peers (multiaddrs with `/p2p/<peer id>`).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// Trust material.
+    pub trust: TrustConfig,
+    /// Locator publishing.
+    #[serde(default)]
+    pub publishing: PublishingConfig,
+    /// Dossier resolution.
+    #[serde(default)]
+    pub resolve: ResolveConfig,
+}
+
+/// Paths of the trust material.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// The network CA certificate (PEM).
+    pub ca_certificate: PathBuf,
+    /// This node's certificate (PEM).
+    pub node_certificate: PathBuf,
+    /// This node's ed25519 key (PKCS#8 PEM).
+    pub node_key: PathBuf,
+    /// The network locator key (hex).
+    pub locator_key: PathBuf,
+}
+
+/// How locator entries are batched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishingConfig {
+    /// Cut a batch at this many patients (1..=4096).
+    #[serde(default = "default_batch_max")]
+    pub batch_max_entries: usize,
+    /// Cut a batch when the oldest staged entry is this old (ms).
+    #[serde(default = "default_batch_window")]
+    pub batch_window_ms: u64,
+}
+
+/// Dossier resolution settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveConfig {
+    /// Per-holder deadline (ms).
+    #[serde(default = "default_holder_timeout")]
+    pub holder_timeout_ms: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_http() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid")
+}
+fn default_gossip() -> SocketAddr {
+    "127.0.0.1:9000".parse().expect("valid")
+}
+fn default_data() -> SocketAddr {
+    "127.0.0.1:7000".parse().expect("valid")
+}
+fn default_batch_max() -> usize {
+    1024
+}
+fn default_batch_window() -> u64 {
+    200
+}
+fn default_holder_timeout() -> u64 {
+    5000
+}
+
+impl Default for PublishingConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_entries: default_batch_max(),
+            batch_window_ms: default_batch_window(),
+        }
+    }
+}
+
+impl Default for ResolveConfig {
+    fn default() -> Self {
+        Self {
+            holder_timeout_ms: default_holder_timeout(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a config file; relative paths in it are resolved against its directory.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut config: NodeConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid node config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes relative paths absolute against `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        for path in [
+            &mut self.data_dir,
+            &mut self.trust.ca_certificate,
+            &mut self.trust.node_certificate,
+            &mut self.trust.node_key,
+            &mut self.trust.locator_key,
+        ] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// Checks values; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        zorgmesh_certs::validate_label("name", &self.name).map_err(anyhow::Error::msg)?;
+        if !(1..=zorgmesh_protocol::batch::MAX_ENTRIES_PER_BATCH)
+            .contains(&self.publishing.batch_max_entries)
+        {
+            anyhow::bail!(
+                "publishing.batch_max_entries must be between 1 and {}",
+                zorgmesh_protocol::batch::MAX_ENTRIES_PER_BATCH
+            );
+        }
+        if self.publishing.batch_window_ms > 60_000 {
+            anyhow::bail!("publishing.batch_window_ms must be at most 60000");
+        }
+        if !(100..=120_000).contains(&self.resolve.holder_timeout_ms) {
+            anyhow::bail!("resolve.holder_timeout_ms must be between 100 and 120000");
+        }
+        for peer in &self.bootstrap {
+            peer.parse::<libp2p::Multiaddr>()
+                .with_context(|| format!("bootstrap entry {peer:?} is not a multiaddr"))?;
+        }
+        Ok(())
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configs serialize")
+    }
+}

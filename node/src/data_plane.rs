@@ -1,0 +1,344 @@
+//! The data plane: QUIC (quinn) with TLS 1.3 mutual authentication. Both sides present
+//! their node certificate and verify the other's chain to the network CA; the client also
+//! checks that the server's key is the holder it meant to reach. Requests and responses
+//! are `zorgmesh/fetch/1` frames (see `zorgmesh_protocol::fetch`), every one bounded.
+
+use crate::fhir::FhirService;
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use zorgmesh_certs::{TrustAnchor, VerifiedNode};
+use zorgmesh_protocol::fetch::{
+    frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES, MAX_REQUEST_BYTES,
+    MAX_RESOURCES_PER_RESPONSE,
+};
+use zorgmesh_protocol::{NodeId, PatientKey};
+
+/// Connections the server serves at once.
+const MAX_CONNECTIONS: usize = 512;
+/// Streams per connection at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The connection could not be set up.
+    #[error("cannot connect to {addr}: {message}")]
+    Connect {
+        /// The holder's address.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The peer is not who it should be.
+    #[error("holder identity check failed: {0}")]
+    Identity(String),
+    /// The stream broke.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The holder answered with an error.
+    #[error("holder refused: {code:?}: {message}")]
+    Remote {
+        /// Its code.
+        code: FetchErrorCode,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// TLS material of a node.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    /// The network trust anchor.
+    pub anchor: TrustAnchor,
+    /// This node's certificate (DER).
+    pub certificate_der: Vec<u8>,
+    /// This node's key.
+    pub key: SigningKey,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(anchor: &TrustAnchor) -> anyhow::Result<Arc<rustls::RootCertStore>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(anchor.der().to_vec()))?;
+    Ok(Arc::new(roots))
+}
+
+fn private_key(key: &SigningKey) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let der = key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encode key: {e}"))?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_bytes().to_vec())))
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(MAX_STREAMS_PER_CONNECTION.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("in range")));
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    Arc::new(transport)
+}
+
+/// The quinn server and client configurations for a node.
+pub fn quic_configs(identity: &TlsIdentity) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+    let roots = roots(&identity.anchor)?;
+    let chain = vec![CertificateDer::from(identity.certificate_der.clone())];
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build()?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), private_key(&identity.key)?)?;
+    server.alpn_protocols = vec![FETCH_ALPN.to_vec()];
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
+    server_config.transport_config(transport());
+
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private_key(&identity.key)?)?;
+    client.alpn_protocols = vec![FETCH_ALPN.to_vec()];
+    let mut client_config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client)?));
+    client_config.transport_config(transport());
+    Ok((server_config, client_config))
+}
+
+fn peer_certificate(connection: &quinn::Connection, anchor: &TrustAnchor) -> Result<VerifiedNode, String> {
+    let identity = connection.peer_identity().ok_or("peer presented no certificate")?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| "unexpected peer identity type")?;
+    let leaf = chain.first().ok_or("empty certificate chain")?;
+    let now = (crate::fhir::service::now_ms() / 1000) as i64;
+    anchor.verify_node_certificate(leaf, Some(now)).map_err(|e| e.to_string())
+}
+
+/// The data plane of one node: a QUIC endpoint that serves and fetches.
+#[derive(Clone)]
+pub struct DataPlane {
+    endpoint: quinn::Endpoint,
+    anchor: TrustAnchor,
+    connections: Arc<tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane").finish_non_exhaustive()
+    }
+}
+
+impl DataPlane {
+    /// Binds the endpoint.
+    pub fn bind(identity: &TlsIdentity, listen: SocketAddr) -> anyhow::Result<Self> {
+        let (server, client) = quic_configs(identity)?;
+        let mut endpoint = quinn::Endpoint::server(server, listen)
+            .map_err(|e| anyhow::anyhow!("cannot bind the QUIC data plane on {listen}: {e}"))?;
+        endpoint.set_default_client_config(client);
+        Ok(Self {
+            endpoint,
+            anchor: identity.anchor.clone(),
+            connections: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// Serves fetches from `fhir` until `shutdown`.
+    pub async fn serve(self, fhir: FhirService, mut shutdown: watch::Receiver<bool>) {
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.changed() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(i) => i,
+                    None => break,
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                incoming.refuse();
+                continue;
+            };
+            let fhir = fhir.clone();
+            let anchor = self.anchor.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve_connection(incoming, fhir, anchor).await {
+                    tracing::debug!(error = %e, "data-plane connection ended");
+                }
+            });
+        }
+        tasks.abort_all();
+        self.endpoint.close(0u32.into(), b"shutdown");
+        self.connections.lock().await.clear();
+    }
+
+    async fn connection(&self, holder: NodeId, name: &str, addr: SocketAddr) -> Result<quinn::Connection, FetchError> {
+        let mut cache = self.connections.lock().await;
+        if let Some(connection) = cache.get(&holder) {
+            if connection.close_reason().is_none() && connection.remote_address() == addr {
+                return Ok(connection.clone());
+            }
+        }
+        let connecting = self
+            .endpoint
+            .connect(addr, &zorgmesh_certs::node_dns_name(name))
+            .map_err(|e| FetchError::Connect { addr, message: e.to_string() })?;
+        let connection = connecting
+            .await
+            .map_err(|e| FetchError::Connect { addr, message: e.to_string() })?;
+        let peer = peer_certificate(&connection, &self.anchor).map_err(FetchError::Identity)?;
+        if peer.node != holder {
+            connection.close(1u32.into(), b"wrong node");
+            return Err(FetchError::Identity(format!(
+                "{addr} answered as {} ({}), not as the holder we asked for",
+                peer.identity.name, peer.node
+            )));
+        }
+        cache.insert(holder, connection.clone());
+        Ok(connection)
+    }
+
+    /// Fetches every resource `holder` has for `patient`.
+    pub async fn fetch_patient(
+        &self,
+        holder: NodeId,
+        holder_name: &str,
+        addr: SocketAddr,
+        patient: PatientKey,
+    ) -> Result<Vec<serde_json::Value>, FetchError> {
+        let connection = self.connection(holder, holder_name, addr).await?;
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        let request = FetchRequest::PatientResources { patient };
+        send.write_all(&frame(&request.to_bytes()))
+            .await
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
+        send.finish().map_err(|e| FetchError::Transport(e.to_string()))?;
+        let mut resources = Vec::new();
+        loop {
+            let mut length = [0u8; 4];
+            recv.read_exact(&mut length)
+                .await
+                .map_err(|e| FetchError::Transport(format!("response ended early: {e}")))?;
+            let length = u32::from_le_bytes(length) as usize;
+            if length > MAX_FRAME_BYTES {
+                return Err(FetchError::Protocol(format!("frame of {length} bytes exceeds {MAX_FRAME_BYTES}")));
+            }
+            let mut body = vec![0u8; length];
+            recv.read_exact(&mut body)
+                .await
+                .map_err(|e| FetchError::Transport(format!("frame cut short: {e}")))?;
+            match FetchFrame::from_bytes(&body).map_err(|e| FetchError::Protocol(e.to_string()))? {
+                FetchFrame::Resource { json } => {
+                    if resources.len() >= MAX_RESOURCES_PER_RESPONSE as usize {
+                        return Err(FetchError::Protocol("too many resources".into()));
+                    }
+                    let value: serde_json::Value = serde_json::from_slice(&json)
+                        .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}")))?;
+                    resources.push(value);
+                }
+                FetchFrame::End { count } => {
+                    if count as usize != resources.len() {
+                        return Err(FetchError::Protocol(format!(
+                            "holder announced {count} resources but sent {}",
+                            resources.len()
+                        )));
+                    }
+                    return Ok(resources);
+                }
+                FetchFrame::Error { code, message } => return Err(FetchError::Remote { code, message }),
+            }
+        }
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, fhir: FhirService, anchor: TrustAnchor) -> anyhow::Result<()> {
+    let connection = incoming.await?;
+    let peer = match peer_certificate(&connection, &anchor) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!(remote = %connection.remote_address(), error = %e, "data-plane peer refused");
+            connection.close(2u32.into(), b"certificate refused");
+            return Ok(());
+        }
+    };
+    loop {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(quinn::ConnectionError::ApplicationClosed(_)) | Err(quinn::ConnectionError::TimedOut) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let fhir = fhir.clone();
+        let requester = peer.identity.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_stream(send, recv, fhir, &requester).await {
+                tracing::debug!(error = %e, requester = %requester, "data-plane stream failed");
+            }
+        });
+    }
+}
+
+async fn send_frame(send: &mut quinn::SendStream, frame_value: &FetchFrame) -> anyhow::Result<()> {
+    send.write_all(&frame(&frame_value.to_bytes())).await?;
+    Ok(())
+}
+
+async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, fhir: FhirService, requester: &str) -> anyhow::Result<()> {
+    let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
+        Ok(bytes) => parse_request(&bytes),
+        Err(e) => Err(format!("request unreadable: {e}")),
+    };
+    let patient = match request {
+        Ok(FetchRequest::PatientResources { patient }) => patient,
+        Err(message) => {
+            send_frame(&mut send, &FetchFrame::Error { code: FetchErrorCode::BadRequest, message }).await?;
+            send.finish()?;
+            return Ok(());
+        }
+    };
+    let storage_fhir = fhir.clone();
+    let resources = tokio::task::spawn_blocking(move || storage_fhir.everything_for_key(&patient)).await?;
+    match resources {
+        Ok(resources) => {
+            tracing::info!(requester = %requester, patient = ?patient, resources = resources.len(), "served patient resources");
+            for resource in &resources {
+                let json = serde_json::to_vec(resource)?;
+                send_frame(&mut send, &FetchFrame::Resource { json }).await?;
+            }
+            send_frame(&mut send, &FetchFrame::End { count: resources.len() as u32 }).await?;
+        }
+        Err(e) => {
+            send_frame(&mut send, &FetchFrame::Error { code: FetchErrorCode::Internal, message: e.diagnostics }).await?;
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
+
+fn parse_request(bytes: &[u8]) -> Result<FetchRequest, String> {
+    if bytes.len() < 4 {
+        return Err("request shorter than its length prefix".into());
+    }
+    let length = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
+    if length != bytes.len() - 4 {
+        return Err(format!("length prefix says {length} bytes, stream carried {}", bytes.len() - 4));
+    }
+    FetchRequest::from_bytes(&bytes[4..]).map_err(|e| e.to_string())
+}

@@ -1,0 +1,243 @@
+//! `GET /fhir/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>`:
+//! resolve a patient's dossier across the whole mesh.
+//!
+//! The BSN becomes the patient key; the node's own index names the holders; a
+//! [`ResolutionPlan`] (sans-IO) gives every holder a deadline; all holders are fetched in
+//! parallel over QUIC (this node's own data is read locally). The answer is one searchset
+//! Bundle in which every resource names its origin in `meta.source` and a `meta.tag`
+//! (system [`ORIGIN_SYSTEM`], code = node name, display = organisation), and every holder
+//! that failed or timed out is listed in an OperationOutcome entry with issue code
+//! `incomplete`. Copies of one shared resource held by several nodes are merged into one
+//! entry that carries every origin.
+
+use crate::data_plane::DataPlane;
+use crate::fhir::{FhirError, FhirService};
+use crate::mesh::Mesh;
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use zorgmesh_protocol::index::HolderLocation;
+use zorgmesh_protocol::patient::BSN_SYSTEM;
+use zorgmesh_protocol::resolve::{HolderState, ResolutionPlan};
+use zorgmesh_protocol::{Bsn, LocatorKey, NodeId, PatientKey};
+
+/// `meta.tag` system naming the node a resource came from.
+pub const ORIGIN_SYSTEM: &str = "urn:zorgmesh:origin-node";
+/// `meta.tag` system naming the organisation (URA) a resource came from.
+pub const URA_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/ura";
+/// Types whose copies on several holders are merged by business identifier.
+const SHARED_TYPES: &[&str] = &["Organization", "Practitioner", "Location", "Medication", "Substance", "Device"];
+
+/// Resolves dossiers for the API.
+#[derive(Clone)]
+pub struct DossierResolver {
+    pub(crate) mesh: Arc<Mesh>,
+    pub(crate) data_plane: DataPlane,
+    pub(crate) fhir: FhirService,
+    pub(crate) locator_key: LocatorKey,
+    pub(crate) network: String,
+    pub(crate) holder_timeout_ms: u64,
+}
+
+fn origin_source(network: &str, node: &str) -> String {
+    format!("urn:zorgmesh:{network}:{node}")
+}
+
+impl DossierResolver {
+    /// Handles the query parameters of `$dossier`.
+    pub async fn resolve_request(&self, params: &[(String, String)]) -> Result<Value, FhirError> {
+        let identifier = params
+            .iter()
+            .find(|(n, _)| n == "identifier")
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| FhirError::invalid(format!("$dossier needs identifier={BSN_SYSTEM}|<bsn>")))?;
+        let (system, value) = identifier
+            .split_once('|')
+            .ok_or_else(|| FhirError::invalid(format!("identifier must be {BSN_SYSTEM}|<bsn>")))?;
+        if system != BSN_SYSTEM {
+            return Err(FhirError::invalid(format!(
+                "$dossier resolves by BSN only: identifier system must be {BSN_SYSTEM}"
+            )));
+        }
+        let bsn = Bsn::parse(value).map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))?;
+        Ok(self.resolve(PatientKey::derive(&self.locator_key, &bsn)).await)
+    }
+
+    /// Resolves one patient's dossier.
+    pub async fn resolve(&self, patient: PatientKey) -> Value {
+        let started = Instant::now();
+        let holders = self.mesh.holders(&patient);
+        let mut plan = ResolutionPlan::new(
+            patient,
+            holders,
+            crate::fhir::service::now_ms(),
+            self.holder_timeout_ms,
+        );
+        let mut fetches = FuturesUnordered::new();
+        for holder in plan.pending().cloned().collect::<Vec<_>>() {
+            let me = self.mesh.own();
+            let data_plane = self.data_plane.clone();
+            let fhir = self.fhir.clone();
+            fetches.push(async move {
+                let node = holder.info.node;
+                let result = if node == me {
+                    fhir.everything_for_key(&patient).map_err(|e| e.diagnostics)
+                } else {
+                    match holder.data_address.as_deref().map(str::parse) {
+                        Some(Ok(addr)) => data_plane
+                            .fetch_patient(node, &holder.info.name, addr, patient)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        _ => Err("holder's data-plane address is not a socket address".to_owned()),
+                    }
+                };
+                (node, result)
+            });
+        }
+        let mut results: HashMap<NodeId, Vec<Value>> = HashMap::new();
+        while !plan.is_finished() {
+            let deadline = plan.next_deadline().unwrap_or(0);
+            let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
+            tokio::select! {
+                Some((node, result)) = fetches.next() => match result {
+                    Ok(resources) => {
+                        if plan.answered(&node, resources.len(), crate::fhir::service::now_ms()) {
+                            results.insert(node, resources);
+                        }
+                    }
+                    Err(reason) => plan.failed(&node, reason),
+                },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {
+                    plan.expire(crate::fhir::service::now_ms());
+                }
+            }
+        }
+        self.assemble(&plan, results, started.elapsed().as_millis() as u64)
+    }
+
+    fn assemble(&self, plan: &ResolutionPlan, mut results: HashMap<NodeId, Vec<Value>>, elapsed_ms: u64) -> Value {
+        let mut merged: Vec<Value> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut issues = Vec::new();
+        for holder in plan.holders() {
+            let info = &holder.location.info;
+            match &holder.state {
+                HolderState::Answered { .. } => {
+                    for mut resource in results.remove(&info.node).unwrap_or_default() {
+                        let key = merge_key(&resource);
+                        if let Some(&at) = by_key.get(&key) {
+                            add_origin(&mut merged[at], &self.network, &holder.location, false);
+                        } else {
+                            add_origin(&mut resource, &self.network, &holder.location, true);
+                            by_key.insert(key, merged.len());
+                            merged.push(resource);
+                        }
+                    }
+                }
+                HolderState::Failed { reason } => issues.push(unreachable_issue(&holder.location, reason)),
+                HolderState::TimedOut => issues.push(unreachable_issue(
+                    &holder.location,
+                    &format!("no answer within {} ms", self.holder_timeout_ms),
+                )),
+                HolderState::Pending { .. } => {}
+            }
+        }
+        let holders_summary: Vec<String> = plan
+            .holders()
+            .iter()
+            .map(|h| format!("{} ({})", h.location.info.name, h.location.info.organisation_name))
+            .collect();
+        issues.push(json!({
+            "severity": "information",
+            "code": "informational",
+            "diagnostics": format!(
+                "resolved from {} holder(s) in {elapsed_ms} ms: {}",
+                plan.holders().len(),
+                holders_summary.join(", ")
+            ),
+        }));
+        let total = merged.len();
+        let mut entries: Vec<Value> = merged
+            .into_iter()
+            .map(|resource| {
+                let source = resource["meta"]["source"].as_str().unwrap_or_default().to_owned();
+                let url = format!(
+                    "{source}/{}/{}",
+                    resource["resourceType"].as_str().unwrap_or_default(),
+                    resource["id"].as_str().unwrap_or_default()
+                );
+                json!({"fullUrl": url, "resource": resource, "search": {"mode": "match"}})
+            })
+            .collect();
+        entries.push(json!({
+            "resource": {"resourceType": "OperationOutcome", "issue": issues},
+            "search": {"mode": "outcome"},
+        }));
+        json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "timestamp": crate::fhir::resource::instant(crate::fhir::service::now_ms()),
+            "total": total,
+            "entry": entries,
+        })
+    }
+}
+
+fn unreachable_issue(holder: &HolderLocation, reason: &str) -> Value {
+    json!({
+        "severity": "warning",
+        "code": "incomplete",
+        "details": {
+            "coding": [{"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}],
+            "text": format!("holder {} ({}, region {}) is unreachable", holder.info.name, holder.info.organisation_name, holder.info.region),
+        },
+        "diagnostics": format!(
+            "holder {} is unreachable: {reason}; the dossier lacks its {} resource(s)",
+            holder.info.name,
+            holder.entry.total()
+        ),
+    })
+}
+
+fn merge_key(resource: &Value) -> String {
+    let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+    if SHARED_TYPES.contains(&resource_type) {
+        if let Some(first) = resource["identifier"].as_array().and_then(|ids| ids.first()) {
+            if let (Some(system), Some(value)) = (first["system"].as_str(), first["value"].as_str()) {
+                return format!("{resource_type}|{system}|{value}");
+            }
+        }
+    }
+    let mut content = resource.clone();
+    if let Some(object) = content.as_object_mut() {
+        object.remove("id");
+        object.remove("meta");
+    }
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    format!("{resource_type}#{}", hex::encode(digest))
+}
+
+fn add_origin(resource: &mut Value, network: &str, holder: &HolderLocation, first: bool) {
+    let Some(object) = resource.as_object_mut() else { return };
+    let meta = object.entry("meta").or_insert_with(|| json!({}));
+    if !meta.is_object() {
+        *meta = json!({});
+    }
+    if first {
+        meta["source"] = json!(origin_source(network, &holder.info.name));
+    }
+    let tags = meta
+        .as_object_mut()
+        .expect("object")
+        .entry("tag")
+        .or_insert_with(|| json!([]));
+    if !tags.is_array() {
+        *tags = json!([]);
+    }
+    let tags = tags.as_array_mut().expect("array");
+    tags.push(json!({"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}));
+    tags.push(json!({"system": URA_SYSTEM, "code": holder.info.organisation_ura, "display": holder.info.organisation_name}));
+}

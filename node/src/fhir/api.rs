@@ -1,0 +1,302 @@
+//! HTTP routing of the FHIR API (axum). Accepts `application/fhir+json` and
+//! `application/json`; every response is `application/fhir+json`; every error an
+//! OperationOutcome.
+
+use super::outcome::FHIR_JSON;
+use super::resource::{http_date, MAX_RESOURCE_BYTES, RESOURCE_TYPES};
+use super::{bundle, search, FhirError, FhirService};
+use crate::dossier::DossierResolver;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+/// Largest request body (a transaction Bundle).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// FHIR interactions.
+    pub fhir: FhirService,
+    /// Mesh-wide dossier resolution.
+    pub dossier: DossierResolver,
+    /// Base URL of this API, e.g. `http://127.0.0.1:8080/fhir`.
+    pub base: String,
+    /// Node name, for the CapabilityStatement.
+    pub node_name: String,
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/fhir", post(base_post).get(base_get))
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir/{type}", get(search_type).post(create))
+        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
+        .route("/fhir/{type}/{id}/_history/{version}", get(vread))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn fhir_response(status: StatusCode, body: &Value) -> Response {
+    (status, [(header::CONTENT_TYPE, FHIR_JSON)], body.to_string()).into_response()
+}
+
+fn versioned_response(status: StatusCode, stored: &super::service::Versioned, location: Option<String>) -> Response {
+    let mut response = fhir_response(status, &stored.resource);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", stored.version)) {
+        headers.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&http_date(stored.last_updated_ms)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, FhirError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+        let media = text.split(';').next().unwrap_or("").trim();
+        if !matches!(media, "application/fhir+json" | "application/json" | "application/json+fhir") {
+            return Err(FhirError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                format!("content type {media:?} is not supported: send application/fhir+json"),
+            ));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("request body exceeds {limit} bytes"),
+        )
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))
+}
+
+fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("");
+    text.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| FhirError::invalid(format!("If-Match {text:?} must be W/\"<version>\"")))
+}
+
+async fn base_post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let bundle = read_json(&headers, body, MAX_BODY_BYTES).await?;
+        bundle::process(&state.fhir, bundle).await
+    }
+    .await;
+    match result {
+        Ok(response) => fhir_response(StatusCode::OK, &response),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn base_get() -> Response {
+    FhirError::not_supported("system-wide search is not supported: search a resource type").into_response()
+}
+
+async fn metadata(State(state): State<ApiState>) -> Response {
+    fhir_response(StatusCode::OK, &capability_statement(&state))
+}
+
+async fn search_type(
+    State(state): State<ApiState>,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match search::search(&state.fhir, &resource_type, &parse_query(query), &state.base) {
+        Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    Path(resource_type): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        super::resource::check_type(&resource_type)?;
+        let resource = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
+        state.fhir.create(&resource_type, resource).await
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            let id = written.stored.resource["id"].as_str().unwrap_or_default().to_owned();
+            let location = format!("{}/{resource_type}/{id}/_history/{}", state.base, written.stored.version);
+            versioned_response(StatusCode::CREATED, &written.stored, Some(location))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read(
+    State(state): State<ApiState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if resource_type == "Patient" && id == "$dossier" {
+        return match state.dossier.resolve_request(&parse_query(query)).await {
+            Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+            Err(e) => e.into_response(),
+        };
+    }
+    match state.fhir.read(&resource_type, &id) {
+        Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn update(
+    State(state): State<ApiState>,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        super::resource::check_type(&resource_type)?;
+        let expected = if_match(&headers)?;
+        let resource = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
+        state.fhir.update(&resource_type, &id, resource, expected).await
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+            let location = format!("{}/{resource_type}/{id}/_history/{}", state.base, written.stored.version);
+            versioned_response(status, &written.stored, Some(location))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete(State(state): State<ApiState>, Path((resource_type, id)): Path<(String, String)>) -> Response {
+    match state.fhir.delete(&resource_type, &id).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn instance_operation(
+    State(state): State<ApiState>,
+    Path((resource_type, id, operation)): Path<(String, String, String)>,
+) -> Response {
+    match (resource_type.as_str(), operation.as_str()) {
+        ("Patient", "$everything") => match state.fhir.everything(&id) {
+            Ok(resources) => {
+                let entries: Vec<Value> = resources
+                    .into_iter()
+                    .map(|r| {
+                        let url = format!(
+                            "{}/{}/{}",
+                            state.base,
+                            r["resourceType"].as_str().unwrap_or_default(),
+                            r["id"].as_str().unwrap_or_default()
+                        );
+                        json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
+                    })
+                    .collect();
+                fhir_response(
+                    StatusCode::OK,
+                    &json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
+                )
+            }
+            Err(e) => e.into_response(),
+        },
+        (_, "_history") => FhirError::not_supported("instance history is not supported yet; use vread").into_response(),
+        _ => FhirError::not_found(format!("operation {operation:?} is not known on {resource_type}")).into_response(),
+    }
+}
+
+async fn vread(
+    State(state): State<ApiState>,
+    Path((resource_type, id, version)): Path<(String, String, String)>,
+) -> Response {
+    match state.fhir.vread(&resource_type, &id, &version) {
+        Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn unknown_route() -> Response {
+    FhirError::not_found("no such endpoint: the FHIR API lives under /fhir").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    FhirError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "method not allowed on this endpoint")
+        .into_response()
+}
+
+fn capability_statement(state: &ApiState) -> Value {
+    let resources: Vec<Value> = RESOURCE_TYPES
+        .iter()
+        .map(|t| {
+            let mut resource = json!({
+                "type": t,
+                "versioning": "versioned",
+                "readHistory": false,
+                "updateCreate": true,
+                "interaction": [
+                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                    {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
+                ],
+                "searchParam": [
+                    {"name": "identifier", "type": "token"},
+                    {"name": "patient", "type": "reference"},
+                    {"name": "subject", "type": "reference"},
+                    {"name": "_id", "type": "token"},
+                    {"name": "_lastUpdated", "type": "date"}
+                ]
+            });
+            if *t == "Patient" {
+                resource["operation"] = json!([
+                    {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                    {"name": "dossier", "definition": "urn:zorgmesh:OperationDefinition/Patient-dossier",
+                     "documentation": "GET [base]/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>: the patient's resources from every holder in the mesh, each naming its origin"}
+                ]);
+            }
+            resource
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": super::resource::instant(super::service::now_ms()),
+        "kind": "instance",
+        "software": {"name": "zorgmesh", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": format!("zorgmesh node {}", state.node_name), "url": state.base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}]
+        }]
+    })
+}

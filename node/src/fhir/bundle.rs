@@ -1,0 +1,278 @@
+//! Transaction and batch Bundles.
+//!
+//! A **transaction** is all or nothing: ids are assigned to `POST` entries, every
+//! `urn:uuid:` (or other `fullUrl`) reference is rewritten to the assigned `Type/id`, and
+//! all writes land in one atomic storage commit, in FHIR's order (DELETE, POST, PUT, then
+//! GET). A **batch** runs each entry on its own and reports each entry's outcome.
+
+use super::resource::{check_id, check_resource, check_type, http_date, rewrite_references};
+use super::service::{new_id, now_ms, put_in, FhirService, WriteResult};
+use super::FhirError;
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashMap};
+
+/// Most entries one Bundle may carry.
+pub const MAX_BUNDLE_ENTRIES: usize = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Method {
+    Delete,
+    Post,
+    Put,
+    Get,
+}
+
+#[derive(Debug)]
+struct Entry {
+    index: usize,
+    method: Method,
+    resource_type: String,
+    id: Option<String>,
+    resource: Option<Value>,
+    full_url: Option<String>,
+    if_match: Option<u64>,
+}
+
+fn status_line(status: StatusCode) -> String {
+    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+}
+
+fn parse_if_match(text: &str) -> Option<u64> {
+    text.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
+    let at = |msg: String| FhirError::invalid(format!("Bundle.entry[{index}]: {msg}"));
+    let request = entry
+        .get("request")
+        .ok_or_else(|| at("has no request".into()))?;
+    let method = match request.get("method").and_then(Value::as_str) {
+        Some("POST") => Method::Post,
+        Some("PUT") => Method::Put,
+        Some("DELETE") => Method::Delete,
+        Some("GET") => Method::Get,
+        Some(other) => return Err(at(format!("method {other:?} is not supported"))),
+        None => return Err(at("request.method is missing".into())),
+    };
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| at("request.url is missing".into()))?;
+    if url.contains('?') || request.get("ifNoneExist").is_some() {
+        return Err(FhirError::not_supported(format!(
+            "Bundle.entry[{index}]: conditional and search requests are not supported in Bundles"
+        )));
+    }
+    let mut parts = url.trim_matches('/').split('/');
+    let resource_type = parts.next().unwrap_or_default().to_owned();
+    let id = parts.next().map(str::to_owned);
+    if parts.next().is_some() {
+        return Err(at(format!("request.url {url:?} must be 'Type' or 'Type/id'")));
+    }
+    check_type(&resource_type).map_err(|e| at(e.diagnostics))?;
+    if let Some(id) = &id {
+        check_id(id).map_err(|e| at(e.diagnostics))?;
+    }
+    match (method, &id) {
+        (Method::Post, Some(_)) => return Err(at("POST goes to 'Type', not 'Type/id'".into())),
+        (Method::Put | Method::Delete | Method::Get, None) => {
+            return Err(at(format!("{method:?} needs 'Type/id' in request.url")))
+        }
+        _ => {}
+    }
+    let resource = entry.get("resource").cloned();
+    if matches!(method, Method::Post | Method::Put) {
+        let resource = resource
+            .as_ref()
+            .ok_or_else(|| at("POST and PUT entries need a resource".into()))?;
+        check_resource(resource, Some(&resource_type)).map_err(|e| at(e.diagnostics))?;
+        if let (Method::Put, Some(body_id)) = (method, resource.get("id").and_then(Value::as_str)) {
+            if Some(body_id) != id.as_deref() {
+                return Err(at(format!("resource id {body_id:?} differs from request.url {url:?}")));
+            }
+        }
+    }
+    Ok(Entry {
+        index,
+        method,
+        resource_type,
+        id,
+        resource,
+        full_url: entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+        if_match: request.get("ifMatch").and_then(Value::as_str).and_then(parse_if_match),
+    })
+}
+
+fn written_response(result: &WriteResult, resource_type: &str, id: &str) -> Value {
+    let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
+    json!({
+        "status": status_line(status),
+        "location": format!("{resource_type}/{id}/_history/{}", result.stored.version),
+        "etag": format!("W/\"{}\"", result.stored.version),
+        "lastModified": super::resource::instant(result.stored.last_updated_ms),
+    })
+}
+
+fn error_response(error: &FhirError) -> Value {
+    json!({"status": status_line(error.status), "outcome": error.to_outcome()})
+}
+
+/// Processes a transaction or batch Bundle and returns the response Bundle.
+pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, FhirError> {
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        return Err(FhirError::invalid("POST to the base expects a Bundle"));
+    }
+    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let raw_entries = match bundle.get("entry") {
+        None => Vec::new(),
+        Some(Value::Array(entries)) => entries.clone(),
+        Some(_) => return Err(FhirError::invalid("Bundle.entry must be an array")),
+    };
+    if raw_entries.len() > MAX_BUNDLE_ENTRIES {
+        return Err(FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("a Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"),
+        ));
+    }
+    match kind.as_str() {
+        "transaction" => transaction(service, &raw_entries).await,
+        "batch" => Ok(batch(service, &raw_entries).await),
+        other => Err(FhirError::invalid(format!(
+            "Bundle.type {other:?} cannot be processed: use 'transaction' or 'batch'"
+        ))),
+    }
+}
+
+async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, FhirError> {
+    let mut entries = raw
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_entry(i, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Assign ids and learn how fullUrls map to them.
+    let mut targets = BTreeSet::new();
+    let mut full_urls: HashMap<String, String> = HashMap::new();
+    for entry in &mut entries {
+        if entry.method == Method::Post {
+            entry.id = Some(new_id());
+        }
+        let id = entry.id.clone().expect("every entry has an id now");
+        if entry.method != Method::Get && !targets.insert((entry.resource_type.clone(), id.clone())) {
+            return Err(FhirError::invalid(format!(
+                "Bundle.entry[{}]: {}/{} is the target of more than one entry",
+                entry.index, entry.resource_type, id
+            )));
+        }
+        if let Some(full_url) = &entry.full_url {
+            full_urls.insert(full_url.clone(), format!("{}/{}", entry.resource_type, id));
+        }
+    }
+    let lookup = |reference: &str| full_urls.get(reference).cloned();
+    for entry in &mut entries {
+        if let Some(resource) = &mut entry.resource {
+            rewrite_references(resource, &lookup);
+        }
+    }
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| (entries[i].method, i));
+    let (responses, dirty) = service
+        .storage
+        .write(now_ms(), |tx| {
+            let mut responses = vec![Value::Null; entries.len()];
+            for &i in &order {
+                let entry = &mut entries[i];
+                let id = entry.id.clone().expect("assigned above");
+                let at = |e: FhirError| FhirError {
+                    diagnostics: format!("Bundle.entry[{}]: {}", entry.index, e.diagnostics),
+                    ..e
+                };
+                responses[i] = match entry.method {
+                    Method::Delete => {
+                        tx.delete(&entry.resource_type, &id).map_err(FhirError::from)?;
+                        json!({"status": status_line(StatusCode::NO_CONTENT)})
+                    }
+                    Method::Post | Method::Put => {
+                        let mut body = entry.resource.take().expect("checked in parse_entry");
+                        let result = put_in(tx, &entry.resource_type, &id, &mut body, entry.if_match).map_err(at)?;
+                        let mut response = written_response(&result, &entry.resource_type, &id);
+                        if entry.method == Method::Post {
+                            response["status"] = json!(status_line(StatusCode::CREATED));
+                        }
+                        response
+                    }
+                    Method::Get => match tx.current(&entry.resource_type, &id)? {
+                        Some(record) if !record.deleted => json!({
+                            "status": status_line(StatusCode::OK),
+                            "etag": format!("W/\"{}\"", record.version),
+                            "resource": record.resource,
+                        }),
+                        _ => {
+                            return Err(at(FhirError::not_found(format!(
+                                "{}/{id} does not exist",
+                                entry.resource_type
+                            ))))
+                        }
+                    },
+                };
+            }
+            Ok::<_, FhirError>(responses)
+        })
+        .await?;
+    if !dirty.is_empty() {
+        service.publisher.stage(dirty).await;
+    }
+    Ok(json!({
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": responses.into_iter().map(|r| json!({"response": r})).collect::<Vec<_>>(),
+    }))
+}
+
+async fn batch(service: &FhirService, raw: &[Value]) -> Value {
+    let mut responses = Vec::with_capacity(raw.len());
+    for (i, raw_entry) in raw.iter().enumerate() {
+        let response = match parse_entry(i, raw_entry) {
+            Err(e) => error_response(&e),
+            Ok(entry) => run_batch_entry(service, entry).await.unwrap_or_else(|e| error_response(&e)),
+        };
+        responses.push(json!({"response": response}));
+    }
+    json!({"resourceType": "Bundle", "type": "batch-response", "entry": responses})
+}
+
+async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, FhirError> {
+    let resource_type = entry.resource_type.as_str();
+    match entry.method {
+        Method::Post => {
+            let result = service.create(resource_type, entry.resource.expect("checked")).await?;
+            let id = result.stored.resource["id"].as_str().unwrap_or_default().to_owned();
+            Ok(written_response(&result, resource_type, &id))
+        }
+        Method::Put => {
+            let id = entry.id.expect("checked");
+            let result = service
+                .update(resource_type, &id, entry.resource.expect("checked"), entry.if_match)
+                .await?;
+            Ok(written_response(&result, resource_type, &id))
+        }
+        Method::Delete => {
+            service.delete(resource_type, &entry.id.expect("checked")).await?;
+            Ok(json!({"status": status_line(StatusCode::NO_CONTENT)}))
+        }
+        Method::Get => {
+            let read = service.read(resource_type, &entry.id.expect("checked"))?;
+            Ok(json!({
+                "status": status_line(StatusCode::OK),
+                "etag": format!("W/\"{}\"", read.version),
+                "lastModified": http_date(read.last_updated_ms),
+                "resource": read.resource,
+            }))
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The FHIR interactions, independent of HTTP: what each one reads and writes.
+
+use super::resource::{self, check_id, check_resource, check_type, split_reference, stamp};
+use super::FhirError;
+use crate::publishing::Publisher;
+use crate::storage::{Storage, VersionRecord};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// A resource as the API returns it, with its version facts.
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    /// The resource (with `id` and `meta`).
+    pub resource: Value,
+    /// Version number.
+    pub version: u64,
+    /// Last update (ms).
+    pub last_updated_ms: u64,
+}
+
+/// What a write did.
+#[derive(Clone, Debug)]
+pub struct WriteResult {
+    /// The stored resource.
+    pub stored: Versioned,
+    /// True when the write created the resource.
+    pub created: bool,
+}
+
+/// The FHIR interactions of one node.
+#[derive(Clone)]
+pub struct FhirService {
+    pub(crate) storage: Arc<Storage>,
+    pub(crate) publisher: Publisher,
+}
+
+/// Current time in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A server-assigned logical id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl FhirService {
+    /// A service over `storage` that reports changed patients to `publisher`.
+    pub fn new(storage: Arc<Storage>, publisher: Publisher) -> Self {
+        Self { storage, publisher }
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    async fn after_write(&self, dirty: BTreeSet<zorgmesh_protocol::PatientKey>) {
+        if !dirty.is_empty() {
+            self.publisher.stage(dirty).await;
+        }
+    }
+
+    /// `POST /{type}`: create with a server-assigned id.
+    pub async fn create(&self, resource_type: &str, mut body: Value) -> Result<WriteResult, FhirError> {
+        check_type(resource_type)?;
+        check_resource(&body, Some(resource_type))?;
+        let id = new_id();
+        let (result, dirty) = self
+            .storage
+            .write(now_ms(), |tx| {
+                let now = tx.now_ms();
+                stamp(&mut body, &id, 1, now);
+                let outcome = tx.put(resource_type, &id, body.clone())?;
+                Ok::<_, FhirError>(WriteResult {
+                    stored: Versioned { resource: body, version: outcome.version, last_updated_ms: now },
+                    created: true,
+                })
+            })
+            .await?;
+        self.after_write(dirty).await;
+        Ok(result)
+    }
+
+    /// `PUT /{type}/{id}`: update, or create with the client's id. `if_match` is the
+    /// version the client expects to replace.
+    pub async fn update(
+        &self,
+        resource_type: &str,
+        id: &str,
+        mut body: Value,
+        if_match: Option<u64>,
+    ) -> Result<WriteResult, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        check_resource(&body, Some(resource_type))?;
+        match body.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id != id => {
+                return Err(FhirError::invalid(format!(
+                    "the body's id {body_id:?} differs from the URL's id {id:?}"
+                )))
+            }
+            _ => {}
+        }
+        let (result, dirty) = self
+            .storage
+            .write(now_ms(), |tx| put_in(tx, resource_type, id, &mut body, if_match))
+            .await?;
+        self.after_write(dirty).await;
+        Ok(result)
+    }
+
+    /// `DELETE /{type}/{id}`. Returns the delete marker's version, if anything was deleted.
+    pub async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<u64>, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        let (version, dirty) = self
+            .storage
+            .write(now_ms(), |tx| tx.delete(resource_type, id).map_err(FhirError::from))
+            .await?;
+        self.after_write(dirty).await;
+        Ok(version)
+    }
+
+    /// `GET /{type}/{id}`.
+    pub fn read(&self, resource_type: &str, id: &str) -> Result<Versioned, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        match self.storage.current(resource_type, id)? {
+            None => Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
+            Some(record) => versioned(resource_type, id, record),
+        }
+    }
+
+    /// `GET /{type}/{id}/_history/{vid}`.
+    pub fn vread(&self, resource_type: &str, id: &str, version: &str) -> Result<Versioned, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        let number: u64 = version
+            .parse()
+            .map_err(|_| FhirError::not_found(format!("version {version:?} does not exist")))?;
+        match self.storage.version(resource_type, id, number)? {
+            None => Err(FhirError::not_found(format!(
+                "{resource_type}/{id} has no version {number}"
+            ))),
+            Some(record) => versioned(resource_type, id, record),
+        }
+    }
+
+    /// The resources of the local patients `patient_ids` (see [`everything_in`]).
+    pub fn everything_of(&self, patient_ids: &[String]) -> Result<Vec<Value>, FhirError> {
+        everything_in(&self.storage, patient_ids)
+    }
+
+    /// `GET /Patient/{id}/$everything`.
+    pub fn everything(&self, patient_id: &str) -> Result<Vec<Value>, FhirError> {
+        check_id(patient_id)?;
+        if self.storage.read("Patient", patient_id)?.is_none() {
+            return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
+        }
+        self.everything_of(&[patient_id.to_owned()])
+    }
+
+    /// Everything this node holds for a patient key (what the data plane serves).
+    pub fn everything_for_key(&self, key: &zorgmesh_protocol::PatientKey) -> Result<Vec<Value>, FhirError> {
+        let patients = self.storage.patients_with_key(key)?;
+        self.everything_of(&patients)
+    }
+}
+
+/// The resources of the local patients `patient_ids`: each Patient, its compartment, and
+/// the resources they reference (one hop), each once.
+pub fn everything_in(storage: &Storage, patient_ids: &[String]) -> Result<Vec<Value>, FhirError> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut referenced = Vec::new();
+    for pid in patient_ids {
+        let mut members = vec![("Patient".to_owned(), pid.clone())];
+        members.extend(storage.compartment(pid)?);
+        for (resource_type, id) in members {
+            if !seen.insert((resource_type.clone(), id.clone())) {
+                continue;
+            }
+            if let Some(resource) = storage.read(&resource_type, &id)? {
+                resource::for_each_reference(&resource, &mut |r| {
+                    if let Some((t, i)) = split_reference(r) {
+                        referenced.push((t.to_owned(), i.to_owned()));
+                    }
+                });
+                out.push(resource);
+            }
+        }
+    }
+    for (resource_type, id) in referenced {
+        if seen.insert((resource_type.clone(), id.clone())) {
+            if let Some(resource) = storage.read(&resource_type, &id)? {
+                out.push(resource);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn versioned(resource_type: &str, id: &str, record: VersionRecord) -> Result<Versioned, FhirError> {
+    if record.deleted {
+        return Err(FhirError::gone(format!(
+            "{resource_type}/{id} was deleted (version {})",
+            record.version
+        )));
+    }
+    let resource = record
+        .resource
+        .ok_or_else(|| FhirError::internal("stored version without a resource"))?;
+    Ok(Versioned {
+        resource,
+        version: record.version,
+        last_updated_ms: record.last_updated_ms,
+    })
+}
+
+/// An update inside a write transaction (shared by PUT and Bundles).
+pub(crate) fn put_in(
+    tx: &mut crate::storage::WriteTransaction<'_>,
+    resource_type: &str,
+    id: &str,
+    body: &mut Value,
+    if_match: Option<u64>,
+) -> Result<WriteResult, FhirError> {
+    let now = tx.now_ms();
+    let current = tx.current(resource_type, id)?;
+    if let Some(expected) = if_match {
+        let actual = current.as_ref().map(|c| c.version);
+        if actual != Some(expected) {
+            return Err(FhirError::new(
+                axum::http::StatusCode::PRECONDITION_FAILED,
+                "conflict",
+                format!(
+                    "If-Match names version {expected} but {resource_type}/{id} is at {}",
+                    actual.map_or("no version".to_owned(), |v| format!("version {v}"))
+                ),
+            ));
+        }
+    }
+    let version = tx.next_version(resource_type, id)?;
+    stamp(body, id, version, now);
+    let outcome = tx.put(resource_type, id, body.clone())?;
+    Ok(WriteResult {
+        stored: Versioned {
+            resource: body.clone(),
+            version: outcome.version,
+            last_updated_ms: now,
+        },
+        created: outcome.created,
+    })
+}

@@ -1,0 +1,303 @@
+//! The gossip mesh: libp2p gossipsub over TCP + noise + yamux, with identify and ping.
+//!
+//! The node's libp2p identity is its ed25519 certificate key. All locator batches travel on
+//! one national topic (see docs/ARCHITECTURE.md). Every message is validated by
+//! [`crate::mesh::Mesh::handle_gossip`] before gossipsub forwards it; rejections lower the
+//! sender's peer score, and a peer below the graylist threshold is ignored.
+
+use crate::mesh::{Mesh, Verdict};
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAcceptance, MessageAuthenticity, PeerScoreParams,
+    PeerScoreThresholds, TopicScoreParams, ValidationMode,
+};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Messages waiting for peers before they can be published.
+const MAX_UNPUBLISHED: usize = 1024;
+/// Depth of the command channel into the gossip task.
+pub const COMMAND_QUEUE: usize = 256;
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+}
+
+/// What the rest of the node can see of the gossip layer.
+#[derive(Debug, Default)]
+pub struct GossipStatus {
+    /// Peers currently connected.
+    pub connected_peers: AtomicUsize,
+    /// Peers subscribed to the locator topic.
+    pub topic_peers: AtomicUsize,
+    /// Messages rejected by validation.
+    pub rejected: AtomicUsize,
+    /// Messages accepted.
+    pub accepted: AtomicUsize,
+}
+
+/// Converts the node's ed25519 key into its libp2p identity.
+pub fn libp2p_keypair(key: &SigningKey) -> identity::Keypair {
+    identity::Keypair::ed25519_from_bytes(key.to_bytes()).expect("32-byte ed25519 secret")
+}
+
+/// The libp2p peer id of an ed25519 public key.
+pub fn peer_id(public_key: &[u8; 32]) -> Option<PeerId> {
+    let key = identity::ed25519::PublicKey::try_from_bytes(public_key).ok()?;
+    Some(identity::PublicKey::from(key).to_peer_id())
+}
+
+/// `/ip4/../tcp/../p2p/..` for a TCP socket address and peer.
+pub fn multiaddr(addr: SocketAddr, peer: Option<PeerId>) -> Multiaddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
+    let mut text = format!("{ip}/tcp/{}", addr.port());
+    if let Some(peer) = peer {
+        text.push_str(&format!("/p2p/{peer}"));
+    }
+    text.parse().expect("well-formed multiaddr")
+}
+
+/// Settings of the gossip task.
+pub struct GossipSettings {
+    /// The node key (libp2p identity).
+    pub key: SigningKey,
+    /// Network name (part of the topic).
+    pub network: String,
+    /// TCP listen address.
+    pub listen: SocketAddr,
+    /// Peers to dial.
+    pub bootstrap: Vec<Multiaddr>,
+}
+
+fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<Swarm<Behaviour>> {
+    let keypair = libp2p_keypair(&settings.key);
+    let topic_hash = topic.hash();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(500))
+                .validation_mode(ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(zorgmesh_protocol::gossip::MAX_GOSSIP_BYTES)
+                .message_id_fn(|message: &gossipsub::Message| {
+                    gossipsub::MessageId::from(&Sha256::digest(&message.data)[..20])
+                })
+                .build()
+                .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
+                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let topic_params = TopicScoreParams {
+                topic_weight: 1.0,
+                time_in_mesh_weight: 0.01,
+                first_message_deliveries_weight: 1.0,
+                // The locator topic is quiet for long stretches: silence is no fault.
+                mesh_message_deliveries_weight: 0.0,
+                mesh_failure_penalty_weight: 0.0,
+                invalid_message_deliveries_weight: -100.0,
+                invalid_message_deliveries_decay: 0.9,
+                ..TopicScoreParams::default()
+            };
+            let mut params = PeerScoreParams::default();
+            params.topics.insert(topic_hash.clone(), topic_params);
+            // Test meshes and replication platforms put many nodes behind one address.
+            params.ip_colocation_factor_threshold = 1000.0;
+            let thresholds = PeerScoreThresholds {
+                gossip_threshold: -10.0,
+                publish_threshold: -50.0,
+                graylist_threshold: -80.0,
+                accept_px_threshold: 10.0,
+                opportunistic_graft_threshold: 20.0,
+            };
+            gossipsub
+                .with_peer_score(params, thresholds)
+                .map_err(|e| anyhow::anyhow!("peer score: {e}"))?;
+            Ok(Behaviour {
+                gossipsub,
+                identify: identify::Behaviour::new(identify::Config::new("/zorgmesh/id/1".into(), key.public())),
+                ping: ping::Behaviour::new(ping::Config::new()),
+            })
+        })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    Ok(swarm)
+}
+
+/// A running gossip task.
+pub struct Gossip {
+    /// Publish encoded [`zorgmesh_protocol::gossip::GossipMessage`]s.
+    pub publish: mpsc::Sender<Vec<u8>>,
+    /// The bound listen address (with `/p2p/<peer id>`).
+    pub listen_addr: Multiaddr,
+    /// Live counters.
+    pub status: Arc<GossipStatus>,
+    /// The task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the gossip task.
+pub async fn start(settings: GossipSettings, mesh: Arc<Mesh>, shutdown: watch::Receiver<bool>) -> anyhow::Result<Gossip> {
+    let topic = IdentTopic::new(zorgmesh_protocol::gossip::locator_topic(&settings.network));
+    let mut swarm = build_swarm(&settings, &topic)?;
+    swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+    swarm.listen_on(multiaddr(settings.listen, None))?;
+    let (publish, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let status = Arc::new(GossipStatus::default());
+    let local_peer = *swarm.local_peer_id();
+    let task = tokio::spawn(run(swarm, topic, settings.bootstrap, mesh, commands, status.clone(), bound_tx, shutdown));
+    let listen = tokio::time::timeout(Duration::from_secs(10), bound_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("gossip listener did not come up on {}", settings.listen))?
+        .map_err(|_| anyhow::anyhow!("gossip task ended before listening on {}", settings.listen))??;
+    let listen_addr = listen.with(libp2p::multiaddr::Protocol::P2p(local_peer));
+    Ok(Gossip { publish, listen_addr, status, task })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    bootstrap: Vec<Multiaddr>,
+    mesh: Arc<Mesh>,
+    mut commands: mpsc::Receiver<Vec<u8>>,
+    status: Arc<GossipStatus>,
+    bound: oneshot::Sender<anyhow::Result<Multiaddr>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut bound = Some(bound);
+    let mut unpublished: VecDeque<Vec<u8>> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut ticks: u64 = 0;
+    for addr in &bootstrap {
+        if let Err(e) = swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            command = commands.recv() => match command {
+                None => break,
+                Some(bytes) => {
+                    if unpublished.len() >= MAX_UNPUBLISHED {
+                        unpublished.pop_front();
+                        tracing::warn!("gossip backlog full: dropped the oldest unpublished batch (sync will repair)");
+                    }
+                    unpublished.push_back(bytes);
+                    flush(&mut swarm, &topic, &mut unpublished);
+                }
+            },
+            _ = tick.tick() => {
+                ticks += 1;
+                flush(&mut swarm, &topic, &mut unpublished);
+                // Re-dial bootstrap peers while isolated.
+                if swarm.connected_peers().next().is_none() && ticks % 10 == 0 {
+                    for addr in &bootstrap {
+                        let _ = swarm.dial(addr.clone());
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!(%address, "gossip listening");
+                    if let Some(tx) = bound.take() {
+                        let _ = tx.send(Ok(address));
+                    }
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    tracing::error!(error = %error, "gossip listener failed");
+                }
+                SwarmEvent::ListenerClosed { reason, .. } => {
+                    if let Some(tx) = bound.take() {
+                        let _ = tx.send(Err(anyhow::anyhow!("gossip listener closed: {reason:?}")));
+                    }
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    tracing::debug!(%peer_id, "peer connected");
+                    update_counts(&swarm, &topic, &status);
+                }
+                SwarmEvent::ConnectionClosed { .. } => update_counts(&swarm, &topic, &status),
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => match event {
+                    gossipsub::Event::Message { propagation_source, message_id, message } => {
+                        let author = message.source.and_then(|p| author_key(&p));
+                        let verdict = mesh.handle_gossip(&message.data, author);
+                        let acceptance = match &verdict {
+                            Verdict::Accept => {
+                                status.accepted.fetch_add(1, Ordering::Relaxed);
+                                MessageAcceptance::Accept
+                            }
+                            Verdict::Ignore => MessageAcceptance::Ignore,
+                            Verdict::Reject(reason) => {
+                                status.rejected.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(peer = %propagation_source, reason = %reason, "gossip message rejected");
+                                MessageAcceptance::Reject
+                            }
+                        };
+                        swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                    }
+                    gossipsub::Event::Subscribed { .. } | gossipsub::Event::Unsubscribed { .. } => {
+                        update_counts(&swarm, &topic, &status);
+                        flush(&mut swarm, &topic, &mut unpublished);
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+}
+
+fn author_key(peer: &PeerId) -> Option<[u8; 32]> {
+    // Ed25519 peer ids embed the public key (identity multihash).
+    let public = identity::PublicKey::try_decode_protobuf(peer_identity_bytes(peer)?.as_slice()).ok()?;
+    let ed = public.try_into_ed25519().ok()?;
+    Some(ed.to_bytes())
+}
+
+fn peer_identity_bytes(peer: &PeerId) -> Option<Vec<u8>> {
+    let multihash = peer.as_ref();
+    (multihash.code() == 0).then(|| multihash.digest().to_vec())
+}
+
+fn update_counts(swarm: &Swarm<Behaviour>, topic: &IdentTopic, status: &GossipStatus) {
+    let hash = topic.hash();
+    status.connected_peers.store(swarm.connected_peers().count(), Ordering::Relaxed);
+    let subscribed = swarm
+        .behaviour()
+        .gossipsub
+        .all_peers()
+        .filter(|(_, topics)| topics.contains(&&hash))
+        .count();
+    status.topic_peers.store(subscribed, Ordering::Relaxed);
+}
+
+fn flush(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, unpublished: &mut VecDeque<Vec<u8>>) {
+    while let Some(bytes) = unpublished.front() {
+        match swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes.clone()) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
+                unpublished.pop_front();
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) | Err(gossipsub::PublishError::AllQueuesFull(_)) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot publish batch");
+                unpublished.pop_front();
+            }
+        }
+    }
+}

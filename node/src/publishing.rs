@@ -1,0 +1,155 @@
+//! Publishing this node's locator entries: when a write changes a patient's data, the
+//! patient's entry is recomputed from storage and staged in the sans-IO
+//! [`PublisherLog`]; a task cuts batches by size or time window, persists each batch
+//! *before* it leaves the node (so a restart never signs a second batch with the same
+//! sequence number), clears the patients' dirty marks, and hands the batch on.
+
+use crate::storage::Storage;
+use ed25519_dalek::SigningKey;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, Mutex, Notify};
+use zorgmesh_protocol::{
+    BatchPolicy, LocatorEntry, NodeId, PatientKey, PublisherLog, ResourceCount, SignedBatch,
+};
+
+/// Publishes this node's locator entries.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<Storage>,
+    node: NodeId,
+    key: SigningKey,
+    log: Mutex<PublisherLog>,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("node", &self.inner.node).finish()
+    }
+}
+
+/// The current locator entry of a patient on this node, computed from storage.
+pub fn entry_for(storage: &Storage, node: NodeId, patient: PatientKey, now_ms: u64) -> Result<LocatorEntry, crate::fhir::FhirError> {
+    let patients = storage.patients_with_key(&patient)?;
+    let resources = crate::fhir::service::everything_in(storage, &patients)?;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for resource in &resources {
+        if let Some(t) = resource.get("resourceType").and_then(|t| t.as_str()) {
+            *counts.entry(t.to_owned()).or_default() += 1;
+        }
+    }
+    let counts: Vec<ResourceCount> = counts
+        .into_iter()
+        .take(zorgmesh_protocol::locator::MAX_COUNTS_PER_ENTRY)
+        .map(|(resource_type, count)| ResourceCount { resource_type, count })
+        .collect();
+    Ok(LocatorEntry {
+        patient,
+        holder: node,
+        retracted: counts.is_empty(),
+        counts,
+        updated_at_ms: now_ms,
+    })
+}
+
+impl Publisher {
+    /// A publisher that continues the log stored in `storage`.
+    pub fn new(storage: Arc<Storage>, key: SigningKey, policy: BatchPolicy) -> Result<Self, crate::storage::StorageError> {
+        let node = NodeId(key.verifying_key().to_bytes());
+        let mut head = None;
+        for bytes in storage.own_batches() {
+            if let Ok(batch) = SignedBatch::from_bytes(&bytes?) {
+                head = Some((batch.body.sequence, batch.body.hash()));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log: Mutex::new(PublisherLog::new(node, policy, head)),
+                storage,
+                node,
+                key,
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// Recomputes and stages the entries of `patients`.
+    pub async fn stage(&self, patients: BTreeSet<PatientKey>) {
+        let now = crate::fhir::service::now_ms();
+        let mut entries = Vec::with_capacity(patients.len());
+        for patient in patients {
+            match entry_for(&self.inner.storage, self.inner.node, patient, now) {
+                Ok(entry) => entries.push(entry),
+                Err(e) => tracing::error!(error = %e, "cannot compute locator entry"),
+            }
+        }
+        let mut log = self.inner.log.lock().await;
+        for entry in entries {
+            log.stage(entry, now);
+        }
+        drop(log);
+        self.inner.wake.notify_one();
+    }
+
+    /// Stages every patient whose entry was changed but not yet published (after a restart).
+    pub async fn recover(&self) -> Result<usize, crate::storage::StorageError> {
+        let dirty: BTreeSet<PatientKey> = self.inner.storage.dirty_patient_keys()?.into_iter().collect();
+        let n = dirty.len();
+        if n > 0 {
+            self.stage(dirty).await;
+        }
+        Ok(n)
+    }
+
+    /// Cuts batches when due, persists them and sends them to `out`, until `shutdown`.
+    pub async fn run(self, out: mpsc::Sender<SignedBatch>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let deadline = self.inner.log.lock().await.next_deadline();
+            let now = crate::fhir::service::now_ms();
+            let wait = match deadline {
+                Some(d) if d <= now => std::time::Duration::ZERO,
+                Some(d) => std::time::Duration::from_millis(d - now),
+                None => std::time::Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = self.inner.wake.notified() => continue,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            loop {
+                let now = crate::fhir::service::now_ms();
+                let batch = self.inner.log.lock().await.poll(now, &self.inner.key);
+                let Some(batch) = batch else { break };
+                let covered: Vec<PatientKey> = batch.body.entries.iter().map(|e| e.patient).collect();
+                if let Err(e) = self
+                    .inner
+                    .storage
+                    .append_own_batch(batch.body.sequence, &batch.to_bytes(), &covered)
+                    .await
+                {
+                    // Without a durable log we must not publish: stop publishing loudly.
+                    tracing::error!(error = %e, "cannot persist own batch; publishing stops");
+                    return;
+                }
+                tracing::debug!(sequence = batch.body.sequence, entries = batch.body.entries.len(), "batch signed");
+                if out.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        }
+        // Flush what is staged so that a clean shutdown loses nothing (dirty marks cover a crash).
+        let now = crate::fhir::service::now_ms();
+        let batch = self.inner.log.lock().await.flush(now, &self.inner.key);
+        if let Some(batch) = batch {
+            let covered: Vec<PatientKey> = batch.body.entries.iter().map(|e| e.patient).collect();
+            if self.inner.storage.append_own_batch(batch.body.sequence, &batch.to_bytes(), &covered).await.is_ok() {
+                let _ = out.try_send(batch);
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The node's storage, behind a narrow interface so that the engine (sled 0.34 today) can be
+//! replaced if the crash tests say so. Nothing outside this module names sled.
+//!
+//! One sled tree, `fhir`, holds resource state under prefixed keys, so that every FHIR write
+//! (a single resource or a whole transaction Bundle) lands with one atomic `apply_batch`:
+//!
+//! | key | value |
+//! |---|---|
+//! | `r\0{type}\0{id}` | current version record (JSON) |
+//! | `h\0{type}\0{id}\0{version u64 BE}` | every version record |
+//! | `l\0{patient id}\0{type}\0{id}` | compartment link: the resource belongs to the patient |
+//! | `p\0{patient id}` | patient key (32 bytes) of a local Patient with a BSN |
+//! | `k\0{patient key}{patient id}` | reverse: local Patients of a patient key |
+//! | `d\0{patient key}` | the patient's locator entry still has to be published |
+//!
+//! Two more trees hold logs: `own_log` (this node's signed batches by sequence) and
+//! `remote_log` (accepted gossip messages by publisher and sequence).
+//!
+//! **Durability**: a write is acknowledged only after `flush_async` returned, i.e. after sled
+//! wrote it to its log on disk. Writers are serialised by one mutex; flushes run outside it,
+//! so concurrent writers share a flush (group commit).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+use zorgmesh_protocol::{Bsn, LocatorKey, PatientKey};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The engine failed (disk full, corruption, I/O error).
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record under {key}: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// One version of a resource.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Version number, from 1.
+    pub version: u64,
+    /// When the version was written (ms since the Unix epoch).
+    pub last_updated_ms: u64,
+    /// True for a delete marker.
+    pub deleted: bool,
+    /// The resource (absent for a delete marker).
+    pub resource: Option<Value>,
+}
+
+const SEP: u8 = 0;
+
+fn resource_key(resource_type: &str, id: &str) -> Vec<u8> {
+    [b"r\0", resource_type.as_bytes(), &[SEP], id.as_bytes()].concat()
+}
+fn history_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+    [
+        b"h\0",
+        resource_type.as_bytes(),
+        &[SEP],
+        id.as_bytes(),
+        &[SEP],
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+fn link_key(patient_id: &str, resource_type: &str, id: &str) -> Vec<u8> {
+    [
+        b"l\0",
+        patient_id.as_bytes(),
+        &[SEP],
+        resource_type.as_bytes(),
+        &[SEP],
+        id.as_bytes(),
+    ]
+    .concat()
+}
+fn link_prefix(patient_id: &str) -> Vec<u8> {
+    [b"l\0", patient_id.as_bytes(), &[SEP]].concat()
+}
+fn patient_key_key(patient_id: &str) -> Vec<u8> {
+    [b"p\0", patient_id.as_bytes()].concat()
+}
+fn reverse_key(key: &PatientKey, patient_id: &str) -> Vec<u8> {
+    [b"k\0", &key.0[..], patient_id.as_bytes()].concat()
+}
+fn dirty_key(key: &PatientKey) -> Vec<u8> {
+    [b"d\0", &key.0[..]].concat()
+}
+
+/// The local patient id a resource belongs to (its patient compartment), if any: the
+/// Patient itself, or the `Patient/{id}` that `subject`, `patient` or `beneficiary` names.
+pub fn compartment_patient(resource_type: &str, id: &str, resource: &Value) -> Option<String> {
+    if resource_type == "Patient" {
+        return Some(id.to_owned());
+    }
+    for field in ["subject", "patient", "beneficiary"] {
+        let reference = resource.get(field)?.get("reference").and_then(Value::as_str);
+        if let Some(rest) = reference.and_then(|r| r.strip_prefix("Patient/")) {
+            let id = rest.split('/').next().unwrap_or(rest);
+            if !id.is_empty() {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The BSN of a Patient resource, if it carries a valid one.
+pub fn patient_bsn(resource: &Value) -> Option<Bsn> {
+    resource
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .filter(|i| i.get("system").and_then(Value::as_str) == Some(zorgmesh_protocol::patient::BSN_SYSTEM))
+        .find_map(|i| Bsn::parse(i.get("value")?.as_str()?).ok())
+}
+
+fn compartment_patient_of(record: Option<&VersionRecord>, resource_type: &str, id: &str) -> Option<String> {
+    record
+        .and_then(|r| r.resource.as_ref())
+        .and_then(|res| compartment_patient(resource_type, id, res))
+}
+
+/// The storage of one node.
+pub struct Storage {
+    db: sled::Db,
+    fhir: sled::Tree,
+    own_log: sled::Tree,
+    remote_log: sled::Tree,
+    writer: Mutex<()>,
+    locator_key: LocatorKey,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+/// An atomic write in progress: reads see the writes made so far; nothing reaches disk
+/// until [`Storage::write`] commits the whole set.
+pub struct WriteTransaction<'a> {
+    tree: &'a sled::Tree,
+    locator_key: &'a LocatorKey,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    dirty: BTreeSet<PatientKey>,
+    now_ms: u64,
+}
+
+/// What a put did.
+#[derive(Clone, Debug)]
+pub struct PutOutcome {
+    /// The new version number.
+    pub version: u64,
+    /// True when the resource did not exist (or was deleted) before.
+    pub created: bool,
+}
+
+impl WriteTransaction<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(value) = self.overlay.get(key) {
+            return Ok(value.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    /// The time the transaction writes as `lastUpdated`.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The current record of a resource, including delete markers.
+    pub fn current(&self, resource_type: &str, id: &str) -> Result<Option<VersionRecord>, StorageError> {
+        let key = resource_key(resource_type, id);
+        self.get(&key)?
+            .map(|bytes| decode_record(&key, &bytes))
+            .transpose()
+    }
+
+    fn patient_key_of(&self, patient_id: &str) -> Result<Option<PatientKey>, StorageError> {
+        Ok(self
+            .get(&patient_key_key(patient_id))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(PatientKey))
+    }
+
+    fn mark_dirty(&mut self, patient_id: Option<&str>) -> Result<(), StorageError> {
+        if let Some(pid) = patient_id {
+            if let Some(key) = self.patient_key_of(pid)? {
+                self.set(dirty_key(&key), Vec::new());
+                self.dirty.insert(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a new version of a resource. `resource` must already carry `id` and `meta`
+    /// with the version the caller got from [`WriteTransaction::next_version`].
+    pub fn put(&mut self, resource_type: &str, id: &str, resource: Value) -> Result<PutOutcome, StorageError> {
+        let previous = self.current(resource_type, id)?;
+        let version = previous.as_ref().map_or(1, |p| p.version + 1);
+        let created = previous.as_ref().is_none_or(|p| p.deleted);
+        let old_patient = compartment_patient_of(previous.as_ref(), resource_type, id);
+        let new_patient = compartment_patient(resource_type, id, &resource);
+
+        if resource_type == "Patient" {
+            let old_key = self.patient_key_of(id)?;
+            let new_key = patient_bsn(&resource).map(|bsn| PatientKey::derive(self.locator_key, &bsn));
+            if old_key != new_key {
+                if let Some(old) = old_key {
+                    self.mark_dirty(Some(id))?;
+                    self.remove(reverse_key(&old, id));
+                    self.remove(patient_key_key(id));
+                }
+                if let Some(new) = new_key {
+                    self.set(patient_key_key(id), new.0.to_vec());
+                    self.set(reverse_key(&new, id), Vec::new());
+                }
+            }
+        }
+        if old_patient != new_patient {
+            if let Some(old) = &old_patient {
+                self.remove(link_key(old, resource_type, id));
+                self.mark_dirty(Some(old))?;
+            }
+        }
+        if let Some(new) = &new_patient {
+            if resource_type != "Patient" {
+                self.set(link_key(new, resource_type, id), Vec::new());
+            }
+        }
+        self.mark_dirty(new_patient.as_deref())?;
+
+        let record = VersionRecord {
+            version,
+            last_updated_ms: self.now_ms,
+            deleted: false,
+            resource: Some(resource),
+        };
+        let bytes = serde_json::to_vec(&record).expect("records serialize");
+        self.set(history_key(resource_type, id, version), bytes.clone());
+        self.set(resource_key(resource_type, id), bytes);
+        Ok(PutOutcome { version, created })
+    }
+
+    /// The version number the next put of this resource will get.
+    pub fn next_version(&self, resource_type: &str, id: &str) -> Result<u64, StorageError> {
+        Ok(self.current(resource_type, id)?.map_or(1, |p| p.version + 1))
+    }
+
+    /// Deletes a resource (writes a delete marker). Returns the marker's version, or `None`
+    /// when there was nothing to delete.
+    pub fn delete(&mut self, resource_type: &str, id: &str) -> Result<Option<u64>, StorageError> {
+        let Some(previous) = self.current(resource_type, id)? else {
+            return Ok(None);
+        };
+        if previous.deleted {
+            return Ok(None);
+        }
+        let old_patient = compartment_patient_of(Some(&previous), resource_type, id);
+        if let Some(old) = &old_patient {
+            self.mark_dirty(Some(old))?;
+            if resource_type != "Patient" {
+                self.remove(link_key(old, resource_type, id));
+            }
+        }
+        if resource_type == "Patient" {
+            if let Some(key) = self.patient_key_of(id)? {
+                self.remove(reverse_key(&key, id));
+                self.remove(patient_key_key(id));
+            }
+        }
+        let version = previous.version + 1;
+        let record = VersionRecord {
+            version,
+            last_updated_ms: self.now_ms,
+            deleted: true,
+            resource: None,
+        };
+        let bytes = serde_json::to_vec(&record).expect("records serialize");
+        self.set(history_key(resource_type, id, version), bytes.clone());
+        self.set(resource_key(resource_type, id), bytes);
+        Ok(Some(version))
+    }
+}
+
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<VersionRecord, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        message: e.to_string(),
+    })
+}
+
+impl Storage {
+    /// Opens (or creates) the storage in `dir`.
+    pub fn open(dir: &Path, locator_key: LocatorKey) -> Result<Self, StorageError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            fhir: db.open_tree("fhir")?,
+            own_log: db.open_tree("own_log")?,
+            remote_log: db.open_tree("remote_log")?,
+            db,
+            writer: Mutex::new(()),
+            locator_key,
+        })
+    }
+
+    /// Runs `work` as one atomic, durable write. If `work` fails, nothing is written.
+    /// Returns `work`'s value and the patient keys whose locator entries changed.
+    pub async fn write<T, E>(
+        &self,
+        now_ms: u64,
+        work: impl FnOnce(&mut WriteTransaction<'_>) -> Result<T, E>,
+    ) -> Result<(T, BTreeSet<PatientKey>), E>
+    where
+        E: From<StorageError>,
+    {
+        let (value, dirty) = {
+            let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tx = WriteTransaction {
+                tree: &self.fhir,
+                locator_key: &self.locator_key,
+                overlay: BTreeMap::new(),
+                dirty: BTreeSet::new(),
+                now_ms,
+            };
+            let value = work(&mut tx)?;
+            let mut batch = sled::Batch::default();
+            for (key, value) in tx.overlay {
+                match value {
+                    Some(v) => batch.insert(key, v),
+                    None => batch.remove(key),
+                }
+            }
+            self.fhir.apply_batch(batch).map_err(StorageError::from)?;
+            (value, tx.dirty)
+        };
+        self.db.flush_async().await.map_err(StorageError::from)?;
+        Ok((value, dirty))
+    }
+
+    /// The current record of a resource.
+    pub fn current(&self, resource_type: &str, id: &str) -> Result<Option<VersionRecord>, StorageError> {
+        let key = resource_key(resource_type, id);
+        self.fhir
+            .get(&key)?
+            .map(|bytes| decode_record(&key, &bytes))
+            .transpose()
+    }
+
+    /// The current resource, if it exists and is not deleted.
+    pub fn read(&self, resource_type: &str, id: &str) -> Result<Option<Value>, StorageError> {
+        Ok(self
+            .current(resource_type, id)?
+            .filter(|r| !r.deleted)
+            .and_then(|r| r.resource))
+    }
+
+    /// One version of a resource.
+    pub fn version(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StorageError> {
+        let key = history_key(resource_type, id, version);
+        self.fhir
+            .get(&key)?
+            .map(|bytes| decode_record(&key, &bytes))
+            .transpose()
+    }
+
+    /// Current, not deleted resources of a type, in id order, with their update times.
+    pub fn scan_type(&self, resource_type: &str) -> impl Iterator<Item = Result<(u64, Value), StorageError>> + '_ {
+        let prefix = [b"r\0", resource_type.as_bytes(), &[SEP]].concat();
+        self.fhir.scan_prefix(prefix).filter_map(|item| match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((key, bytes)) => match decode_record(&key, &bytes) {
+                Err(e) => Some(Err(e)),
+                Ok(record) if record.deleted => None,
+                Ok(record) => record.resource.map(|r| Ok((record.last_updated_ms, r))),
+            },
+        })
+    }
+
+    /// `(type, id)` of every resource linked to a local patient's compartment.
+    pub fn compartment(&self, patient_id: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let prefix = link_prefix(patient_id);
+        let mut out = Vec::new();
+        for item in self.fhir.scan_prefix(&prefix) {
+            let (key, _) = item?;
+            let rest = &key[prefix.len()..];
+            let mut parts = rest.splitn(2, |b| *b == SEP);
+            let resource_type = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            out.push((resource_type, id));
+        }
+        Ok(out)
+    }
+
+    /// Local Patient ids that carry the BSN behind `key`.
+    pub fn patients_with_key(&self, key: &PatientKey) -> Result<Vec<String>, StorageError> {
+        let prefix = [b"k\0", &key.0[..]].concat();
+        let mut out = Vec::new();
+        for item in self.fhir.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Patient keys whose locator entries are not yet in a persisted batch.
+    pub fn dirty_patient_keys(&self) -> Result<Vec<PatientKey>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.fhir.scan_prefix(b"d\0") {
+            let (k, _) = item?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(&k[2..]) {
+                out.push(PatientKey(bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Persists one of this node's own signed batches and clears the dirty marks of the
+    /// patients it covers, atomically with respect to a crash: the batch is durable before
+    /// it is published.
+    pub async fn append_own_batch(&self, sequence: u64, bytes: &[u8], covered: &[PatientKey]) -> Result<(), StorageError> {
+        self.own_log.insert(sequence.to_be_bytes(), bytes)?;
+        self.db.flush_async().await?;
+        let mut batch = sled::Batch::default();
+        for key in covered {
+            batch.remove(dirty_key(key));
+        }
+        self.fhir.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// This node's own batches, in sequence order.
+    pub fn own_batches(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
+        self.own_log
+            .iter()
+            .map(|item| item.map(|(_, v)| v.to_vec()).map_err(StorageError::from))
+    }
+
+    /// Persists an accepted gossip message of another publisher.
+    pub fn append_remote(&self, publisher: &[u8; 32], sequence: u64, message: &[u8]) -> Result<(), StorageError> {
+        let key = [&publisher[..], &sequence.to_be_bytes()].concat();
+        self.remote_log.insert(key, message)?;
+        Ok(())
+    }
+
+    /// Every accepted gossip message, by publisher then sequence.
+    pub fn remote_messages(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
+        self.remote_log
+            .iter()
+            .map(|item| item.map(|(_, v)| v.to_vec()).map_err(StorageError::from))
+    }
+
+    /// Flushes everything to disk.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
