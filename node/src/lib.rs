@@ -12,3 +12,7 @@ pub mod publishing;
 pub mod storage;
 pub mod data_plane;
 pub mod dossier;
+pub mod node;
+pub mod provision;
+pub mod demo;
+pub mod synth;

@@ -1,1 +1,286 @@
-fn main() {}
+//! The `zorgmesh` binary: certificates, topologies, running a node, and the demo.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use time::{Duration, OffsetDateTime};
+use zorgmesh_certs::{
+    read_certificate, write_certificate, write_signing_key, CaFiles, CertificateAuthority, NodeIdentity, TrustAnchor,
+};
+use zorgmesh_node::config::NodeConfig;
+use zorgmesh_node::node::RunningNode;
+use zorgmesh_node::{demo, provision};
+use zorgmesh_protocol::NodeRole;
+use zorgmesh_topology::Topology;
+
+#[derive(Parser)]
+#[command(name = "zorgmesh", version, about = "A peer-to-peer federated index and replication mesh for health data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the network's trust anchor and node certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Check a mesh description or generate a whole local mesh from it.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Run a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Start a local mesh on loopback, load synthetic patients and resolve dossiers.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a network: CA key and certificate plus the network locator key.
+    Init {
+        /// Network name (a DNS label, e.g. "zorgnet").
+        #[arg(long)]
+        network: String,
+        /// Directory to write ca.crt, ca.key and locator.key into.
+        #[arg(long)]
+        out: PathBuf,
+        /// CA validity in days.
+        #[arg(long, default_value_t = provision::CA_DAYS)]
+        days: i64,
+    },
+    /// Issue a node key and certificate signed by the network CA.
+    Issue(IssueArgs),
+    /// Show (and verify) a certificate.
+    Show {
+        /// The certificate (PEM).
+        certificate: PathBuf,
+        /// Verify it against this CA certificate (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// Directory holding the network's ca.crt and ca.key.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// Node name (DNS label).
+    #[arg(long)]
+    name: String,
+    /// URA of the responsible organisation (8 digits).
+    #[arg(long)]
+    ura: String,
+    /// Name of the responsible organisation.
+    #[arg(long)]
+    organisation: String,
+    /// Region of the node.
+    #[arg(long)]
+    region: String,
+    /// institution or replication-platform.
+    #[arg(long, default_value = "institution")]
+    role: NodeRole,
+    /// Validity in days.
+    #[arg(long, default_value_t = provision::NODE_CERT_DAYS)]
+    days: i64,
+    /// Directory to write <name>.key and <name>.crt into.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum TopologyCommand {
+    /// Name every problem in a topology file.
+    Check {
+        /// The topology (TOML).
+        file: PathBuf,
+    },
+    /// Write the CA, every node's key, certificate and config.
+    Generate {
+        /// The topology (TOML).
+        file: PathBuf,
+        /// Output directory (must not hold a CA yet).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Run a node until ctrl-c.
+    Run {
+        /// The node config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Seed of the synthetic patient generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Number of synthetic patients.
+    #[arg(long, default_value_t = 25)]
+    patients: usize,
+    /// Number of dossiers to resolve.
+    #[arg(long, default_value_t = 5)]
+    resolve: usize,
+    /// Keep the mesh up after the summary and print each node's FHIR base URL.
+    #[arg(long)]
+    keep_running: bool,
+    /// Keep the mesh's files here (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Node(_) => "warn,zorgmesh_node=info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Certs(CertsCommand::Init { network, out, days }) => {
+            let files = CaFiles::in_dir(&out);
+            files.ensure_absent()?;
+            let ca = CertificateAuthority::create(&network, provision::new_key(), OffsetDateTime::now_utc(), days)
+                .map_err(anyhow::Error::msg)?;
+            files.write(&ca, &provision::new_locator_key())?;
+            println!("network {network:?} created:");
+            println!("  {}  trust anchor: give it to every node", files.certificate.display());
+            println!("  {}  CA key: keep it offline (owner-only)", files.key.display());
+            println!("  {}  network locator key: give it to every node (owner-only)", files.locator_key.display());
+        }
+        Command::Certs(CertsCommand::Issue(args)) => {
+            let files = CaFiles::in_dir(&args.ca_dir);
+            let ca = files.load_authority()?;
+            let identity = NodeIdentity {
+                name: args.name.clone(),
+                organisation_ura: args.ura,
+                organisation_name: args.organisation,
+                region: args.region,
+                role: args.role,
+            };
+            identity.validate().map_err(anyhow::Error::msg)?;
+            if args.days <= 0 {
+                bail!("--days must be positive");
+            }
+            let now = OffsetDateTime::now_utc();
+            let key = provision::new_key();
+            let der = ca
+                .issue(&identity, &key, now - Duration::minutes(5), now + Duration::days(args.days))
+                .map_err(anyhow::Error::msg)?;
+            let key_path = args.out.join(format!("{}.key", args.name));
+            let cert_path = args.out.join(format!("{}.crt", args.name));
+            if key_path.exists() {
+                bail!("{} already exists: refusing to overwrite a node key", key_path.display());
+            }
+            write_signing_key(&key_path, &key)?;
+            write_certificate(&cert_path, &der)?;
+            println!("issued {} for node {:?}, valid {} days; key in {}", cert_path.display(), args.name, args.days, key_path.display());
+        }
+        Command::Certs(CertsCommand::Show { certificate, ca }) => {
+            let der = read_certificate(&certificate)?;
+            let anchor_der = match &ca {
+                Some(path) => read_certificate(path)?,
+                None => {
+                    // A CA certificate shows itself.
+                    if let Ok(anchor) = TrustAnchor::from_der(&der) {
+                        println!("CA certificate of network {:?}", anchor.network());
+                        println!("  public key  {}", hex::encode(anchor.public_key()));
+                        return Ok(());
+                    }
+                    bail!("give --ca <ca.crt> to verify and show a node certificate");
+                }
+            };
+            let anchor = TrustAnchor::from_der(&anchor_der).context("the --ca file is not a network CA")?;
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let verified = anchor.verify_node_certificate(&der, None)?;
+            let fmt = |t: i64| {
+                OffsetDateTime::from_unix_timestamp(t)
+                    .ok()
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default()
+            };
+            println!("node certificate {}", certificate.display());
+            println!("  node          {}", verified.identity.name);
+            println!("  organisation  {} (URA {})", verified.identity.organisation_name, verified.identity.organisation_ura);
+            println!("  region        {}", verified.identity.region);
+            println!("  role          {}", verified.identity.role);
+            println!("  public key    {}", verified.node.to_hex());
+            println!("  valid         {} to {}", fmt(verified.not_before), fmt(verified.not_after));
+            println!("  network       {}", anchor.network());
+            match anchor.verify_node_certificate(&der, Some(now)) {
+                Ok(_) => println!("  status        valid now"),
+                Err(e) => {
+                    println!("  status        NOT VALID: {e}");
+                    bail!("{e}");
+                }
+            }
+        }
+        Command::Topology(TopologyCommand::Check { file }) => {
+            let topology = Topology::load(&file)?;
+            topology.check()?;
+            println!(
+                "{}: network {:?}, {} regions, {} nodes: no problems",
+                file.display(),
+                topology.network,
+                topology.regions.len(),
+                topology.nodes.len()
+            );
+        }
+        Command::Topology(TopologyCommand::Generate { file, out }) => {
+            let topology = Topology::load(&file)?;
+            let nodes = provision::generate(&topology, &out, OffsetDateTime::now_utc())?;
+            println!("generated network {:?} in {}:", topology.network, out.display());
+            for node in nodes {
+                println!("  zorgmesh node run --config {}", node.config_path().display());
+            }
+        }
+        Command::Node(NodeCommand::Run { config }) => {
+            let config = NodeConfig::load(&config)?;
+            let node = RunningNode::start(config).await?;
+            println!("node {} running: FHIR API at {}", node.name(), node.base_url());
+            node.run_until_ctrl_c().await?;
+        }
+        Command::Demo(args) => {
+            if args.patients == 0 {
+                bail!("--patients must be at least 1");
+            }
+            demo::run(demo::DemoOptions {
+                seed: args.seed,
+                patients: args.patients,
+                resolve: args.resolve.min(args.patients),
+                keep_running: args.keep_running,
+                dir: args.dir,
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}

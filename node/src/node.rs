@@ -1,0 +1,237 @@
+//! A running node: starts storage, index, publishing, gossip, data plane and HTTP API, and
+//! stops them all on shutdown (releasing ports and the data directory).
+
+use crate::config::NodeConfig;
+use crate::data_plane::{DataPlane, TlsIdentity};
+use crate::dossier::DossierResolver;
+use crate::fhir::api::{router, ApiState};
+use crate::fhir::FhirService;
+use crate::gossip::{self, GossipSettings, GossipStatus};
+use crate::mesh::Mesh;
+use crate::publishing::Publisher;
+use crate::storage::Storage;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use zorgmesh_certs::{read_certificate, read_locator_key, read_signing_key, TrustAnchor, VerifiedNode};
+use zorgmesh_protocol::gossip::GossipMessage;
+use zorgmesh_protocol::record::NodeRecord;
+use zorgmesh_protocol::{BatchPolicy, NodeId};
+
+/// Batches waiting between the publisher and the gossip task.
+const OUTBOX_DEPTH: usize = 64;
+
+/// A running node.
+pub struct RunningNode {
+    /// The node's certificate facts.
+    pub identity: VerifiedNode,
+    /// Bound FHIR API address.
+    pub http_addr: SocketAddr,
+    /// Bound QUIC address.
+    pub data_addr: SocketAddr,
+    /// Gossip address with `/p2p/<peer id>`.
+    pub gossip_addr: libp2p::Multiaddr,
+    /// The index and its validation.
+    pub mesh: Arc<Mesh>,
+    /// Gossip counters.
+    pub gossip_status: Arc<GossipStatus>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("name", &self.identity.identity.name)
+            .field("http", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_storage(config: &NodeConfig, locator_key: zorgmesh_protocol::LocatorKey) -> anyhow::Result<Storage> {
+    // A node that was just stopped in this process may still be releasing the lock.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Storage::open(&config.data_dir, locator_key.clone()) {
+            Ok(storage) => return Ok(storage),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open data directory {}", config.data_dir.display()))
+            }
+        }
+    }
+}
+
+impl RunningNode {
+    /// Starts a node from its config.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
+        config.validate()?;
+        let trust = &config.trust;
+        let anchor_der = read_certificate(&trust.ca_certificate)?;
+        let anchor = TrustAnchor::from_der(&anchor_der)
+            .with_context(|| format!("{} is not a usable network CA", trust.ca_certificate.display()))?;
+        let certificate_der = read_certificate(&trust.node_certificate)?;
+        let key = read_signing_key(&trust.node_key)?;
+        let locator_key = read_locator_key(&trust.locator_key)?;
+        let now = (crate::fhir::service::now_ms() / 1000) as i64;
+        let identity = anchor
+            .verify_node_certificate(&certificate_der, Some(now))
+            .with_context(|| format!("node certificate {}", trust.node_certificate.display()))?;
+        if identity.node != NodeId(key.verifying_key().to_bytes()) {
+            anyhow::bail!(
+                "{} does not belong to the certificate {}",
+                trust.node_key.display(),
+                trust.node_certificate.display()
+            );
+        }
+        if identity.identity.name != config.name {
+            anyhow::bail!(
+                "config name {:?} differs from the certificate's node name {:?}",
+                config.name,
+                identity.identity.name
+            );
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        let storage = Arc::new(open_storage(&config, locator_key.clone())?);
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        let data_plane = DataPlane::bind(
+            &TlsIdentity { anchor: anchor.clone(), certificate_der: certificate_der.clone(), key: key.clone() },
+            config.data_listen,
+        )?;
+        let data_addr = data_plane.local_addr()?;
+        let advertised = config.data_advertise.unwrap_or(data_addr).to_string();
+
+        let mesh = Arc::new(Mesh::new(anchor.clone(), storage.clone(), &identity));
+        let (own, remote) = mesh.restore(&advertised)?;
+        tracing::info!(node = %config.name, own_batches = own, remote_batches = remote, "index restored");
+
+        let publisher = Publisher::new(
+            storage.clone(),
+            key.clone(),
+            BatchPolicy {
+                max_entries: config.publishing.batch_max_entries,
+                window_ms: config.publishing.batch_window_ms,
+            },
+        )?;
+        let fhir = FhirService::new(storage.clone(), publisher.clone());
+
+        let bootstrap = config
+            .bootstrap
+            .iter()
+            .map(|b| b.parse())
+            .collect::<Result<Vec<libp2p::Multiaddr>, _>>()?;
+        let gossip = gossip::start(
+            GossipSettings { key: key.clone(), network: anchor.network().to_owned(), listen: config.gossip_listen, bootstrap },
+            mesh.clone(),
+            shutdown_rx.clone(),
+        )
+        .await?;
+        tasks.push(gossip.task);
+
+        // Publisher → own index + gossip.
+        let (outbox, mut batches) = mpsc::channel(OUTBOX_DEPTH);
+        tasks.push(tokio::spawn(publisher.clone().run(outbox, shutdown_rx.clone())));
+        let record_key = key.clone();
+        let record_cert = certificate_der.clone();
+        let forward_mesh = mesh.clone();
+        let publish = gossip.publish.clone();
+        let record_address = advertised.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(batch) = batches.recv().await {
+                let record = NodeRecord {
+                    node: NodeId(record_key.verifying_key().to_bytes()),
+                    certificate_der: record_cert.clone(),
+                    data_address: record_address.clone(),
+                    issued_at_ms: crate::fhir::service::now_ms(),
+                }
+                .sign(&record_key);
+                forward_mesh.apply_own(batch.clone(), &record_address);
+                let message = GossipMessage::Batch { record, batch }.to_bytes();
+                if publish.send(message).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        let recovered = publisher.recover().await?;
+        if recovered > 0 {
+            tracing::info!(patients = recovered, "re-staged locator entries that were not yet published");
+        }
+
+        tasks.push(tokio::spawn(data_plane.clone().serve(fhir.clone(), shutdown_rx.clone())));
+
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot bind the FHIR API on {}", config.http_listen))?;
+        let http_addr = listener.local_addr()?;
+        let state = ApiState {
+            fhir: fhir.clone(),
+            dossier: DossierResolver {
+                mesh: mesh.clone(),
+                data_plane,
+                fhir,
+                locator_key,
+                network: anchor.network().to_owned(),
+                holder_timeout_ms: config.resolve.holder_timeout_ms,
+            },
+            base: format!("http://{http_addr}/fhir"),
+            node_name: config.name.clone(),
+        };
+        let mut http_shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "FHIR API stopped");
+            }
+        }));
+        tracing::info!(node = %config.name, http = %http_addr, data = %data_addr, gossip = %gossip.listen_addr, "node running");
+        Ok(Self {
+            identity,
+            http_addr,
+            data_addr,
+            gossip_addr: gossip.listen_addr,
+            mesh,
+            gossip_status: gossip.status,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The FHIR base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/fhir", self.http_addr)
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.identity.identity.name
+    }
+
+    /// Stops every task and waits for them, releasing ports and the data directory.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(_) => {}
+                Err(_) => tracing::warn!("a node task did not stop within 10 s"),
+            }
+        }
+    }
+
+    /// Waits for ctrl-c, then shuts down.
+    pub async fn run_until_ctrl_c(self) -> anyhow::Result<()> {
+        tokio::signal::ctrl_c().await?;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+        Ok(())
+    }
+}
