@@ -48,7 +48,11 @@ fn ca_name(network: &str) -> DistinguishedName {
     name
 }
 
-fn ca_params(network: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
+fn ca_params(
+    network: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = ca_name(network);
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -67,7 +71,11 @@ impl CertificateAuthority {
         valid_days: i64,
     ) -> Result<Self, String> {
         crate::validate_label("network name", network)?;
-        let params = ca_params(network, now - Duration::minutes(5), now + Duration::days(valid_days));
+        let params = ca_params(
+            network,
+            now - Duration::minutes(5),
+            now + Duration::days(valid_days),
+        );
         let certificate = params
             .self_signed(&rcgen_key(&key)?)
             .map_err(|e| format!("cannot sign CA certificate: {e}"))?;
@@ -147,7 +155,11 @@ impl CertificateAuthority {
         let serial: [u8; 16] = {
             let digest = ed25519_dalek::Signer::sign(
                 &self.key,
-                &[node_key.verifying_key().as_bytes().as_slice(), &not_before.unix_timestamp().to_le_bytes()].concat(),
+                &[
+                    node_key.verifying_key().as_bytes().as_slice(),
+                    &not_before.unix_timestamp().to_le_bytes(),
+                ]
+                .concat(),
             )
             .to_bytes();
             let mut s = [0u8; 16];

@@ -48,7 +48,10 @@ fn format_err(path: &Path, message: impl Into<String>) -> FileError {
 
 /// Writes `contents` to `path` atomically with the given Unix mode.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -113,7 +116,10 @@ pub fn read_certificate(path: &Path) -> Result<Vec<u8>, FileError> {
 
 /// Writes the network locator key as hex, owner-only.
 pub fn write_locator_key(path: &Path, key: &LocatorKey) -> Result<(), FileError> {
-    write_private_file(path, format!("{}\n", hex::encode(key.as_bytes())).as_bytes())
+    write_private_file(
+        path,
+        format!("{}\n", hex::encode(key.as_bytes())).as_bytes(),
+    )
 }
 
 /// Reads the network locator key (64 hex characters).
@@ -207,4 +213,3 @@ impl NodeFiles {
         write_certificate(&self.certificate, &issued.certificate_der)
     }
 }
-

@@ -28,12 +28,10 @@ impl NodeIdentity {
     pub fn validate(&self) -> Result<(), String> {
         crate::validate_label("node name", &self.name)?;
         crate::validate_label("region", &self.region)?;
-        if self.organisation_ura.len() != 8 || !self.organisation_ura.bytes().all(|b| b.is_ascii_digit())
+        if self.organisation_ura.len() != 8
+            || !self.organisation_ura.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err(format!(
-                "URA {:?} must be 8 digits",
-                self.organisation_ura
-            ));
+            return Err(format!("URA {:?} must be 8 digits", self.organisation_ura));
         }
         if self.organisation_name.trim().is_empty() || self.organisation_name.len() > 200 {
             return Err("organisation name must be 1-200 characters".into());
@@ -69,7 +67,9 @@ impl NodeIdentity {
         .map_err(|e| format!("identity extension is not valid DER: {e}"))?;
         let (version, name, organisation_ura, organisation_name, region, role) = parsed;
         if version != 1 {
-            return Err(format!("identity extension version {version} is not supported"));
+            return Err(format!(
+                "identity extension version {version} is not supported"
+            ));
         }
         let identity = Self {
             name,

@@ -19,8 +19,7 @@ mod verify;
 pub use authority::{CertificateAuthority, IssuedNode};
 pub use files::{
     read_certificate, read_locator_key, read_signing_key, write_certificate, write_locator_key,
-    write_private_file, write_signing_key,
-    CaFiles, FileError, NodeFiles,
+    write_private_file, write_signing_key, CaFiles, FileError, NodeFiles,
 };
 pub use identity::{NodeIdentity, IDENTITY_EXTENSION_OID};
 pub use verify::{CertError, TrustAnchor, VerifiedNode};

@@ -105,7 +105,10 @@ fn ed25519_key(cert: &X509Certificate<'_>) -> Result<[u8; 32], CertError> {
 fn format_time(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -115,7 +118,9 @@ impl TrustAnchor {
         let (rest, cert) =
             X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(CertError::Malformed("trailing bytes after the certificate".into()));
+            return Err(CertError::Malformed(
+                "trailing bytes after the certificate".into(),
+            ));
         }
         if !cert.is_ca() {
             return Err(CertError::NotACa(format!(
@@ -167,7 +172,9 @@ impl TrustAnchor {
         let (rest, cert) =
             X509Certificate::from_der(der).map_err(|e| CertError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(CertError::Malformed("trailing bytes after the certificate".into()));
+            return Err(CertError::Malformed(
+                "trailing bytes after the certificate".into(),
+            ));
         }
         let subject = cert.subject().to_string();
         let issuer = cert.issuer().to_string();

@@ -49,7 +49,12 @@ fn a_certificate_from_another_ca_is_rejected() {
     let ours = ca(1, "testnet");
     let theirs = ca(2, "testnet");
     let der = theirs
-        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .issue(
+            &identity(),
+            &SigningKey::from_bytes(&[5; 32]),
+            now(),
+            now() + Duration::days(1),
+        )
         .unwrap();
     // Same network name, same subject: only the signature tells them apart.
     let err = anchor(&ours)
@@ -59,7 +64,12 @@ fn a_certificate_from_another_ca_is_rejected() {
 
     let other_network = ca(3, "othernet");
     let der = other_network
-        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .issue(
+            &identity(),
+            &SigningKey::from_bytes(&[5; 32]),
+            now(),
+            now() + Duration::days(1),
+        )
         .unwrap();
     let err = anchor(&ours)
         .verify_node_certificate(&der, Some(now().unix_timestamp()))
@@ -72,14 +82,23 @@ fn a_certificate_from_another_ca_is_rejected() {
 fn an_expired_or_not_yet_valid_certificate_is_rejected() {
     let ca = ca(1, "testnet");
     let der = ca
-        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .issue(
+            &identity(),
+            &SigningKey::from_bytes(&[5; 32]),
+            now(),
+            now() + Duration::days(1),
+        )
         .unwrap();
     let later = (now() + Duration::days(2)).unix_timestamp();
-    let err = anchor(&ca).verify_node_certificate(&der, Some(later)).unwrap_err();
+    let err = anchor(&ca)
+        .verify_node_certificate(&der, Some(later))
+        .unwrap_err();
     assert!(matches!(err, CertError::Expired { .. }), "{err}");
     assert!(err.to_string().contains("umcg"), "{err}");
     let earlier = (now() - Duration::days(1)).unix_timestamp();
-    let err = anchor(&ca).verify_node_certificate(&der, Some(earlier)).unwrap_err();
+    let err = anchor(&ca)
+        .verify_node_certificate(&der, Some(earlier))
+        .unwrap_err();
     assert!(matches!(err, CertError::NotYetValid { .. }), "{err}");
 }
 
@@ -87,7 +106,12 @@ fn an_expired_or_not_yet_valid_certificate_is_rejected() {
 fn a_tampered_certificate_is_rejected() {
     let ca = ca(1, "testnet");
     let der = ca
-        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(365))
+        .issue(
+            &identity(),
+            &SigningKey::from_bytes(&[5; 32]),
+            now(),
+            now() + Duration::days(365),
+        )
         .unwrap();
     // Change the organisation name inside the identity extension, keeping the length.
     let needle = b"Groningen";
@@ -114,9 +138,17 @@ fn garbage_is_a_clear_error() {
     }
     // a node certificate is not a trust anchor
     let der = ca
-        .issue(&identity(), &SigningKey::from_bytes(&[5; 32]), now(), now() + Duration::days(1))
+        .issue(
+            &identity(),
+            &SigningKey::from_bytes(&[5; 32]),
+            now(),
+            now() + Duration::days(1),
+        )
         .unwrap();
-    assert!(matches!(TrustAnchor::from_der(&der), Err(CertError::NotACa(_))));
+    assert!(matches!(
+        TrustAnchor::from_der(&der),
+        Err(CertError::NotACa(_))
+    ));
 }
 
 #[test]
@@ -133,7 +165,10 @@ fn key_files_are_owner_only_and_round_trip() {
     assert!(files.ensure_absent().is_err());
     let loaded = files.load_authority().unwrap();
     assert_eq!(loaded.certificate_der(), ca.certificate_der());
-    assert_eq!(zorgmesh_certs::read_locator_key(&files.locator_key).unwrap(), locator);
+    assert_eq!(
+        zorgmesh_certs::read_locator_key(&files.locator_key).unwrap(),
+        locator
+    );
     std::fs::write(&files.locator_key, "zz").unwrap();
     let err = zorgmesh_certs::read_locator_key(&files.locator_key).unwrap_err();
     assert!(err.to_string().contains("64 hex"), "{err}");

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::fetch::{
-    frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES, MAX_REQUEST_BYTES,
-    MAX_RESOURCES_PER_RESPONSE,
+    frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES,
+    MAX_REQUEST_BYTES, MAX_RESOURCES_PER_RESPONSE,
 };
 use zorgmesh_protocol::{NodeId, PatientKey};
 
@@ -77,8 +77,12 @@ fn roots(anchor: &TrustAnchor) -> anyhow::Result<Arc<rustls::RootCertStore>> {
 }
 
 fn private_key(key: &SigningKey) -> anyhow::Result<PrivateKeyDer<'static>> {
-    let der = key.to_pkcs8_der().map_err(|e| anyhow::anyhow!("encode key: {e}"))?;
-    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_bytes().to_vec())))
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| anyhow::anyhow!("encode key: {e}"))?;
+    Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        der.as_bytes().to_vec(),
+    )))
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
@@ -91,16 +95,21 @@ fn transport() -> Arc<quinn::TransportConfig> {
 }
 
 /// The quinn server and client configurations for a node.
-pub fn quic_configs(identity: &TlsIdentity) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+pub fn quic_configs(
+    identity: &TlsIdentity,
+) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let roots = roots(&identity.anchor)?;
     let chain = vec![CertificateDer::from(identity.certificate_der.clone())];
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build()?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), private_key(&identity.key)?)?;
     server.alpn_protocols = vec![FETCH_ALPN.to_vec()];
-    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server)?));
     server_config.transport_config(transport());
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
@@ -113,14 +122,21 @@ pub fn quic_configs(identity: &TlsIdentity) -> anyhow::Result<(quinn::ServerConf
     Ok((server_config, client_config))
 }
 
-fn peer_certificate(connection: &quinn::Connection, anchor: &TrustAnchor) -> Result<VerifiedNode, String> {
-    let identity = connection.peer_identity().ok_or("peer presented no certificate")?;
+fn peer_certificate(
+    connection: &quinn::Connection,
+    anchor: &TrustAnchor,
+) -> Result<VerifiedNode, String> {
+    let identity = connection
+        .peer_identity()
+        .ok_or("peer presented no certificate")?;
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| "unexpected peer identity type")?;
     let leaf = chain.first().ok_or("empty certificate chain")?;
     let now = (crate::fhir::service::now_ms() / 1000) as i64;
-    anchor.verify_node_certificate(leaf, Some(now)).map_err(|e| e.to_string())
+    anchor
+        .verify_node_certificate(leaf, Some(now))
+        .map_err(|e| e.to_string())
 }
 
 /// The data plane of one node: a QUIC endpoint that serves and fetches.
@@ -187,7 +203,12 @@ impl DataPlane {
         self.connections.lock().await.clear();
     }
 
-    async fn connection(&self, holder: NodeId, name: &str, addr: SocketAddr) -> Result<quinn::Connection, FetchError> {
+    async fn connection(
+        &self,
+        holder: NodeId,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<quinn::Connection, FetchError> {
         let mut cache = self.connections.lock().await;
         if let Some(connection) = cache.get(&holder) {
             if connection.close_reason().is_none() && connection.remote_address() == addr {
@@ -197,10 +218,14 @@ impl DataPlane {
         let connecting = self
             .endpoint
             .connect(addr, &zorgmesh_certs::node_dns_name(name))
-            .map_err(|e| FetchError::Connect { addr, message: e.to_string() })?;
-        let connection = connecting
-            .await
-            .map_err(|e| FetchError::Connect { addr, message: e.to_string() })?;
+            .map_err(|e| FetchError::Connect {
+                addr,
+                message: e.to_string(),
+            })?;
+        let connection = connecting.await.map_err(|e| FetchError::Connect {
+            addr,
+            message: e.to_string(),
+        })?;
         let peer = peer_certificate(&connection, &self.anchor).map_err(FetchError::Identity)?;
         if peer.node != holder {
             connection.close(1u32.into(), b"wrong node");
@@ -230,7 +255,8 @@ impl DataPlane {
         send.write_all(&frame(&request.to_bytes()))
             .await
             .map_err(|e| FetchError::Transport(e.to_string()))?;
-        send.finish().map_err(|e| FetchError::Transport(e.to_string()))?;
+        send.finish()
+            .map_err(|e| FetchError::Transport(e.to_string()))?;
         let mut resources = Vec::new();
         loop {
             let mut length = [0u8; 4];
@@ -239,7 +265,9 @@ impl DataPlane {
                 .map_err(|e| FetchError::Transport(format!("response ended early: {e}")))?;
             let length = u32::from_le_bytes(length) as usize;
             if length > MAX_FRAME_BYTES {
-                return Err(FetchError::Protocol(format!("frame of {length} bytes exceeds {MAX_FRAME_BYTES}")));
+                return Err(FetchError::Protocol(format!(
+                    "frame of {length} bytes exceeds {MAX_FRAME_BYTES}"
+                )));
             }
             let mut body = vec![0u8; length];
             recv.read_exact(&mut body)
@@ -263,13 +291,19 @@ impl DataPlane {
                     }
                     return Ok(resources);
                 }
-                FetchFrame::Error { code, message } => return Err(FetchError::Remote { code, message }),
+                FetchFrame::Error { code, message } => {
+                    return Err(FetchError::Remote { code, message })
+                }
             }
         }
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, fhir: FhirService, anchor: TrustAnchor) -> anyhow::Result<()> {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    fhir: FhirService,
+    anchor: TrustAnchor,
+) -> anyhow::Result<()> {
     let connection = incoming.await?;
     let peer = match peer_certificate(&connection, &anchor) {
         Ok(peer) => peer,
@@ -282,7 +316,8 @@ async fn serve_connection(incoming: quinn::Incoming, fhir: FhirService, anchor: 
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
-            Err(quinn::ConnectionError::ApplicationClosed(_)) | Err(quinn::ConnectionError::TimedOut) => return Ok(()),
+            Err(quinn::ConnectionError::ApplicationClosed(_))
+            | Err(quinn::ConnectionError::TimedOut) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let fhir = fhir.clone();
@@ -300,7 +335,12 @@ async fn send_frame(send: &mut quinn::SendStream, frame_value: &FetchFrame) -> a
     Ok(())
 }
 
-async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, fhir: FhirService, requester: &str) -> anyhow::Result<()> {
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    fhir: FhirService,
+    requester: &str,
+) -> anyhow::Result<()> {
     let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
         Ok(bytes) => parse_request(&bytes),
         Err(e) => Err(format!("request unreadable: {e}")),
@@ -308,13 +348,21 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     let patient = match request {
         Ok(FetchRequest::PatientResources { patient }) => patient,
         Err(message) => {
-            send_frame(&mut send, &FetchFrame::Error { code: FetchErrorCode::BadRequest, message }).await?;
+            send_frame(
+                &mut send,
+                &FetchFrame::Error {
+                    code: FetchErrorCode::BadRequest,
+                    message,
+                },
+            )
+            .await?;
             send.finish()?;
             return Ok(());
         }
     };
     let storage_fhir = fhir.clone();
-    let resources = tokio::task::spawn_blocking(move || storage_fhir.everything_for_key(&patient)).await?;
+    let resources =
+        tokio::task::spawn_blocking(move || storage_fhir.everything_for_key(&patient)).await?;
     match resources {
         Ok(resources) => {
             tracing::info!(requester = %requester, patient = ?patient, resources = resources.len(), "served patient resources");
@@ -322,10 +370,23 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;
             }
-            send_frame(&mut send, &FetchFrame::End { count: resources.len() as u32 }).await?;
+            send_frame(
+                &mut send,
+                &FetchFrame::End {
+                    count: resources.len() as u32,
+                },
+            )
+            .await?;
         }
         Err(e) => {
-            send_frame(&mut send, &FetchFrame::Error { code: FetchErrorCode::Internal, message: e.diagnostics }).await?;
+            send_frame(
+                &mut send,
+                &FetchFrame::Error {
+                    code: FetchErrorCode::Internal,
+                    message: e.diagnostics,
+                },
+            )
+            .await?;
         }
     }
     send.finish()?;
@@ -338,7 +399,10 @@ fn parse_request(bytes: &[u8]) -> Result<FetchRequest, String> {
     }
     let length = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
     if length != bytes.len() - 4 {
-        return Err(format!("length prefix says {length} bytes, stream carried {}", bytes.len() - 4));
+        return Err(format!(
+            "length prefix says {length} bytes, stream carried {}",
+            bytes.len() - 4
+        ));
     }
     FetchRequest::from_bytes(&bytes[4..]).map_err(|e| e.to_string())
 }

@@ -48,12 +48,60 @@ struct DemoNode {
 }
 
 const NODES: &[DemoNode] = &[
-    DemoNode { name: "umcg", organisation: "Universitair Medisch Centrum Groningen", ura: "00010001", region: "noord", role: NodeRole::Institution, kind: CareKind::Hospital, description: "university hospital" },
-    DemoNode { name: "martini", organisation: "Martini Ziekenhuis", ura: "00010002", region: "noord", role: NodeRole::Institution, kind: CareKind::Hospital, description: "general hospital" },
-    DemoNode { name: "huisarts-haren", organisation: "Huisartsenpraktijk Haren", ura: "00010003", region: "noord", role: NodeRole::Institution, kind: CareKind::GeneralPractice, description: "GP practice" },
-    DemoNode { name: "erasmusmc", organisation: "Erasmus MC", ura: "00020001", region: "zuid-west", role: NodeRole::Institution, kind: CareKind::Hospital, description: "university hospital" },
-    DemoNode { name: "apotheek-delfshaven", organisation: "Apotheek Delfshaven", ura: "00020002", region: "zuid-west", role: NodeRole::Institution, kind: CareKind::Pharmacy, description: "pharmacy" },
-    DemoNode { name: "rp-zuidwest", organisation: "Replicatieplatform Zuid-West", ura: "00020003", region: "zuid-west", role: NodeRole::ReplicationPlatform, kind: CareKind::ReplicationPlatform, description: "replication platform" },
+    DemoNode {
+        name: "umcg",
+        organisation: "Universitair Medisch Centrum Groningen",
+        ura: "00010001",
+        region: "noord",
+        role: NodeRole::Institution,
+        kind: CareKind::Hospital,
+        description: "university hospital",
+    },
+    DemoNode {
+        name: "martini",
+        organisation: "Martini Ziekenhuis",
+        ura: "00010002",
+        region: "noord",
+        role: NodeRole::Institution,
+        kind: CareKind::Hospital,
+        description: "general hospital",
+    },
+    DemoNode {
+        name: "huisarts-haren",
+        organisation: "Huisartsenpraktijk Haren",
+        ura: "00010003",
+        region: "noord",
+        role: NodeRole::Institution,
+        kind: CareKind::GeneralPractice,
+        description: "GP practice",
+    },
+    DemoNode {
+        name: "erasmusmc",
+        organisation: "Erasmus MC",
+        ura: "00020001",
+        region: "zuid-west",
+        role: NodeRole::Institution,
+        kind: CareKind::Hospital,
+        description: "university hospital",
+    },
+    DemoNode {
+        name: "apotheek-delfshaven",
+        organisation: "Apotheek Delfshaven",
+        ura: "00020002",
+        region: "zuid-west",
+        role: NodeRole::Institution,
+        kind: CareKind::Pharmacy,
+        description: "pharmacy",
+    },
+    DemoNode {
+        name: "rp-zuidwest",
+        organisation: "Replicatieplatform Zuid-West",
+        ura: "00020003",
+        region: "zuid-west",
+        role: NodeRole::ReplicationPlatform,
+        kind: CareKind::ReplicationPlatform,
+        description: "replication platform",
+    },
 ];
 
 fn loopback_any() -> SocketAddr {
@@ -64,8 +112,14 @@ fn demo_topology() -> Topology {
     Topology {
         network: "demonet".into(),
         regions: vec![
-            Region { name: "noord".into(), description: "Groningen, Friesland, Drenthe".into() },
-            Region { name: "zuid-west".into(), description: "Rotterdam, Zeeland".into() },
+            Region {
+                name: "noord".into(),
+                description: "Groningen, Friesland, Drenthe".into(),
+            },
+            Region {
+                name: "zuid-west".into(),
+                description: "Rotterdam, Zeeland".into(),
+            },
         ],
         nodes: NODES
             .iter()
@@ -101,22 +155,35 @@ pub async fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> boo
 pub fn converged(nodes: &[RunningNode]) -> bool {
     let own_heads: BTreeMap<_, _> = nodes
         .iter()
-        .map(|n| (n.identity.node, n.mesh.heads().get(&n.identity.node).copied().unwrap_or(0)))
+        .map(|n| {
+            (
+                n.identity.node,
+                n.mesh.heads().get(&n.identity.node).copied().unwrap_or(0),
+            )
+        })
         .collect();
     nodes.iter().all(|n| {
         let heads = n.mesh.heads();
-        own_heads.iter().all(|(publisher, head)| *head == 0 || heads.get(publisher) == Some(head))
+        own_heads
+            .iter()
+            .all(|(publisher, head)| *head == 0 || heads.get(publisher) == Some(head))
     })
 }
 
 /// Starts the nodes of `provisioned` in order, each dialling those started before it.
-pub async fn start_mesh(provisioned: &[provision::ProvisionedNode]) -> anyhow::Result<Vec<RunningNode>> {
+pub async fn start_mesh(
+    provisioned: &[provision::ProvisionedNode],
+) -> anyhow::Result<Vec<RunningNode>> {
     let mut running: Vec<RunningNode> = Vec::new();
     for node in provisioned {
         let bootstrap = running.iter().map(|r| r.gossip_addr.to_string()).collect();
         let mut config: NodeConfig = provision::node_config(&node.spec, bootstrap);
         config.resolve_paths(&node.dir);
-        running.push(RunningNode::start(config).await.with_context(|| format!("starting {}", node.spec.name))?);
+        running.push(
+            RunningNode::start(config)
+                .await
+                .with_context(|| format!("starting {}", node.spec.name))?,
+        );
     }
     Ok(running)
 }
@@ -127,12 +194,17 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let dir = match &options.dir {
         Some(dir) => {
             if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-                bail!("{} is not empty: give the demo an empty or new directory", dir.display());
+                bail!(
+                    "{} is not empty: give the demo an empty or new directory",
+                    dir.display()
+                );
             }
             dir.clone()
         }
         None => {
-            temp = tempfile::Builder::new().prefix("zorgmesh-demo-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("zorgmesh-demo-")
+                .tempdir()?;
             temp.path().to_owned()
         }
     };
@@ -146,7 +218,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         options.seed
     );
     let total_started = Instant::now();
-    let provisioned = provision::generate_material(&topology, &dir, time::OffsetDateTime::now_utc())?;
+    let provisioned =
+        provision::generate_material(&topology, &dir, time::OffsetDateTime::now_utc())?;
     let started = Instant::now();
     let nodes = start_mesh(&provisioned).await?;
     for (node, spec) in nodes.iter().zip(NODES) {
@@ -160,13 +233,18 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     let peers = nodes.len() - 1;
     if !wait_until(Duration::from_secs(30), || {
-        nodes.iter().all(|n| n.gossip_status.topic_peers.load(Ordering::Relaxed) >= peers)
+        nodes
+            .iter()
+            .all(|n| n.gossip_status.topic_peers.load(Ordering::Relaxed) >= peers)
     })
     .await
     {
         bail!("the gossip mesh did not connect within 30 s");
     }
-    println!("mesh up: every node sees {peers} peers on the locator topic ({:.2} s)", started.elapsed().as_secs_f64());
+    println!(
+        "mesh up: every node sees {peers} peers on the locator topic ({:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
 
     let institutions: Vec<Institution> = NODES
         .iter()
@@ -179,7 +257,9 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         })
         .collect();
     let patients = synth::generate(options.seed, options.patients, &institutions);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
     let (resources, transactions, ingest_time) = ingest(&client, &nodes, &patients).await?;
     println!(
         "ingested {resources} resources in {transactions} transaction Bundles in {:.2} s ({:.0} resources/s)",
@@ -190,7 +270,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let converge_start = Instant::now();
     let expected_entries: usize = patients.iter().map(|p| p.records.len()).sum();
     if !wait_until(Duration::from_secs(60), || {
-        converged(&nodes) && nodes.iter().all(|n| n.mesh.live_entries() == expected_entries)
+        converged(&nodes)
+            && nodes
+                .iter()
+                .all(|n| n.mesh.live_entries() == expected_entries)
     })
     .await
     {
@@ -235,12 +318,22 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             node.name(),
             NODES[resolver].region,
             summary.total,
-            summary.origins.iter().cloned().collect::<Vec<_>>().join(", "),
+            summary
+                .origins
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             elapsed.as_secs_f64() * 1000.0
         );
         println!(
             "      {}",
-            summary.per_type.iter().map(|(t, n)| format!("{t} {n}")).collect::<Vec<_>>().join(", ")
+            summary
+                .per_type
+                .iter()
+                .map(|(t, n)| format!("{t} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if !summary.unreachable.is_empty() || got != expected {
             bail!(
@@ -267,7 +360,15 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         for node in &nodes {
             println!("  {:<20} {}", node.name(), node.base_url());
         }
-        println!("try: curl '{}/Patient/$dossier?identifier={}|{}'", nodes[3].base_url(), zorgmesh_protocol::patient::BSN_SYSTEM, patients.first().map(|p| p.bsn.as_str()).unwrap_or("999911120"));
+        println!(
+            "try: curl '{}/Patient/$dossier?identifier={}|{}'",
+            nodes[3].base_url(),
+            zorgmesh_protocol::patient::BSN_SYSTEM,
+            patients
+                .first()
+                .map(|p| p.bsn.as_str())
+                .unwrap_or("999911120")
+        );
         println!("press ctrl-c to stop");
         tokio::signal::ctrl_c().await?;
     }
@@ -280,7 +381,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
 /// A node that holds none of the patient's data, from a region that holds least of it.
 fn pick_resolver(holders: &BTreeSet<usize>) -> usize {
-    let region_load = |region: &str| holders.iter().filter(|&&i| NODES[i].region == region).count();
+    let region_load = |region: &str| {
+        holders
+            .iter()
+            .filter(|&&i| NODES[i].region == region)
+            .count()
+    };
     (0..NODES.len())
         .filter(|i| !holders.contains(i))
         .min_by_key(|&i| (region_load(NODES[i].region), i))
@@ -302,21 +408,28 @@ async fn ingest(
         }
     }
     let transactions: usize = per_node.iter().map(Vec::len).sum();
-    let uploads = per_node.iter().zip(nodes).map(|(bundles, node)| async move {
-        for bundle in bundles {
-            let response = client
-                .post(format!("{}", node.base_url()))
-                .header("content-type", "application/fhir+json")
-                .body(bundle.to_string())
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                let status = response.status();
-                bail!("{} refused a transaction: {status} {}", node.name(), response.text().await?);
+    let uploads = per_node
+        .iter()
+        .zip(nodes)
+        .map(|(bundles, node)| async move {
+            for bundle in bundles {
+                let response = client
+                    .post(node.base_url())
+                    .header("content-type", "application/fhir+json")
+                    .body(bundle.to_string())
+                    .send()
+                    .await?;
+                if !response.status().is_success() {
+                    let status = response.status();
+                    bail!(
+                        "{} refused a transaction: {status} {}",
+                        node.name(),
+                        response.text().await?
+                    );
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        });
     for result in futures::future::join_all(uploads).await {
         result?;
     }
@@ -354,7 +467,12 @@ pub fn summarise(bundle: &Value) -> DossierSummary {
         summary.total += 1;
         *summary
             .per_type
-            .entry(resource["resourceType"].as_str().unwrap_or_default().to_owned())
+            .entry(
+                resource["resourceType"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
             .or_default() += 1;
         for tag in resource["meta"]["tag"].as_array().into_iter().flatten() {
             if tag["system"] == crate::dossier::ORIGIN_SYSTEM {

@@ -29,7 +29,14 @@ pub const ORIGIN_SYSTEM: &str = "urn:zorgmesh:origin-node";
 /// `meta.tag` system naming the organisation (URA) a resource came from.
 pub const URA_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/ura";
 /// Types whose copies on several holders are merged by business identifier.
-const SHARED_TYPES: &[&str] = &["Organization", "Practitioner", "Location", "Medication", "Substance", "Device"];
+const SHARED_TYPES: &[&str] = &[
+    "Organization",
+    "Practitioner",
+    "Location",
+    "Medication",
+    "Substance",
+    "Device",
+];
 
 /// Resolves dossiers for the API.
 #[derive(Clone)]
@@ -53,7 +60,9 @@ impl DossierResolver {
             .iter()
             .find(|(n, _)| n == "identifier")
             .map(|(_, v)| v.as_str())
-            .ok_or_else(|| FhirError::invalid(format!("$dossier needs identifier={BSN_SYSTEM}|<bsn>")))?;
+            .ok_or_else(|| {
+                FhirError::invalid(format!("$dossier needs identifier={BSN_SYSTEM}|<bsn>"))
+            })?;
         let (system, value) = identifier
             .split_once('|')
             .ok_or_else(|| FhirError::invalid(format!("identifier must be {BSN_SYSTEM}|<bsn>")))?;
@@ -62,8 +71,11 @@ impl DossierResolver {
                 "$dossier resolves by BSN only: identifier system must be {BSN_SYSTEM}"
             )));
         }
-        let bsn = Bsn::parse(value).map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))?;
-        Ok(self.resolve(PatientKey::derive(&self.locator_key, &bsn)).await)
+        let bsn = Bsn::parse(value)
+            .map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))?;
+        Ok(self
+            .resolve(PatientKey::derive(&self.locator_key, &bsn))
+            .await)
     }
 
     /// Resolves one patient's dossier.
@@ -118,7 +130,12 @@ impl DossierResolver {
         self.assemble(&plan, results, started.elapsed().as_millis() as u64)
     }
 
-    fn assemble(&self, plan: &ResolutionPlan, mut results: HashMap<NodeId, Vec<Value>>, elapsed_ms: u64) -> Value {
+    fn assemble(
+        &self,
+        plan: &ResolutionPlan,
+        mut results: HashMap<NodeId, Vec<Value>>,
+        elapsed_ms: u64,
+    ) -> Value {
         let mut merged: Vec<Value> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         let mut issues = Vec::new();
@@ -137,7 +154,9 @@ impl DossierResolver {
                         }
                     }
                 }
-                HolderState::Failed { reason } => issues.push(unreachable_issue(&holder.location, reason)),
+                HolderState::Failed { reason } => {
+                    issues.push(unreachable_issue(&holder.location, reason))
+                }
                 HolderState::TimedOut => issues.push(unreachable_issue(
                     &holder.location,
                     &format!("no answer within {} ms", self.holder_timeout_ms),
@@ -148,7 +167,12 @@ impl DossierResolver {
         let holders_summary: Vec<String> = plan
             .holders()
             .iter()
-            .map(|h| format!("{} ({})", h.location.info.name, h.location.info.organisation_name))
+            .map(|h| {
+                format!(
+                    "{} ({})",
+                    h.location.info.name, h.location.info.organisation_name
+                )
+            })
             .collect();
         issues.push(json!({
             "severity": "information",
@@ -163,7 +187,10 @@ impl DossierResolver {
         let mut entries: Vec<Value> = merged
             .into_iter()
             .map(|resource| {
-                let source = resource["meta"]["source"].as_str().unwrap_or_default().to_owned();
+                let source = resource["meta"]["source"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 let url = format!(
                     "{source}/{}/{}",
                     resource["resourceType"].as_str().unwrap_or_default(),
@@ -205,8 +232,12 @@ fn unreachable_issue(holder: &HolderLocation, reason: &str) -> Value {
 fn merge_key(resource: &Value) -> String {
     let resource_type = resource["resourceType"].as_str().unwrap_or_default();
     if SHARED_TYPES.contains(&resource_type) {
-        if let Some(first) = resource["identifier"].as_array().and_then(|ids| ids.first()) {
-            if let (Some(system), Some(value)) = (first["system"].as_str(), first["value"].as_str()) {
+        if let Some(first) = resource["identifier"]
+            .as_array()
+            .and_then(|ids| ids.first())
+        {
+            if let (Some(system), Some(value)) = (first["system"].as_str(), first["value"].as_str())
+            {
                 return format!("{resource_type}|{system}|{value}");
             }
         }
@@ -221,7 +252,9 @@ fn merge_key(resource: &Value) -> String {
 }
 
 fn add_origin(resource: &mut Value, network: &str, holder: &HolderLocation, first: bool) {
-    let Some(object) = resource.as_object_mut() else { return };
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
     let meta = object.entry("meta").or_insert_with(|| json!({}));
     if !meta.is_object() {
         *meta = json!({});

@@ -9,8 +9,8 @@ use crate::mesh::{Mesh, Verdict};
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use libp2p::gossipsub::{
-    self, IdentTopic, MessageAcceptance, MessageAuthenticity, PeerScoreParams,
-    PeerScoreThresholds, TopicScoreParams, ValidationMode,
+    self, IdentTopic, MessageAcceptance, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds,
+    TopicScoreParams, ValidationMode,
 };
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
@@ -88,7 +88,11 @@ fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<
     let topic_hash = topic.hash();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
         .with_behaviour(|key| {
             let config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
@@ -100,8 +104,9 @@ fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<
                 })
                 .build()
                 .map_err(|e| anyhow::anyhow!("gossipsub config: {e}"))?;
-            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
-                .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
+            let mut gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
+                    .map_err(|e| anyhow::anyhow!("gossipsub: {e}"))?;
             let topic_params = TopicScoreParams {
                 topic_weight: 1.0,
                 time_in_mesh_weight: 0.01,
@@ -129,7 +134,10 @@ fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<
                 .map_err(|e| anyhow::anyhow!("peer score: {e}"))?;
             Ok(Behaviour {
                 gossipsub,
-                identify: identify::Behaviour::new(identify::Config::new("/zorgmesh/id/1".into(), key.public())),
+                identify: identify::Behaviour::new(identify::Config::new(
+                    "/zorgmesh/id/1".into(),
+                    key.public(),
+                )),
                 ping: ping::Behaviour::new(ping::Config::new()),
             })
         })?
@@ -151,7 +159,11 @@ pub struct Gossip {
 }
 
 /// Starts the gossip task.
-pub async fn start(settings: GossipSettings, mesh: Arc<Mesh>, shutdown: watch::Receiver<bool>) -> anyhow::Result<Gossip> {
+pub async fn start(
+    settings: GossipSettings,
+    mesh: Arc<Mesh>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Gossip> {
     let topic = IdentTopic::new(zorgmesh_protocol::gossip::locator_topic(&settings.network));
     let mut swarm = build_swarm(&settings, &topic)?;
     swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
@@ -160,13 +172,29 @@ pub async fn start(settings: GossipSettings, mesh: Arc<Mesh>, shutdown: watch::R
     let (bound_tx, bound_rx) = oneshot::channel();
     let status = Arc::new(GossipStatus::default());
     let local_peer = *swarm.local_peer_id();
-    let task = tokio::spawn(run(swarm, topic, settings.bootstrap, mesh, commands, status.clone(), bound_tx, shutdown));
+    let task = tokio::spawn(run(
+        swarm,
+        topic,
+        settings.bootstrap,
+        mesh,
+        commands,
+        status.clone(),
+        bound_tx,
+        shutdown,
+    ));
     let listen = tokio::time::timeout(Duration::from_secs(10), bound_rx)
         .await
         .map_err(|_| anyhow::anyhow!("gossip listener did not come up on {}", settings.listen))?
-        .map_err(|_| anyhow::anyhow!("gossip task ended before listening on {}", settings.listen))??;
+        .map_err(|_| {
+            anyhow::anyhow!("gossip task ended before listening on {}", settings.listen)
+        })??;
     let listen_addr = listen.with(libp2p::multiaddr::Protocol::P2p(local_peer));
-    Ok(Gossip { publish, listen_addr, status, task })
+    Ok(Gossip {
+        publish,
+        listen_addr,
+        status,
+        task,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -207,7 +235,7 @@ async fn run(
                 ticks += 1;
                 flush(&mut swarm, &topic, &mut unpublished);
                 // Re-dial bootstrap peers while isolated.
-                if swarm.connected_peers().next().is_none() && ticks % 10 == 0 {
+                if swarm.connected_peers().next().is_none() && ticks.is_multiple_of(10) {
                     for addr in &bootstrap {
                         let _ = swarm.dial(addr.clone());
                     }
@@ -265,7 +293,8 @@ async fn run(
 
 fn author_key(peer: &PeerId) -> Option<[u8; 32]> {
     // Ed25519 peer ids embed the public key (identity multihash).
-    let public = identity::PublicKey::try_decode_protobuf(peer_identity_bytes(peer)?.as_slice()).ok()?;
+    let public =
+        identity::PublicKey::try_decode_protobuf(peer_identity_bytes(peer)?.as_slice()).ok()?;
     let ed = public.try_into_ed25519().ok()?;
     Some(ed.to_bytes())
 }
@@ -277,7 +306,9 @@ fn peer_identity_bytes(peer: &PeerId) -> Option<Vec<u8>> {
 
 fn update_counts(swarm: &Swarm<Behaviour>, topic: &IdentTopic, status: &GossipStatus) {
     let hash = topic.hash();
-    status.connected_peers.store(swarm.connected_peers().count(), Ordering::Relaxed);
+    status
+        .connected_peers
+        .store(swarm.connected_peers().count(), Ordering::Relaxed);
     let subscribed = swarm
         .behaviour()
         .gossipsub
@@ -289,11 +320,16 @@ fn update_counts(swarm: &Swarm<Behaviour>, topic: &IdentTopic, status: &GossipSt
 
 fn flush(swarm: &mut Swarm<Behaviour>, topic: &IdentTopic, unpublished: &mut VecDeque<Vec<u8>>) {
     while let Some(bytes) = unpublished.front() {
-        match swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes.clone()) {
+        match swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), bytes.clone())
+        {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
                 unpublished.pop_front();
             }
-            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) | Err(gossipsub::PublishError::AllQueuesFull(_)) => break,
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::AllQueuesFull(_)) => break,
             Err(e) => {
                 tracing::error!(error = %e, "cannot publish batch");
                 unpublished.pop_front();

@@ -5,14 +5,14 @@
 //! ([`data_plane`]), [`dossier`] resolution, and the `zorgmesh` binary's commands.
 
 pub mod config;
+pub mod data_plane;
+pub mod demo;
+pub mod dossier;
 pub mod fhir;
 pub mod gossip;
 pub mod mesh;
-pub mod publishing;
-pub mod storage;
-pub mod data_plane;
-pub mod dossier;
 pub mod node;
 pub mod provision;
-pub mod demo;
+pub mod publishing;
+pub mod storage;
 pub mod synth;

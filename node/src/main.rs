@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use time::{Duration, OffsetDateTime};
 use zorgmesh_certs::{
-    read_certificate, write_certificate, write_signing_key, CaFiles, CertificateAuthority, NodeIdentity, TrustAnchor,
+    read_certificate, write_certificate, write_signing_key, CaFiles, CertificateAuthority,
+    NodeIdentity, TrustAnchor,
 };
 use zorgmesh_node::config::NodeConfig;
 use zorgmesh_node::node::RunningNode;
@@ -14,7 +15,11 @@ use zorgmesh_protocol::NodeRole;
 use zorgmesh_topology::Topology;
 
 #[derive(Parser)]
-#[command(name = "zorgmesh", version, about = "A peer-to-peer federated index and replication mesh for health data")]
+#[command(
+    name = "zorgmesh",
+    version,
+    about = "A peer-to-peer federated index and replication mesh for health data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -143,11 +148,15 @@ fn main() -> std::process::ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -168,13 +177,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(CertsCommand::Init { network, out, days }) => {
             let files = CaFiles::in_dir(&out);
             files.ensure_absent()?;
-            let ca = CertificateAuthority::create(&network, provision::new_key(), OffsetDateTime::now_utc(), days)
-                .map_err(anyhow::Error::msg)?;
+            let ca = CertificateAuthority::create(
+                &network,
+                provision::new_key(),
+                OffsetDateTime::now_utc(),
+                days,
+            )
+            .map_err(anyhow::Error::msg)?;
             files.write(&ca, &provision::new_locator_key())?;
             println!("network {network:?} created:");
-            println!("  {}  trust anchor: give it to every node", files.certificate.display());
-            println!("  {}  CA key: keep it offline (owner-only)", files.key.display());
-            println!("  {}  network locator key: give it to every node (owner-only)", files.locator_key.display());
+            println!(
+                "  {}  trust anchor: give it to every node",
+                files.certificate.display()
+            );
+            println!(
+                "  {}  CA key: keep it offline (owner-only)",
+                files.key.display()
+            );
+            println!(
+                "  {}  network locator key: give it to every node (owner-only)",
+                files.locator_key.display()
+            );
         }
         Command::Certs(CertsCommand::Issue(args)) => {
             let files = CaFiles::in_dir(&args.ca_dir);
@@ -193,16 +216,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let now = OffsetDateTime::now_utc();
             let key = provision::new_key();
             let der = ca
-                .issue(&identity, &key, now - Duration::minutes(5), now + Duration::days(args.days))
+                .issue(
+                    &identity,
+                    &key,
+                    now - Duration::minutes(5),
+                    now + Duration::days(args.days),
+                )
                 .map_err(anyhow::Error::msg)?;
             let key_path = args.out.join(format!("{}.key", args.name));
             let cert_path = args.out.join(format!("{}.crt", args.name));
             if key_path.exists() {
-                bail!("{} already exists: refusing to overwrite a node key", key_path.display());
+                bail!(
+                    "{} already exists: refusing to overwrite a node key",
+                    key_path.display()
+                );
             }
             write_signing_key(&key_path, &key)?;
             write_certificate(&cert_path, &der)?;
-            println!("issued {} for node {:?}, valid {} days; key in {}", cert_path.display(), args.name, args.days, key_path.display());
+            println!(
+                "issued {} for node {:?}, valid {} days; key in {}",
+                cert_path.display(),
+                args.name,
+                args.days,
+                key_path.display()
+            );
         }
         Command::Certs(CertsCommand::Show { certificate, ca }) => {
             let der = read_certificate(&certificate)?;
@@ -218,22 +255,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("give --ca <ca.crt> to verify and show a node certificate");
                 }
             };
-            let anchor = TrustAnchor::from_der(&anchor_der).context("the --ca file is not a network CA")?;
+            let anchor =
+                TrustAnchor::from_der(&anchor_der).context("the --ca file is not a network CA")?;
             let now = OffsetDateTime::now_utc().unix_timestamp();
             let verified = anchor.verify_node_certificate(&der, None)?;
             let fmt = |t: i64| {
                 OffsetDateTime::from_unix_timestamp(t)
                     .ok()
-                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
                     .unwrap_or_default()
             };
             println!("node certificate {}", certificate.display());
             println!("  node          {}", verified.identity.name);
-            println!("  organisation  {} (URA {})", verified.identity.organisation_name, verified.identity.organisation_ura);
+            println!(
+                "  organisation  {} (URA {})",
+                verified.identity.organisation_name, verified.identity.organisation_ura
+            );
             println!("  region        {}", verified.identity.region);
             println!("  role          {}", verified.identity.role);
             println!("  public key    {}", verified.node.to_hex());
-            println!("  valid         {} to {}", fmt(verified.not_before), fmt(verified.not_after));
+            println!(
+                "  valid         {} to {}",
+                fmt(verified.not_before),
+                fmt(verified.not_after)
+            );
             println!("  network       {}", anchor.network());
             match anchor.verify_node_certificate(&der, Some(now)) {
                 Ok(_) => println!("  status        valid now"),
@@ -257,15 +305,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topology(TopologyCommand::Generate { file, out }) => {
             let topology = Topology::load(&file)?;
             let nodes = provision::generate(&topology, &out, OffsetDateTime::now_utc())?;
-            println!("generated network {:?} in {}:", topology.network, out.display());
+            println!(
+                "generated network {:?} in {}:",
+                topology.network,
+                out.display()
+            );
             for node in nodes {
-                println!("  zorgmesh node run --config {}", node.config_path().display());
+                println!(
+                    "  zorgmesh node run --config {}",
+                    node.config_path().display()
+                );
             }
         }
         Command::Node(NodeCommand::Run { config }) => {
             let config = NodeConfig::load(&config)?;
             let node = RunningNode::start(config).await?;
-            println!("node {} running: FHIR API at {}", node.name(), node.base_url());
+            println!(
+                "node {} running: FHIR API at {}",
+                node.name(),
+                node.base_url()
+            );
             node.run_until_ctrl_c().await?;
         }
         Command::Demo(args) => {

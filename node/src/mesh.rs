@@ -41,7 +41,9 @@ pub struct Mesh {
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mesh").field("own", &self.own).finish_non_exhaustive()
+        f.debug_struct("Mesh")
+            .field("own", &self.own)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,7 +132,11 @@ impl Mesh {
         if !index.admit_publisher(verified.publisher_info()) {
             return Verdict::Ignore;
         }
-        index.update_address(&verified.node, &record.record.data_address, record.record.issued_at_ms);
+        index.update_address(
+            &verified.node,
+            &record.record.data_address,
+            record.record.issued_at_ms,
+        );
         match index.receive_batch(batch, now_ms) {
             Ok(BatchOutcome::Applied { .. }) | Ok(BatchOutcome::Buffered { .. }) => Verdict::Accept,
             Ok(BatchOutcome::Duplicate) => Verdict::Ignore,
@@ -150,7 +156,10 @@ impl Mesh {
     }
 
     /// Rebuilds the index from the persisted logs (own batches, accepted gossip).
-    pub fn restore(&self, own_address: &str) -> Result<(usize, usize), crate::storage::StorageError> {
+    pub fn restore(
+        &self,
+        own_address: &str,
+    ) -> Result<(usize, usize), crate::storage::StorageError> {
         let mut own = 0;
         for bytes in self.storage.own_batches() {
             match SignedBatch::from_bytes(&bytes?) {
@@ -164,7 +173,8 @@ impl Mesh {
         let mut remote = 0;
         for bytes in self.storage.remote_messages() {
             let bytes = bytes?;
-            let Ok(GossipMessage::Batch { record, batch }) = GossipMessage::from_bytes(&bytes) else {
+            let Ok(GossipMessage::Batch { record, batch }) = GossipMessage::from_bytes(&bytes)
+            else {
                 tracing::error!("stored gossip message is corrupt");
                 continue;
             };

@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use zorgmesh_certs::{read_certificate, read_locator_key, read_signing_key, TrustAnchor, VerifiedNode};
+use zorgmesh_certs::{
+    read_certificate, read_locator_key, read_signing_key, TrustAnchor, VerifiedNode,
+};
 use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::record::NodeRecord;
 use zorgmesh_protocol::{BatchPolicy, NodeId};
@@ -50,7 +52,10 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
-fn open_storage(config: &NodeConfig, locator_key: zorgmesh_protocol::LocatorKey) -> anyhow::Result<Storage> {
+fn open_storage(
+    config: &NodeConfig,
+    locator_key: zorgmesh_protocol::LocatorKey,
+) -> anyhow::Result<Storage> {
     // A node that was just stopped in this process may still be releasing the lock.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -60,7 +65,9 @@ fn open_storage(config: &NodeConfig, locator_key: zorgmesh_protocol::LocatorKey)
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot open data directory {}", config.data_dir.display()))
+                return Err(e).with_context(|| {
+                    format!("cannot open data directory {}", config.data_dir.display())
+                })
             }
         }
     }
@@ -72,8 +79,12 @@ impl RunningNode {
         config.validate()?;
         let trust = &config.trust;
         let anchor_der = read_certificate(&trust.ca_certificate)?;
-        let anchor = TrustAnchor::from_der(&anchor_der)
-            .with_context(|| format!("{} is not a usable network CA", trust.ca_certificate.display()))?;
+        let anchor = TrustAnchor::from_der(&anchor_der).with_context(|| {
+            format!(
+                "{} is not a usable network CA",
+                trust.ca_certificate.display()
+            )
+        })?;
         let certificate_der = read_certificate(&trust.node_certificate)?;
         let key = read_signing_key(&trust.node_key)?;
         let locator_key = read_locator_key(&trust.locator_key)?;
@@ -103,7 +114,11 @@ impl RunningNode {
         let mut tasks = Vec::new();
 
         let data_plane = DataPlane::bind(
-            &TlsIdentity { anchor: anchor.clone(), certificate_der: certificate_der.clone(), key: key.clone() },
+            &TlsIdentity {
+                anchor: anchor.clone(),
+                certificate_der: certificate_der.clone(),
+                key: key.clone(),
+            },
             config.data_listen,
         )?;
         let data_addr = data_plane.local_addr()?;
@@ -129,7 +144,12 @@ impl RunningNode {
             .map(|b| b.parse())
             .collect::<Result<Vec<libp2p::Multiaddr>, _>>()?;
         let gossip = gossip::start(
-            GossipSettings { key: key.clone(), network: anchor.network().to_owned(), listen: config.gossip_listen, bootstrap },
+            GossipSettings {
+                key: key.clone(),
+                network: anchor.network().to_owned(),
+                listen: config.gossip_listen,
+                bootstrap,
+            },
             mesh.clone(),
             shutdown_rx.clone(),
         )
@@ -138,7 +158,9 @@ impl RunningNode {
 
         // Publisher → own index + gossip.
         let (outbox, mut batches) = mpsc::channel(OUTBOX_DEPTH);
-        tasks.push(tokio::spawn(publisher.clone().run(outbox, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            publisher.clone().run(outbox, shutdown_rx.clone()),
+        ));
         let record_key = key.clone();
         let record_cert = certificate_der.clone();
         let forward_mesh = mesh.clone();
@@ -162,10 +184,15 @@ impl RunningNode {
         }));
         let recovered = publisher.recover().await?;
         if recovered > 0 {
-            tracing::info!(patients = recovered, "re-staged locator entries that were not yet published");
+            tracing::info!(
+                patients = recovered,
+                "re-staged locator entries that were not yet published"
+            );
         }
 
-        tasks.push(tokio::spawn(data_plane.clone().serve(fhir.clone(), shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            data_plane.clone().serve(fhir.clone(), shutdown_rx.clone()),
+        ));
 
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await

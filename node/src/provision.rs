@@ -14,7 +14,8 @@ use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 use zorgmesh_certs::{
-    write_certificate, write_locator_key, write_signing_key, CaFiles, CertificateAuthority, NodeIdentity,
+    write_certificate, write_locator_key, write_signing_key, CaFiles, CertificateAuthority,
+    NodeIdentity,
 };
 use zorgmesh_protocol::{LocatorKey, NodeId};
 use zorgmesh_topology::{NodeSpec, Topology};
@@ -57,11 +58,20 @@ pub fn new_locator_key() -> LocatorKey {
 /// Which peers a node dials at start: everyone in small meshes; otherwise up to three of
 /// its own region and the first node of every other region.
 pub fn bootstrap_peers<'a>(topology: &'a Topology, node: &NodeSpec) -> Vec<&'a NodeSpec> {
-    let others: Vec<&NodeSpec> = topology.nodes.iter().filter(|n| n.name != node.name).collect();
+    let others: Vec<&NodeSpec> = topology
+        .nodes
+        .iter()
+        .filter(|n| n.name != node.name)
+        .collect();
     if others.len() <= 8 {
         return others;
     }
-    let mut chosen: Vec<&NodeSpec> = others.iter().filter(|n| n.region == node.region).take(3).copied().collect();
+    let mut chosen: Vec<&NodeSpec> = others
+        .iter()
+        .filter(|n| n.region == node.region)
+        .take(3)
+        .copied()
+        .collect();
     for region in &topology.regions {
         if region.name != node.region {
             if let Some(first) = others.iter().find(|n| n.region == region.name) {
@@ -73,14 +83,22 @@ pub fn bootstrap_peers<'a>(topology: &'a Topology, node: &NodeSpec) -> Vec<&'a N
 }
 
 /// Writes the CA and every node's material and config under `out`.
-pub fn generate(topology: &Topology, out: &Path, now: OffsetDateTime) -> anyhow::Result<Vec<ProvisionedNode>> {
+pub fn generate(
+    topology: &Topology,
+    out: &Path,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<ProvisionedNode>> {
     topology.check()?;
     let provisioned = generate_material(topology, out, now)?;
     for node in &provisioned {
         let bootstrap = bootstrap_peers(topology, &node.spec)
             .into_iter()
             .map(|peer| {
-                let id = provisioned.iter().find(|p| p.spec.name == peer.name).expect("same topology").node_id;
+                let id = provisioned
+                    .iter()
+                    .find(|p| p.spec.name == peer.name)
+                    .expect("same topology")
+                    .node_id;
                 crate::gossip::multiaddr(peer.gossip, crate::gossip::peer_id(&id.0)).to_string()
             })
             .collect();
@@ -101,10 +119,15 @@ pub fn generate(topology: &Topology, out: &Path, now: OffsetDateTime) -> anyhow:
 
 /// Writes the CA and every node's key and certificates (no configs, no topology checks:
 /// the demo uses this with ephemeral ports).
-pub fn generate_material(topology: &Topology, out: &Path, now: OffsetDateTime) -> anyhow::Result<Vec<ProvisionedNode>> {
+pub fn generate_material(
+    topology: &Topology,
+    out: &Path,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<ProvisionedNode>> {
     let ca_files = CaFiles::in_dir(&out.join("ca"));
     ca_files.ensure_absent()?;
-    let ca = CertificateAuthority::create(&topology.network, new_key(), now, CA_DAYS).map_err(anyhow::Error::msg)?;
+    let ca = CertificateAuthority::create(&topology.network, new_key(), now, CA_DAYS)
+        .map_err(anyhow::Error::msg)?;
     let locator_key = new_locator_key();
     ca_files.write(&ca, &locator_key)?;
 
@@ -120,14 +143,23 @@ pub fn generate_material(topology: &Topology, out: &Path, now: OffsetDateTime) -
             role: spec.role,
         };
         let certificate = ca
-            .issue(&identity, &key, now - Duration::minutes(5), now + Duration::days(NODE_CERT_DAYS))
+            .issue(
+                &identity,
+                &key,
+                now - Duration::minutes(5),
+                now + Duration::days(NODE_CERT_DAYS),
+            )
             .map_err(anyhow::Error::msg)?;
         write_signing_key(&dir.join("node.key"), &key)?;
         write_certificate(&dir.join("node.crt"), &certificate)?;
         write_certificate(&dir.join("ca.crt"), ca.certificate_der())?;
         write_locator_key(&dir.join("locator.key"), &locator_key)?;
         let node_id = NodeId(key.verifying_key().to_bytes());
-        provisioned.push(ProvisionedNode { spec: spec.clone(), dir, node_id });
+        provisioned.push(ProvisionedNode {
+            spec: spec.clone(),
+            dir,
+            node_id,
+        });
     }
     Ok(provisioned)
 }

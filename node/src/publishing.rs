@@ -29,12 +29,19 @@ struct Inner {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("node", &self.inner.node).finish()
+        f.debug_struct("Publisher")
+            .field("node", &self.inner.node)
+            .finish()
     }
 }
 
 /// The current locator entry of a patient on this node, computed from storage.
-pub fn entry_for(storage: &Storage, node: NodeId, patient: PatientKey, now_ms: u64) -> Result<LocatorEntry, crate::fhir::FhirError> {
+pub fn entry_for(
+    storage: &Storage,
+    node: NodeId,
+    patient: PatientKey,
+    now_ms: u64,
+) -> Result<LocatorEntry, crate::fhir::FhirError> {
     let patients = storage.patients_with_key(&patient)?;
     let resources = crate::fhir::service::everything_in(storage, &patients)?;
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
@@ -46,7 +53,10 @@ pub fn entry_for(storage: &Storage, node: NodeId, patient: PatientKey, now_ms: u
     let counts: Vec<ResourceCount> = counts
         .into_iter()
         .take(zorgmesh_protocol::locator::MAX_COUNTS_PER_ENTRY)
-        .map(|(resource_type, count)| ResourceCount { resource_type, count })
+        .map(|(resource_type, count)| ResourceCount {
+            resource_type,
+            count,
+        })
         .collect();
     Ok(LocatorEntry {
         patient,
@@ -59,7 +69,11 @@ pub fn entry_for(storage: &Storage, node: NodeId, patient: PatientKey, now_ms: u
 
 impl Publisher {
     /// A publisher that continues the log stored in `storage`.
-    pub fn new(storage: Arc<Storage>, key: SigningKey, policy: BatchPolicy) -> Result<Self, crate::storage::StorageError> {
+    pub fn new(
+        storage: Arc<Storage>,
+        key: SigningKey,
+        policy: BatchPolicy,
+    ) -> Result<Self, crate::storage::StorageError> {
         let node = NodeId(key.verifying_key().to_bytes());
         let mut head = None;
         for bytes in storage.own_batches() {
@@ -98,7 +112,12 @@ impl Publisher {
 
     /// Stages every patient whose entry was changed but not yet published (after a restart).
     pub async fn recover(&self) -> Result<usize, crate::storage::StorageError> {
-        let dirty: BTreeSet<PatientKey> = self.inner.storage.dirty_patient_keys()?.into_iter().collect();
+        let dirty: BTreeSet<PatientKey> = self
+            .inner
+            .storage
+            .dirty_patient_keys()?
+            .into_iter()
+            .collect();
         let n = dirty.len();
         if n > 0 {
             self.stage(dirty).await;
@@ -125,7 +144,8 @@ impl Publisher {
                 let now = crate::fhir::service::now_ms();
                 let batch = self.inner.log.lock().await.poll(now, &self.inner.key);
                 let Some(batch) = batch else { break };
-                let covered: Vec<PatientKey> = batch.body.entries.iter().map(|e| e.patient).collect();
+                let covered: Vec<PatientKey> =
+                    batch.body.entries.iter().map(|e| e.patient).collect();
                 if let Err(e) = self
                     .inner
                     .storage
@@ -136,7 +156,11 @@ impl Publisher {
                     tracing::error!(error = %e, "cannot persist own batch; publishing stops");
                     return;
                 }
-                tracing::debug!(sequence = batch.body.sequence, entries = batch.body.entries.len(), "batch signed");
+                tracing::debug!(
+                    sequence = batch.body.sequence,
+                    entries = batch.body.entries.len(),
+                    "batch signed"
+                );
                 if out.send(batch).await.is_err() {
                     return;
                 }
@@ -147,7 +171,13 @@ impl Publisher {
         let batch = self.inner.log.lock().await.flush(now, &self.inner.key);
         if let Some(batch) = batch {
             let covered: Vec<PatientKey> = batch.body.entries.iter().map(|e| e.patient).collect();
-            if self.inner.storage.append_own_batch(batch.body.sequence, &batch.to_bytes(), &covered).await.is_ok() {
+            if self
+                .inner
+                .storage
+                .append_own_batch(batch.body.sequence, &batch.to_bytes(), &covered)
+                .await
+                .is_ok()
+            {
                 let _ = out.try_send(batch);
             }
         }

@@ -103,7 +103,10 @@ pub fn compartment_patient(resource_type: &str, id: &str, resource: &Value) -> O
         return Some(id.to_owned());
     }
     for field in ["subject", "patient", "beneficiary"] {
-        let reference = resource.get(field)?.get("reference").and_then(Value::as_str);
+        let reference = resource
+            .get(field)?
+            .get("reference")
+            .and_then(Value::as_str);
         if let Some(rest) = reference.and_then(|r| r.strip_prefix("Patient/")) {
             let id = rest.split('/').next().unwrap_or(rest);
             if !id.is_empty() {
@@ -120,11 +123,17 @@ pub fn patient_bsn(resource: &Value) -> Option<Bsn> {
         .get("identifier")?
         .as_array()?
         .iter()
-        .filter(|i| i.get("system").and_then(Value::as_str) == Some(zorgmesh_protocol::patient::BSN_SYSTEM))
+        .filter(|i| {
+            i.get("system").and_then(Value::as_str) == Some(zorgmesh_protocol::patient::BSN_SYSTEM)
+        })
         .find_map(|i| Bsn::parse(i.get("value")?.as_str()?).ok())
 }
 
-fn compartment_patient_of(record: Option<&VersionRecord>, resource_type: &str, id: &str) -> Option<String> {
+fn compartment_patient_of(
+    record: Option<&VersionRecord>,
+    resource_type: &str,
+    id: &str,
+) -> Option<String> {
     record
         .and_then(|r| r.resource.as_ref())
         .and_then(|res| compartment_patient(resource_type, id, res))
@@ -187,7 +196,11 @@ impl WriteTransaction<'_> {
     }
 
     /// The current record of a resource, including delete markers.
-    pub fn current(&self, resource_type: &str, id: &str) -> Result<Option<VersionRecord>, StorageError> {
+    pub fn current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRecord>, StorageError> {
         let key = resource_key(resource_type, id);
         self.get(&key)?
             .map(|bytes| decode_record(&key, &bytes))
@@ -213,7 +226,12 @@ impl WriteTransaction<'_> {
 
     /// Writes a new version of a resource. `resource` must already carry `id` and `meta`
     /// with the version the caller got from [`WriteTransaction::next_version`].
-    pub fn put(&mut self, resource_type: &str, id: &str, resource: Value) -> Result<PutOutcome, StorageError> {
+    pub fn put(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        resource: Value,
+    ) -> Result<PutOutcome, StorageError> {
         let previous = self.current(resource_type, id)?;
         let version = previous.as_ref().map_or(1, |p| p.version + 1);
         let created = previous.as_ref().is_none_or(|p| p.deleted);
@@ -222,7 +240,8 @@ impl WriteTransaction<'_> {
 
         if resource_type == "Patient" {
             let old_key = self.patient_key_of(id)?;
-            let new_key = patient_bsn(&resource).map(|bsn| PatientKey::derive(self.locator_key, &bsn));
+            let new_key =
+                patient_bsn(&resource).map(|bsn| PatientKey::derive(self.locator_key, &bsn));
             if old_key != new_key {
                 if let Some(old) = old_key {
                     self.mark_dirty(Some(id))?;
@@ -262,7 +281,9 @@ impl WriteTransaction<'_> {
 
     /// The version number the next put of this resource will get.
     pub fn next_version(&self, resource_type: &str, id: &str) -> Result<u64, StorageError> {
-        Ok(self.current(resource_type, id)?.map_or(1, |p| p.version + 1))
+        Ok(self
+            .current(resource_type, id)?
+            .map_or(1, |p| p.version + 1))
     }
 
     /// Deletes a resource (writes a delete marker). Returns the marker's version, or `None`
@@ -357,7 +378,11 @@ impl Storage {
     }
 
     /// The current record of a resource.
-    pub fn current(&self, resource_type: &str, id: &str) -> Result<Option<VersionRecord>, StorageError> {
+    pub fn current(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<VersionRecord>, StorageError> {
         let key = resource_key(resource_type, id);
         self.fhir
             .get(&key)?
@@ -374,7 +399,12 @@ impl Storage {
     }
 
     /// One version of a resource.
-    pub fn version(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<VersionRecord>, StorageError> {
+    pub fn version(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<Option<VersionRecord>, StorageError> {
         let key = history_key(resource_type, id, version);
         self.fhir
             .get(&key)?
@@ -383,7 +413,10 @@ impl Storage {
     }
 
     /// Current, not deleted resources of a type, in id order, with their update times.
-    pub fn scan_type(&self, resource_type: &str) -> impl Iterator<Item = Result<(u64, Value), StorageError>> + '_ {
+    pub fn scan_type(
+        &self,
+        resource_type: &str,
+    ) -> impl Iterator<Item = Result<(u64, Value), StorageError>> + '_ {
         let prefix = [b"r\0", resource_type.as_bytes(), &[SEP]].concat();
         self.fhir.scan_prefix(prefix).filter_map(|item| match item {
             Err(e) => Some(Err(e.into())),
@@ -403,7 +436,8 @@ impl Storage {
             let (key, _) = item?;
             let rest = &key[prefix.len()..];
             let mut parts = rest.splitn(2, |b| *b == SEP);
-            let resource_type = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let resource_type =
+                String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
             out.push((resource_type, id));
         }
@@ -436,7 +470,12 @@ impl Storage {
     /// Persists one of this node's own signed batches and clears the dirty marks of the
     /// patients it covers, atomically with respect to a crash: the batch is durable before
     /// it is published.
-    pub async fn append_own_batch(&self, sequence: u64, bytes: &[u8], covered: &[PatientKey]) -> Result<(), StorageError> {
+    pub async fn append_own_batch(
+        &self,
+        sequence: u64,
+        bytes: &[u8],
+        covered: &[PatientKey],
+    ) -> Result<(), StorageError> {
         self.own_log.insert(sequence.to_be_bytes(), bytes)?;
         self.db.flush_async().await?;
         let mut batch = sled::Batch::default();
@@ -455,7 +494,12 @@ impl Storage {
     }
 
     /// Persists an accepted gossip message of another publisher.
-    pub fn append_remote(&self, publisher: &[u8; 32], sequence: u64, message: &[u8]) -> Result<(), StorageError> {
+    pub fn append_remote(
+        &self,
+        publisher: &[u8; 32],
+        sequence: u64,
+        message: &[u8],
+    ) -> Result<(), StorageError> {
         let key = [&publisher[..], &sequence.to_be_bytes()].concat();
         self.remote_log.insert(key, message)?;
         Ok(())

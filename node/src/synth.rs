@@ -64,29 +64,71 @@ impl SyntheticPatient {
 }
 
 const GIVEN: &[(&str, &str)] = &[
-    ("Anna", "female"), ("Sanne", "female"), ("Fleur", "female"), ("Noor", "female"), ("Femke", "female"),
-    ("Lotte", "female"), ("Esther", "female"), ("Ingrid", "female"), ("Daan", "male"), ("Sem", "male"),
-    ("Lucas", "male"), ("Bram", "male"), ("Jan", "male"), ("Pieter", "male"), ("Kees", "male"), ("Ruben", "male"),
+    ("Anna", "female"),
+    ("Sanne", "female"),
+    ("Fleur", "female"),
+    ("Noor", "female"),
+    ("Femke", "female"),
+    ("Lotte", "female"),
+    ("Esther", "female"),
+    ("Ingrid", "female"),
+    ("Daan", "male"),
+    ("Sem", "male"),
+    ("Lucas", "male"),
+    ("Bram", "male"),
+    ("Jan", "male"),
+    ("Pieter", "male"),
+    ("Kees", "male"),
+    ("Ruben", "male"),
 ];
 const FAMILY: &[&str] = &[
-    "de Jong", "Jansen", "de Vries", "van den Berg", "van Dijk", "Bakker", "Janssen", "Visser", "Smit",
-    "Meijer", "de Boer", "Mulder", "de Groot", "Bos", "Vos", "Peters", "Hendriks", "van Leeuwen",
+    "de Jong",
+    "Jansen",
+    "de Vries",
+    "van den Berg",
+    "van Dijk",
+    "Bakker",
+    "Janssen",
+    "Visser",
+    "Smit",
+    "Meijer",
+    "de Boer",
+    "Mulder",
+    "de Groot",
+    "Bos",
+    "Vos",
+    "Peters",
+    "Hendriks",
+    "van Leeuwen",
 ];
 const CONDITIONS: &[(&str, &str)] = &[
-    ("38341003", "Hypertensie"), ("44054006", "Diabetes mellitus type 2"), ("195967001", "Astma"),
-    ("13645005", "COPD"), ("49436004", "Atriumfibrilleren"), ("35489007", "Depressie"),
-    ("396275006", "Artrose"), ("84114007", "Hartfalen"),
+    ("38341003", "Hypertensie"),
+    ("44054006", "Diabetes mellitus type 2"),
+    ("195967001", "Astma"),
+    ("13645005", "COPD"),
+    ("49436004", "Atriumfibrilleren"),
+    ("35489007", "Depressie"),
+    ("396275006", "Artrose"),
+    ("84114007", "Hartfalen"),
 ];
 const PROCEDURES: &[(&str, &str)] = &[
-    ("80146002", "Appendectomie"), ("232717009", "Coronaire bypass"), ("179344006", "Heupvervanging"),
+    ("80146002", "Appendectomie"),
+    ("232717009", "Coronaire bypass"),
+    ("179344006", "Heupvervanging"),
     ("73761001", "Colonoscopie"),
 ];
 const MEDICATIONS: &[(&str, &str)] = &[
-    ("197361", "Amlodipine 5 mg tablet"), ("860975", "Metformine 500 mg tablet"),
-    ("745679", "Salbutamol 100 mcg inhalator"), ("197381", "Atenolol 50 mg tablet"),
+    ("197361", "Amlodipine 5 mg tablet"),
+    ("860975", "Metformine 500 mg tablet"),
+    ("745679", "Salbutamol 100 mcg inhalator"),
+    ("197381", "Atenolol 50 mg tablet"),
     ("310965", "Ibuprofen 200 mg tablet"),
 ];
-const ALLERGIES: &[(&str, &str)] = &[("91936005", "Penicilline-allergie"), ("300916003", "Latexallergie"), ("91935009", "Pinda-allergie")];
+const ALLERGIES: &[(&str, &str)] = &[
+    ("91936005", "Penicilline-allergie"),
+    ("300916003", "Latexallergie"),
+    ("91935009", "Pinda-allergie"),
+];
 
 struct Builder<'a> {
     rng: &'a mut ChaCha8Rng,
@@ -96,12 +138,17 @@ struct Builder<'a> {
 impl Builder<'_> {
     fn uuid(&mut self) -> String {
         let bytes: [u8; 16] = self.rng.gen();
-        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
     }
 
     fn post(&mut self, resource: Value) -> String {
         let full_url = format!("urn:uuid:{}", self.uuid());
-        let resource_type = resource["resourceType"].as_str().unwrap_or_default().to_owned();
+        let resource_type = resource["resourceType"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         self.entries.push(json!({
             "fullUrl": full_url,
             "resource": resource,
@@ -152,25 +199,46 @@ fn snomed(code: &str, display: &str) -> Value {
 pub fn generate(seed: u64, count: usize, institutions: &[Institution]) -> Vec<SyntheticPatient> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let gp_practices: Vec<(String, String)> = (0..4)
-        .map(|i| (format!("0009{:04}", 100 + i), format!("Huisartsenpraktijk {}", ["Centrum", "De Linde", "Oost", "Het Park"][i])))
+        .map(|i| {
+            (
+                format!("0009{:04}", 100 + i),
+                format!(
+                    "Huisartsenpraktijk {}",
+                    ["Centrum", "De Linde", "Oost", "Het Park"][i]
+                ),
+            )
+        })
         .collect();
     let mut used = std::collections::BTreeSet::new();
     let mut patients = Vec::with_capacity(count);
     while patients.len() < count {
-        let Some(bsn) = Bsn::from_first_eight(rng.gen_range(10_000_000..99_999_999)) else { continue };
+        let Some(bsn) = Bsn::from_first_eight(rng.gen_range(10_000_000..99_999_999)) else {
+            continue;
+        };
         if !used.insert(bsn.as_str().to_owned()) {
             continue;
         }
         let (given, gender) = *GIVEN.choose(&mut rng).expect("non-empty");
         let family = *FAMILY.choose(&mut rng).expect("non-empty");
-        let birth = format!("{}-{:02}-{:02}", rng.gen_range(1935..=2020), rng.gen_range(1..=12), rng.gen_range(1..=28));
+        let birth = format!(
+            "{}-{:02}-{:02}",
+            rng.gen_range(1935..=2020),
+            rng.gen_range(1..=12),
+            rng.gen_range(1..=28)
+        );
         let gp = gp_practices.choose(&mut rng).expect("non-empty").clone();
         let chosen = choose_institutions(&mut rng, institutions);
         let mut records = Vec::new();
         for index in chosen {
             let institution = &institutions[index];
-            let mut b = Builder { rng: &mut rng, entries: Vec::new() };
-            let own_org = b.put(organization(&institution.ura, &institution.organisation_name));
+            let mut b = Builder {
+                rng: &mut rng,
+                entries: Vec::new(),
+            };
+            let own_org = b.put(organization(
+                &institution.ura,
+                &institution.organisation_name,
+            ));
             let gp_org = b.put(organization(&gp.0, &gp.1));
             let mrn = format!("{:07}", b.rng.gen_range(0..10_000_000));
             let patient = b.post(json!({
@@ -266,10 +334,15 @@ pub fn generate(seed: u64, count: usize, institutions: &[Institution]) -> Vec<Sy
                     }
                 }
             }
-            let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": b.entries});
+            let bundle =
+                json!({"resourceType": "Bundle", "type": "transaction", "entry": b.entries});
             records.push((index, bundle));
         }
-        patients.push(SyntheticPatient { bsn, name: format!("{given} {family}"), records });
+        patients.push(SyntheticPatient {
+            bsn,
+            name: format!("{given} {family}"),
+            records,
+        });
     }
     patients
 }
@@ -326,8 +399,14 @@ fn choose_institutions(rng: &mut ChaCha8Rng, institutions: &[Institution]) -> Ve
     indexes.shuffle(rng);
     let mut chosen: Vec<usize> = indexes[..count].to_vec();
     let first_region = &institutions[chosen[0]].region;
-    if chosen.iter().all(|&i| &institutions[i].region == first_region) {
-        if let Some(&other) = indexes.iter().find(|&&i| &institutions[i].region != first_region) {
+    if chosen
+        .iter()
+        .all(|&i| &institutions[i].region == first_region)
+    {
+        if let Some(&other) = indexes
+            .iter()
+            .find(|&&i| &institutions[i].region != first_region)
+        {
             *chosen.last_mut().expect("non-empty") = other;
         }
     }
@@ -347,8 +426,16 @@ mod tests {
                 node: (*n).into(),
                 organisation_name: format!("Org {n}"),
                 ura: format!("0000000{i}"),
-                region: if i == 0 { "noord".into() } else { "zuid".into() },
-                kind: [CareKind::Hospital, CareKind::GeneralPractice, CareKind::Pharmacy][i],
+                region: if i == 0 {
+                    "noord".into()
+                } else {
+                    "zuid".into()
+                },
+                kind: [
+                    CareKind::Hospital,
+                    CareKind::GeneralPractice,
+                    CareKind::Pharmacy,
+                ][i],
             })
             .collect()
     }
@@ -358,7 +445,12 @@ mod tests {
         let a = generate(7, 5, &institutions());
         let b = generate(7, 5, &institutions());
         let c = generate(8, 5, &institutions());
-        let text = |p: &Vec<SyntheticPatient>| format!("{:?}", p.iter().map(|x| (&x.bsn, &x.records)).collect::<Vec<_>>());
+        let text = |p: &Vec<SyntheticPatient>| {
+            format!(
+                "{:?}",
+                p.iter().map(|x| (&x.bsn, &x.records)).collect::<Vec<_>>()
+            )
+        };
         assert_eq!(text(&a), text(&b));
         assert_ne!(text(&a), text(&c));
     }
@@ -368,8 +460,11 @@ mod tests {
         let institutions = institutions();
         for patient in generate(1, 20, &institutions) {
             assert!(Bsn::parse(patient.bsn.as_str()).is_ok());
-            let regions: std::collections::BTreeSet<_> =
-                patient.records.iter().map(|(i, _)| institutions[*i].region.clone()).collect();
+            let regions: std::collections::BTreeSet<_> = patient
+                .records
+                .iter()
+                .map(|(i, _)| institutions[*i].region.clone())
+                .collect();
             assert!(regions.len() >= 2);
         }
     }

@@ -106,11 +106,7 @@ impl BatchBody {
                 ));
             }
         }
-        if !self
-            .entries
-            .windows(2)
-            .all(|w| w[0].patient < w[1].patient)
-        {
+        if !self.entries.windows(2).all(|w| w[0].patient < w[1].patient) {
             return Err(DecodeError::Invalid(
                 "entries must be sorted by patient key, each patient once".into(),
             ));

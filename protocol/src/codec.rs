@@ -6,7 +6,7 @@
 //! not exceed the caller's size limit, bincode's allocation limit guards lengths before
 //! allocating, and the whole buffer must be consumed.
 
-use bincode::config::{self, Configuration, Fixint, LittleEndian, Limit};
+use bincode::config::{self, Configuration, Fixint, Limit, LittleEndian};
 
 /// Largest encoded message any zorgmesh decoder accepts (16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

@@ -11,9 +11,7 @@ pub const MAX_RESOURCE_TYPE_LEN: usize = 64;
 
 /// A node's identity: its ed25519 public key (the same key signs batches, authenticates TLS
 /// and is the libp2p peer identity).
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
 pub struct NodeId(pub [u8; 32]);
 
 impl NodeId {

@@ -112,9 +112,7 @@ impl fmt::Debug for LocatorKey {
 }
 
 /// The 32-byte pseudonym of a patient on the mesh.
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
 pub struct PatientKey(pub [u8; 32]);
 
 impl PatientKey {

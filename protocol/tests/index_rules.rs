@@ -63,9 +63,7 @@ fn a_gap_is_buffered_then_filled() {
 #[test]
 fn unknown_publisher_is_rejected() {
     let mut index = LocatorIndex::new(IndexLimits::default());
-    let err = index
-        .receive_batch(common::golden_batch(), 10)
-        .unwrap_err();
+    let err = index.receive_batch(common::golden_batch(), 10).unwrap_err();
     assert!(matches!(err, BatchRejection::UnknownPublisher(_)));
     assert!(err.is_misbehaviour());
 }

@@ -35,7 +35,10 @@ fn every_flipped_bit_is_rejected() {
 fn every_truncation_is_an_error() {
     let bytes = common::golden_batch().to_bytes();
     for len in 0..bytes.len() {
-        assert!(SignedBatch::from_bytes(&bytes[..len]).is_err(), "length {len}");
+        assert!(
+            SignedBatch::from_bytes(&bytes[..len]).is_err(),
+            "length {len}"
+        );
     }
 }
 

@@ -268,7 +268,10 @@ data = "127.0.0.1:7102"
         let text = problems.join("\n");
         assert!(text.contains("\"umcg\" is used twice"), "{text}");
         assert!(text.contains("unknown region \"oost\""), "{text}");
-        assert!(text.contains("umcg.http = 127.0.0.1:8101 clashes"), "{text}");
+        assert!(
+            text.contains("umcg.http = 127.0.0.1:8101 clashes"),
+            "{text}"
+        );
         assert_eq!(problems.len(), 3, "{text}");
     }
 
@@ -276,8 +279,8 @@ data = "127.0.0.1:7102"
     fn unknown_fields_and_bad_roles_are_parse_errors() {
         let err = Topology::parse(&GOOD.replace("network =", "netwerk ="), "t.toml").unwrap_err();
         assert!(err.to_string().contains("netwerk"), "{err}");
-        let err = Topology::parse(&GOOD.replace("\"institution\"", "\"clinic\""), "t.toml")
-            .unwrap_err();
+        let err =
+            Topology::parse(&GOOD.replace("\"institution\"", "\"clinic\""), "t.toml").unwrap_err();
         assert!(err.to_string().contains("clinic"), "{err}");
     }
 }

@@ -45,10 +45,19 @@ pub fn router(state: ApiState) -> Router {
 }
 
 fn fhir_response(status: StatusCode, body: &Value) -> Response {
-    (status, [(header::CONTENT_TYPE, FHIR_JSON)], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, FHIR_JSON)],
+        body.to_string(),
+    )
+        .into_response()
 }
 
-fn versioned_response(status: StatusCode, stored: &super::service::Versioned, location: Option<String>) -> Response {
+fn versioned_response(
+    status: StatusCode,
+    stored: &super::service::Versioned,
+    location: Option<String>,
+) -> Response {
     let mut response = fhir_response(status, &stored.resource);
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("W/\"{}\"", stored.version)) {
@@ -67,7 +76,10 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let text = content_type.to_str().unwrap_or("").to_ascii_lowercase();
         let media = text.split(';').next().unwrap_or("").trim();
-        if !matches!(media, "application/fhir+json" | "application/json" | "application/json+fhir") {
+        if !matches!(
+            media,
+            "application/fhir+json" | "application/json" | "application/json+fhir"
+        ) {
             return Err(FhirError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "not-supported",
@@ -82,7 +94,8 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
             format!("request body exceeds {limit} bytes"),
         )
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))
 }
 
 fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
@@ -116,7 +129,8 @@ async fn base_post(State(state): State<ApiState>, headers: HeaderMap, body: Body
 }
 
 async fn base_get() -> Response {
-    FhirError::not_supported("system-wide search is not supported: search a resource type").into_response()
+    FhirError::not_supported("system-wide search is not supported: search a resource type")
+        .into_response()
 }
 
 async fn metadata(State(state): State<ApiState>) -> Response {
@@ -128,7 +142,12 @@ async fn search_type(
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    match search::search(&state.fhir, &resource_type, &parse_query(query), &state.base) {
+    match search::search(
+        &state.fhir,
+        &resource_type,
+        &parse_query(query),
+        &state.base,
+    ) {
         Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
         Err(e) => e.into_response(),
     }
@@ -148,8 +167,14 @@ async fn create(
     .await;
     match result {
         Ok(written) => {
-            let id = written.stored.resource["id"].as_str().unwrap_or_default().to_owned();
-            let location = format!("{}/{resource_type}/{id}/_history/{}", state.base, written.stored.version);
+            let id = written.stored.resource["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let location = format!(
+                "{}/{resource_type}/{id}/_history/{}",
+                state.base, written.stored.version
+            );
             versioned_response(StatusCode::CREATED, &written.stored, Some(location))
         }
         Err(e) => e.into_response(),
@@ -183,20 +208,33 @@ async fn update(
         super::resource::check_type(&resource_type)?;
         let expected = if_match(&headers)?;
         let resource = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
-        state.fhir.update(&resource_type, &id, resource, expected).await
+        state
+            .fhir
+            .update(&resource_type, &id, resource, expected)
+            .await
     }
     .await;
     match result {
         Ok(written) => {
-            let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-            let location = format!("{}/{resource_type}/{id}/_history/{}", state.base, written.stored.version);
+            let status = if written.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let location = format!(
+                "{}/{resource_type}/{id}/_history/{}",
+                state.base, written.stored.version
+            );
             versioned_response(status, &written.stored, Some(location))
         }
         Err(e) => e.into_response(),
     }
 }
 
-async fn delete(State(state): State<ApiState>, Path((resource_type, id)): Path<(String, String)>) -> Response {
+async fn delete(
+    State(state): State<ApiState>,
+    Path((resource_type, id)): Path<(String, String)>,
+) -> Response {
     match state.fhir.delete(&resource_type, &id).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
@@ -229,8 +267,14 @@ async fn instance_operation(
             }
             Err(e) => e.into_response(),
         },
-        (_, "_history") => FhirError::not_supported("instance history is not supported yet; use vread").into_response(),
-        _ => FhirError::not_found(format!("operation {operation:?} is not known on {resource_type}")).into_response(),
+        (_, "_history") => {
+            FhirError::not_supported("instance history is not supported yet; use vread")
+                .into_response()
+        }
+        _ => FhirError::not_found(format!(
+            "operation {operation:?} is not known on {resource_type}"
+        ))
+        .into_response(),
     }
 }
 
@@ -249,8 +293,12 @@ async fn unknown_route() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    FhirError::new(StatusCode::METHOD_NOT_ALLOWED, "not-supported", "method not allowed on this endpoint")
-        .into_response()
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        "method not allowed on this endpoint",
+    )
+    .into_response()
 }
 
 fn capability_statement(state: &ApiState) -> Value {

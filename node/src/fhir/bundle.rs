@@ -35,7 +35,11 @@ struct Entry {
 }
 
 fn status_line(status: StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )
 }
 
 fn parse_if_match(text: &str) -> Option<u64> {
@@ -72,7 +76,9 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
     let resource_type = parts.next().unwrap_or_default().to_owned();
     let id = parts.next().map(str::to_owned);
     if parts.next().is_some() {
-        return Err(at(format!("request.url {url:?} must be 'Type' or 'Type/id'")));
+        return Err(at(format!(
+            "request.url {url:?} must be 'Type' or 'Type/id'"
+        )));
     }
     check_type(&resource_type).map_err(|e| at(e.diagnostics))?;
     if let Some(id) = &id {
@@ -93,7 +99,9 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
         check_resource(resource, Some(&resource_type)).map_err(|e| at(e.diagnostics))?;
         if let (Method::Put, Some(body_id)) = (method, resource.get("id").and_then(Value::as_str)) {
             if Some(body_id) != id.as_deref() {
-                return Err(at(format!("resource id {body_id:?} differs from request.url {url:?}")));
+                return Err(at(format!(
+                    "resource id {body_id:?} differs from request.url {url:?}"
+                )));
             }
         }
     }
@@ -103,13 +111,23 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
         resource_type,
         id,
         resource,
-        full_url: entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
-        if_match: request.get("ifMatch").and_then(Value::as_str).and_then(parse_if_match),
+        full_url: entry
+            .get("fullUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        if_match: request
+            .get("ifMatch")
+            .and_then(Value::as_str)
+            .and_then(parse_if_match),
     })
 }
 
 fn written_response(result: &WriteResult, resource_type: &str, id: &str) -> Value {
-    let status = if result.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if result.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     json!({
         "status": status_line(status),
         "location": format!("{resource_type}/{id}/_history/{}", result.stored.version),
@@ -127,7 +145,11 @@ pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, Fhir
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(FhirError::invalid("POST to the base expects a Bundle"));
     }
-    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let raw_entries = match bundle.get("entry") {
         None => Vec::new(),
         Some(Value::Array(entries)) => entries.clone(),
@@ -163,7 +185,8 @@ async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, Fhir
             entry.id = Some(new_id());
         }
         let id = entry.id.clone().expect("every entry has an id now");
-        if entry.method != Method::Get && !targets.insert((entry.resource_type.clone(), id.clone())) {
+        if entry.method != Method::Get && !targets.insert((entry.resource_type.clone(), id.clone()))
+        {
             return Err(FhirError::invalid(format!(
                 "Bundle.entry[{}]: {}/{} is the target of more than one entry",
                 entry.index, entry.resource_type, id
@@ -194,12 +217,15 @@ async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, Fhir
                 };
                 responses[i] = match entry.method {
                     Method::Delete => {
-                        tx.delete(&entry.resource_type, &id).map_err(FhirError::from)?;
+                        tx.delete(&entry.resource_type, &id)
+                            .map_err(FhirError::from)?;
                         json!({"status": status_line(StatusCode::NO_CONTENT)})
                     }
                     Method::Post | Method::Put => {
                         let mut body = entry.resource.take().expect("checked in parse_entry");
-                        let result = put_in(tx, &entry.resource_type, &id, &mut body, entry.if_match).map_err(at)?;
+                        let result =
+                            put_in(tx, &entry.resource_type, &id, &mut body, entry.if_match)
+                                .map_err(at)?;
                         let mut response = written_response(&result, &entry.resource_type, &id);
                         if entry.method == Method::Post {
                             response["status"] = json!(status_line(StatusCode::CREATED));
@@ -239,7 +265,9 @@ async fn batch(service: &FhirService, raw: &[Value]) -> Value {
     for (i, raw_entry) in raw.iter().enumerate() {
         let response = match parse_entry(i, raw_entry) {
             Err(e) => error_response(&e),
-            Ok(entry) => run_batch_entry(service, entry).await.unwrap_or_else(|e| error_response(&e)),
+            Ok(entry) => run_batch_entry(service, entry)
+                .await
+                .unwrap_or_else(|e| error_response(&e)),
         };
         responses.push(json!({"response": response}));
     }
@@ -250,19 +278,31 @@ async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, F
     let resource_type = entry.resource_type.as_str();
     match entry.method {
         Method::Post => {
-            let result = service.create(resource_type, entry.resource.expect("checked")).await?;
-            let id = result.stored.resource["id"].as_str().unwrap_or_default().to_owned();
+            let result = service
+                .create(resource_type, entry.resource.expect("checked"))
+                .await?;
+            let id = result.stored.resource["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             Ok(written_response(&result, resource_type, &id))
         }
         Method::Put => {
             let id = entry.id.expect("checked");
             let result = service
-                .update(resource_type, &id, entry.resource.expect("checked"), entry.if_match)
+                .update(
+                    resource_type,
+                    &id,
+                    entry.resource.expect("checked"),
+                    entry.if_match,
+                )
                 .await?;
             Ok(written_response(&result, resource_type, &id))
         }
         Method::Delete => {
-            service.delete(resource_type, &entry.id.expect("checked")).await?;
+            service
+                .delete(resource_type, &entry.id.expect("checked"))
+                .await?;
             Ok(json!({"status": status_line(StatusCode::NO_CONTENT)}))
         }
         Method::Get => {

@@ -83,9 +83,9 @@ pub fn search(
                     .min(MAX_COUNT);
             }
             "_offset" => {
-                offset = value
-                    .parse()
-                    .map_err(|_| FhirError::invalid(format!("_offset {value:?} is not a number")))?;
+                offset = value.parse().map_err(|_| {
+                    FhirError::invalid(format!("_offset {value:?} is not a number"))
+                })?;
             }
             "patient" | "subject" => {
                 let id = value.strip_prefix("Patient/").unwrap_or(value);
@@ -97,7 +97,9 @@ pub fn search(
             "identifier" => identifiers.push(value.clone()),
             "_id" => ids.extend(value.split(',').map(str::to_owned)),
             "_lastUpdated" => {
-                let (prefix, rest) = if value.len() > 2 && value.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) {
+                let (prefix, rest) = if value.len() > 2
+                    && value.as_bytes()[..2].iter().all(u8::is_ascii_lowercase)
+                {
                     (value[..2].to_owned(), &value[2..])
                 } else {
                     ("eq".to_owned(), value.as_str())
@@ -106,7 +108,9 @@ pub fn search(
                     FhirError::invalid(format!("_lastUpdated {value:?} is not a FHIR date"))
                 })?;
                 if !["eq", "ne", "gt", "ge", "lt", "le", "sa", "eb"].contains(&prefix.as_str()) {
-                    return Err(FhirError::invalid(format!("_lastUpdated prefix {prefix:?} is unknown")));
+                    return Err(FhirError::invalid(format!(
+                        "_lastUpdated prefix {prefix:?} is unknown"
+                    )));
                 }
                 dates.push(DateFilter { prefix, start, end });
             }
@@ -183,7 +187,11 @@ pub fn search(
         .skip(offset)
         .take(count)
         .map(|resource| {
-            let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let id = resource
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             json!({
                 "fullUrl": format!("{base}/{resource_type}/{id}"),
                 "resource": resource,

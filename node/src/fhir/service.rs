@@ -66,7 +66,11 @@ impl FhirService {
     }
 
     /// `POST /{type}`: create with a server-assigned id.
-    pub async fn create(&self, resource_type: &str, mut body: Value) -> Result<WriteResult, FhirError> {
+    pub async fn create(
+        &self,
+        resource_type: &str,
+        mut body: Value,
+    ) -> Result<WriteResult, FhirError> {
         check_type(resource_type)?;
         check_resource(&body, Some(resource_type))?;
         let id = new_id();
@@ -77,7 +81,11 @@ impl FhirService {
                 stamp(&mut body, &id, 1, now);
                 let outcome = tx.put(resource_type, &id, body.clone())?;
                 Ok::<_, FhirError>(WriteResult {
-                    stored: Versioned { resource: body, version: outcome.version, last_updated_ms: now },
+                    stored: Versioned {
+                        resource: body,
+                        version: outcome.version,
+                        last_updated_ms: now,
+                    },
                     created: true,
                 })
             })
@@ -108,7 +116,9 @@ impl FhirService {
         }
         let (result, dirty) = self
             .storage
-            .write(now_ms(), |tx| put_in(tx, resource_type, id, &mut body, if_match))
+            .write(now_ms(), |tx| {
+                put_in(tx, resource_type, id, &mut body, if_match)
+            })
             .await?;
         self.after_write(dirty).await;
         Ok(result)
@@ -120,7 +130,9 @@ impl FhirService {
         check_id(id)?;
         let (version, dirty) = self
             .storage
-            .write(now_ms(), |tx| tx.delete(resource_type, id).map_err(FhirError::from))
+            .write(now_ms(), |tx| {
+                tx.delete(resource_type, id).map_err(FhirError::from)
+            })
             .await?;
         self.after_write(dirty).await;
         Ok(version)
@@ -131,13 +143,20 @@ impl FhirService {
         check_type(resource_type)?;
         check_id(id)?;
         match self.storage.current(resource_type, id)? {
-            None => Err(FhirError::not_found(format!("{resource_type}/{id} does not exist"))),
+            None => Err(FhirError::not_found(format!(
+                "{resource_type}/{id} does not exist"
+            ))),
             Some(record) => versioned(resource_type, id, record),
         }
     }
 
     /// `GET /{type}/{id}/_history/{vid}`.
-    pub fn vread(&self, resource_type: &str, id: &str, version: &str) -> Result<Versioned, FhirError> {
+    pub fn vread(
+        &self,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Versioned, FhirError> {
         check_type(resource_type)?;
         check_id(id)?;
         let number: u64 = version
@@ -160,13 +179,18 @@ impl FhirService {
     pub fn everything(&self, patient_id: &str) -> Result<Vec<Value>, FhirError> {
         check_id(patient_id)?;
         if self.storage.read("Patient", patient_id)?.is_none() {
-            return Err(FhirError::not_found(format!("Patient/{patient_id} does not exist")));
+            return Err(FhirError::not_found(format!(
+                "Patient/{patient_id} does not exist"
+            )));
         }
         self.everything_of(&[patient_id.to_owned()])
     }
 
     /// Everything this node holds for a patient key (what the data plane serves).
-    pub fn everything_for_key(&self, key: &zorgmesh_protocol::PatientKey) -> Result<Vec<Value>, FhirError> {
+    pub fn everything_for_key(
+        &self,
+        key: &zorgmesh_protocol::PatientKey,
+    ) -> Result<Vec<Value>, FhirError> {
         let patients = self.storage.patients_with_key(key)?;
         self.everything_of(&patients)
     }
