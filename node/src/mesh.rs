@@ -99,12 +99,31 @@ impl Mesh {
             Ok(m) => m,
             Err(e) => return Verdict::Reject(format!("undecodable: {e}")),
         };
-        let GossipMessage::Batch { record, batch } = message;
+        let (record, batch) = match message {
+            GossipMessage::Batch { record, batch } => (record, Some(batch)),
+            GossipMessage::Announce { record } => (record, None),
+        };
         if let Some(author) = author {
-            if author != batch.body.publisher.0 {
-                return Verdict::Reject("gossip author is not the batch's publisher".into());
+            if author != record.record.node.0 {
+                return Verdict::Reject("gossip author is not the record's node".into());
             }
         }
+        let Some(batch) = batch else {
+            let verdict = self.admit_record(&record).map(|(_, newer)| newer);
+            return match verdict {
+                Err(reason) => Verdict::Reject(reason),
+                Ok(false) => Verdict::Ignore,
+                Ok(true) => {
+                    if let Err(e) =
+                        self.storage
+                            .append_remote(&record.record.node.0, u64::MAX, bytes)
+                    {
+                        tracing::error!(error = %e, "cannot persist node record");
+                    }
+                    Verdict::Accept
+                }
+            };
+        };
         let (publisher, sequence) = (batch.body.publisher, batch.body.sequence);
         let verdict = self.admit(&record, batch);
         if verdict == Verdict::Accept {
@@ -116,27 +135,39 @@ impl Mesh {
         verdict
     }
 
-    fn admit(&self, record: &SignedNodeRecord, batch: SignedBatch) -> Verdict {
+    /// Verifies a node record and its certificate, admits the node and takes its address.
+    /// Returns the index guard and whether the record was newer than the one held.
+    fn admit_record(
+        &self,
+        record: &SignedNodeRecord,
+    ) -> Result<(std::sync::MutexGuard<'_, LocatorIndex>, bool), String> {
         if !record.verify() {
-            return Verdict::Reject("node record signature does not verify".into());
+            return Err("node record signature does not verify".into());
         }
-        let verified = match self.verify_certificate(&record.record.certificate_der) {
-            Ok(v) => v,
-            Err(e) => return Verdict::Reject(format!("publisher certificate refused: {e}")),
-        };
+        let verified = self
+            .verify_certificate(&record.record.certificate_der)
+            .map_err(|e| format!("publisher certificate refused: {e}"))?;
         if verified.node != record.record.node {
-            return Verdict::Reject("certificate key differs from the record's node".into());
+            return Err("certificate key differs from the record's node".into());
         }
-        let now_ms = crate::fhir::service::now_ms();
         let mut index = self.index();
         if !index.admit_publisher(verified.publisher_info()) {
-            return Verdict::Ignore;
+            return Err("the index is full".into());
         }
-        index.update_address(
+        let newer = index.update_address(
             &verified.node,
             &record.record.data_address,
             record.record.issued_at_ms,
         );
+        Ok((index, newer))
+    }
+
+    fn admit(&self, record: &SignedNodeRecord, batch: SignedBatch) -> Verdict {
+        let mut index = match self.admit_record(record) {
+            Ok((index, _)) => index,
+            Err(reason) => return Verdict::Reject(reason),
+        };
+        let now_ms = crate::fhir::service::now_ms();
         match index.receive_batch(batch, now_ms) {
             Ok(BatchOutcome::Applied { .. }) | Ok(BatchOutcome::Buffered { .. }) => Verdict::Accept,
             Ok(BatchOutcome::Duplicate) => Verdict::Ignore,
@@ -203,6 +234,11 @@ impl Mesh {
     /// Whether the index knows a publisher.
     pub fn knows_publisher(&self, node: &NodeId) -> bool {
         self.index().knows_publisher(node)
+    }
+
+    /// The data-plane address the index holds for a node.
+    pub fn data_address(&self, node: &NodeId) -> Option<String> {
+        self.index().data_address(node).map(str::to_owned)
     }
 
     /// This node's id.

@@ -24,6 +24,8 @@ use zorgmesh_protocol::{BatchPolicy, NodeId};
 
 /// Batches waiting between the publisher and the gossip task.
 const OUTBOX_DEPTH: usize = 64;
+/// How often a node re-announces its record (certificate and data-plane address).
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running node.
 pub struct RunningNode {
@@ -166,18 +168,34 @@ impl RunningNode {
         let forward_mesh = mesh.clone();
         let publish = gossip.publish.clone();
         let record_address = advertised.clone();
+        let make_record = move || {
+            NodeRecord {
+                node: NodeId(record_key.verifying_key().to_bytes()),
+                certificate_der: record_cert.clone(),
+                data_address: record_address.clone(),
+                issued_at_ms: crate::fhir::service::now_ms(),
+            }
+            .sign(&record_key)
+        };
+        let own_address = advertised.clone();
+        let mut announce_shutdown = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {
-            while let Some(batch) = batches.recv().await {
-                let record = NodeRecord {
-                    node: NodeId(record_key.verifying_key().to_bytes()),
-                    certificate_der: record_cert.clone(),
-                    data_address: record_address.clone(),
-                    issued_at_ms: crate::fhir::service::now_ms(),
-                }
-                .sign(&record_key);
-                forward_mesh.apply_own(batch.clone(), &record_address);
-                let message = GossipMessage::Batch { record, batch }.to_bytes();
-                if publish.send(message).await.is_err() {
+            // Announce at start (queued until peers subscribe), then periodically; forward
+            // every own batch with a fresh record.
+            let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
+            loop {
+                let message = tokio::select! {
+                    _ = announce_shutdown.changed() => break,
+                    _ = announce.tick() => GossipMessage::Announce { record: make_record() },
+                    batch = batches.recv() => match batch {
+                        None => break,
+                        Some(batch) => {
+                            forward_mesh.apply_own(batch.clone(), &own_address);
+                            GossipMessage::Batch { record: make_record(), batch }
+                        }
+                    },
+                };
+                if publish.send(message.to_bytes()).await.is_err() {
                     break;
                 }
             }

@@ -32,6 +32,12 @@ pub enum GossipMessage {
         /// The signed batch.
         batch: SignedBatch,
     },
+    /// Tag 1: the publisher's current node record alone, sent at start and periodically,
+    /// so that peers learn a changed address or a renewed certificate without a batch.
+    Announce {
+        /// The signed record.
+        record: SignedNodeRecord,
+    },
 }
 
 impl GossipMessage {
@@ -53,6 +59,7 @@ impl GossipMessage {
                     ));
                 }
             }
+            GossipMessage::Announce { record } => record.record.validate()?,
         }
         Ok(message)
     }

@@ -162,15 +162,26 @@ impl LocatorIndex {
         self.publishers.contains_key(node)
     }
 
-    /// Records a publisher's data-plane address from a verified node record; older records
-    /// than the one held are ignored.
-    pub fn update_address(&mut self, node: &NodeId, address: &str, issued_at_ms: u64) {
-        if let Some(state) = self.publishers.get_mut(node) {
-            if issued_at_ms >= state.record_issued_at_ms {
+    /// Records a publisher's data-plane address from a verified node record; records older
+    /// than the one held are ignored. Returns true when the record was newer.
+    pub fn update_address(&mut self, node: &NodeId, address: &str, issued_at_ms: u64) -> bool {
+        match self.publishers.get_mut(node) {
+            Some(state)
+                if issued_at_ms > state.record_issued_at_ms || state.data_address.is_none() =>
+            {
                 state.record_issued_at_ms = issued_at_ms;
                 state.data_address = Some(address.to_owned());
+                true
             }
+            _ => false,
         }
+    }
+
+    /// The data-plane address the index holds for a publisher.
+    pub fn data_address(&self, node: &NodeId) -> Option<&str> {
+        self.publishers
+            .get(node)
+            .and_then(|s| s.data_address.as_deref())
     }
 
     /// Feeds one batch to the index.

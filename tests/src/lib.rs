@@ -1,1 +1,284 @@
+//! Test harness for multi-node meshes on loopback: real nodes (sled, libp2p, quinn, axum) in
+//! this process, each on its own ephemeral ports, with certificates from a fresh CA.
 
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::time::Duration;
+use zorgmesh_node::config::NodeConfig;
+use zorgmesh_node::node::RunningNode;
+use zorgmesh_node::provision::{self, ProvisionedNode};
+use zorgmesh_protocol::NodeRole;
+use zorgmesh_topology::{NodeSpec, Region, Topology};
+
+pub use zorgmesh_node::demo::{summarise, wait_until, DossierSummary};
+
+/// A mesh of in-process nodes.
+pub struct TestMesh {
+    _dir: tempfile::TempDir,
+    /// Where the mesh's files are.
+    pub root: PathBuf,
+    provisioned: Vec<ProvisionedNode>,
+    nodes: Vec<Option<RunningNode>>,
+    /// Per-holder timeout used by every node's `$dossier`.
+    pub holder_timeout_ms: u64,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+fn loopback() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().expect("valid")
+}
+
+/// A topology with ephemeral ports.
+pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
+    let mut regions: Vec<Region> = Vec::new();
+    for (_, region) in nodes {
+        if !regions.iter().any(|r| r.name == *region) {
+            regions.push(Region {
+                name: (*region).into(),
+                description: String::new(),
+            });
+        }
+    }
+    Topology {
+        network: network.into(),
+        regions,
+        nodes: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (name, region))| NodeSpec {
+                name: (*name).into(),
+                region: (*region).into(),
+                role: NodeRole::Institution,
+                organisation_ura: format!("{:08}", 1000 + i),
+                organisation_name: format!("Organisation {name}"),
+                http: loopback(),
+                gossip: loopback(),
+                data: loopback(),
+            })
+            .collect(),
+    }
+}
+
+impl TestMesh {
+    /// Provisions and starts `nodes` (`(name, region)`), waiting until every node sees every
+    /// other on the locator topic.
+    pub async fn start(network: &str, nodes: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("zorgmesh-test-")
+            .tempdir()?;
+        let root = dir.path().to_owned();
+        let provisioned = provision::generate_material(
+            &topology(network, nodes),
+            &root,
+            time::OffsetDateTime::now_utc(),
+        )?;
+        let mut mesh = Self {
+            _dir: dir,
+            root,
+            provisioned,
+            nodes: Vec::new(),
+            holder_timeout_ms: 1500,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+        };
+        for i in 0..mesh.provisioned.len() {
+            let node = mesh.launch(i).await?;
+            mesh.nodes.push(Some(node));
+        }
+        mesh.wait_connected().await?;
+        Ok(mesh)
+    }
+
+    fn config(&self, i: usize) -> NodeConfig {
+        let bootstrap = self
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.gossip_addr.to_string())
+            .collect();
+        let node = &self.provisioned[i];
+        let mut config = provision::node_config(&node.spec, bootstrap);
+        config.resolve.holder_timeout_ms = self.holder_timeout_ms;
+        config.publishing.batch_window_ms = 50;
+        config.resolve_paths(&node.dir);
+        config
+    }
+
+    async fn launch(&self, i: usize) -> anyhow::Result<RunningNode> {
+        RunningNode::start(self.config(i))
+            .await
+            .with_context(|| format!("starting {}", self.provisioned[i].spec.name))
+    }
+
+    /// Waits until every running node sees every other running node on the topic.
+    pub async fn wait_connected(&self) -> anyhow::Result<()> {
+        let running = self.nodes.iter().flatten().count();
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.nodes.iter().flatten().all(|n| {
+                n.gossip_status
+                    .topic_peers
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    + 1
+                    >= running
+            })
+        })
+        .await;
+        anyhow::ensure!(ok, "the mesh did not connect within 30 s");
+        Ok(())
+    }
+
+    /// A running node.
+    pub fn node(&self, i: usize) -> &RunningNode {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    /// All running nodes.
+    pub fn running(&self) -> impl Iterator<Item = &RunningNode> {
+        self.nodes.iter().flatten()
+    }
+
+    /// Stops node `i`.
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.shutdown().await;
+        }
+    }
+
+    /// Starts node `i` again on the same data directory (new ports).
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.stop(i).await;
+        let node = self.launch(i).await?;
+        let (id, address) = (node.identity.node, node.data_addr.to_string());
+        self.nodes[i] = Some(node);
+        self.wait_connected().await?;
+        // Its announcement carries the new data-plane address to every peer.
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.running()
+                .all(|n| n.mesh.data_address(&id).as_deref() == Some(address.as_str()))
+        })
+        .await;
+        anyhow::ensure!(ok, "peers did not learn the restarted node's new address");
+        Ok(())
+    }
+
+    /// Waits until every running node's index holds `entries` live entries.
+    pub async fn wait_for_entries(&self, entries: usize) -> anyhow::Result<()> {
+        let ok = wait_until(Duration::from_secs(30), || {
+            self.running().all(|n| n.mesh.live_entries() == entries)
+        })
+        .await;
+        let counts: Vec<(String, usize)> = self
+            .running()
+            .map(|n| (n.name().to_owned(), n.mesh.live_entries()))
+            .collect();
+        anyhow::ensure!(
+            ok,
+            "index did not reach {entries} entries on every node: {counts:?}"
+        );
+        Ok(())
+    }
+
+    /// POSTs a Bundle to node `i` and returns the response Bundle.
+    pub async fn post_bundle(&self, i: usize, bundle: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(self.node(i).base_url())
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        anyhow::ensure!(status.is_success(), "bundle refused: {status} {body}");
+        Ok(body)
+    }
+
+    /// GETs a path under node `i`'s base URL.
+    pub async fn get(&self, i: usize, path: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .get(format!("{}/{path}", self.node(i).base_url()))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Resolves a dossier on node `i`.
+    pub async fn dossier(&self, i: usize, bsn: &str) -> anyhow::Result<Value> {
+        let (status, body) = self
+            .get(
+                i,
+                &format!("Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|{bsn}"),
+            )
+            .await?;
+        anyhow::ensure!(status == 200, "$dossier answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// A small transaction Bundle for one patient at one institution: the Patient (with BSN), a
+/// shared Organization (same id and URA everywhere), an own Organization, `observations`
+/// Observations and one Condition.
+pub fn patient_bundle(bsn: &str, institution: &str, observations: usize) -> Value {
+    let mut entries = vec![
+        json!({
+            "fullUrl": "Organization/shared-gp",
+            "resource": {"resourceType": "Organization", "id": "shared-gp",
+                "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/ura", "value": "00099999"}], "name": "Huisartsenpraktijk Gedeeld"},
+            "request": {"method": "PUT", "url": "Organization/shared-gp"}
+        }),
+        json!({
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000001",
+            "resource": {"resourceType": "Organization",
+                "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/ura", "value": format!("own-{institution}")}], "name": institution},
+            "request": {"method": "POST", "url": "Organization"}
+        }),
+        json!({
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000002",
+            "resource": {"resourceType": "Patient",
+                "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}],
+                "name": [{"family": "Test", "given": [institution]}],
+                "generalPractitioner": [{"reference": "Organization/shared-gp"}],
+                "managingOrganization": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000001"}},
+            "request": {"method": "POST", "url": "Patient"}
+        }),
+        json!({
+            "fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000003",
+            "resource": {"resourceType": "Condition", "code": {"text": format!("condition at {institution}")},
+                "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000002"}},
+            "request": {"method": "POST", "url": "Condition"}
+        }),
+    ];
+    for n in 0..observations {
+        entries.push(json!({
+            "fullUrl": format!("urn:uuid:00000000-0000-4000-8000-1000000000{n:02}"),
+            "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"text": format!("observation {n} at {institution}")},
+                "valueQuantity": {"value": n, "unit": "kg"},
+                "subject": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000002"}},
+            "request": {"method": "POST", "url": "Observation"}
+        }));
+    }
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+/// The local Patient id a transaction response created (the third entry of
+/// [`patient_bundle`]).
+pub fn created_patient_id(response: &Value) -> String {
+    response["entry"][2]["response"]["location"]
+        .as_str()
+        .and_then(|l| l.split('/').nth(1))
+        .expect("location of the Patient")
+        .to_owned()
+}

@@ -1,0 +1,269 @@
+//! Multi-node meshes on loopback: real sled, libp2p gossipsub, quinn with mutual TLS and
+//! axum, four or more nodes in two regions.
+
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use zorgmesh_tests::{created_patient_id, patient_bundle, summarise, wait_until, TestMesh};
+
+const BSN: &str = "999911120";
+const OTHER_BSN: &str = "111222333";
+const NODES: &[(&str, &str)] = &[
+    ("noord-a", "noord"),
+    ("noord-b", "noord"),
+    ("zuid-a", "zuid"),
+    ("zuid-b", "zuid"),
+];
+
+/// `(origin node, type, id)` of every resource in a dossier, one row per origin tag.
+fn dossier_rows(dossier: &Value) -> BTreeSet<(String, String, String)> {
+    let mut rows = BTreeSet::new();
+    for entry in dossier["entry"].as_array().unwrap() {
+        if entry["search"]["mode"] == "outcome" {
+            continue;
+        }
+        let resource = &entry["resource"];
+        assert!(
+            resource["meta"]["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:zorgmesh:"),
+            "{resource}"
+        );
+        let origins: Vec<&str> = resource["meta"]["tag"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["system"] == "urn:zorgmesh:origin-node")
+            .map(|t| t["code"].as_str().unwrap())
+            .collect();
+        assert!(!origins.is_empty(), "resource without origin: {resource}");
+        for origin in origins {
+            rows.insert((
+                origin.to_owned(),
+                resource["resourceType"].as_str().unwrap().to_owned(),
+                resource["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    rows
+}
+
+/// Loads one patient on holders 0, 1 (noord) and 2 (zuid) and another patient on holder 0.
+/// Returns the expected `(origin, type, id)` rows from each holder's own `$everything`.
+async fn load_split_patient(mesh: &TestMesh) -> BTreeSet<(String, String, String)> {
+    let mut expected = BTreeSet::new();
+    for (holder, observations) in [(0usize, 2usize), (1, 1), (2, 3)] {
+        let response = mesh
+            .post_bundle(
+                holder,
+                &patient_bundle(BSN, mesh.node(holder).name(), observations),
+            )
+            .await
+            .unwrap();
+        let patient_id = created_patient_id(&response);
+        let (status, everything) = mesh
+            .get(holder, &format!("Patient/{patient_id}/$everything"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        for entry in everything["entry"].as_array().unwrap() {
+            let r = &entry["resource"];
+            expected.insert((
+                mesh.node(holder).name().to_owned(),
+                r["resourceType"].as_str().unwrap().to_owned(),
+                r["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    mesh.post_bundle(0, &patient_bundle(OTHER_BSN, "other", 1))
+        .await
+        .unwrap();
+    // 3 entries for BSN, 1 for OTHER_BSN, on every node.
+    mesh.wait_for_entries(4).await.unwrap();
+    expected
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dossier_is_exactly_the_union_of_its_holders_and_survives_a_stopped_holder() {
+    let mut mesh = TestMesh::start("testnet", NODES).await.unwrap();
+    let expected = load_split_patient(&mesh).await;
+
+    // Resolve from the 4th node (zuid-b), which holds nothing for the patient.
+    let dossier = mesh.dossier(3, BSN).await.unwrap();
+    let rows = dossier_rows(&dossier);
+    assert_eq!(
+        rows, expected,
+        "dossier differs from the union of the holders' records"
+    );
+    let summary = summarise(&dossier);
+    assert!(summary.unreachable.is_empty());
+    // Per type: 3 Patients, 3 Conditions, 6 Observations, 3 own Organizations + 1 shared, merged.
+    let per_type: BTreeMap<&str, usize> = summary
+        .per_type
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        per_type,
+        BTreeMap::from([
+            ("Condition", 3),
+            ("Observation", 6),
+            ("Organization", 4),
+            ("Patient", 3)
+        ])
+    );
+    // The shared Organization appears once, with all three origins.
+    let shared: Vec<&Value> = dossier["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["id"] == "shared-gp")
+        .collect();
+    assert_eq!(shared.len(), 1);
+    let shared_origins = shared[0]["resource"]["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["system"] == "urn:zorgmesh:origin-node")
+        .count();
+    assert_eq!(shared_origins, 3);
+    // The other patient's data does not leak into this dossier.
+    assert!(!rows.iter().any(|(_, _, id)| id.is_empty()));
+
+    // Stop a holder: the dossier names it as unreachable and still has the others' data.
+    mesh.stop(1).await;
+    let dossier = mesh.dossier(3, BSN).await.unwrap();
+    let summary = summarise(&dossier);
+    assert_eq!(summary.unreachable, vec!["noord-b".to_owned()]);
+    let origins: BTreeSet<&str> = summary.origins.iter().map(String::as_str).collect();
+    assert_eq!(origins, BTreeSet::from(["noord-a", "zuid-a"]));
+
+    // Back up: complete again.
+    mesh.restart(1).await.unwrap();
+    let dossier = mesh.dossier(3, BSN).await.unwrap();
+    assert!(summarise(&dossier).unreachable.is_empty());
+    assert_eq!(dossier_rows(&dossier), expected);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_index_and_log_survive_a_restart() {
+    let mut mesh = TestMesh::start("testnet", NODES).await.unwrap();
+    let expected = load_split_patient(&mesh).await;
+    let response = mesh
+        .post_bundle(2, &patient_bundle("123456782", "restart", 2))
+        .await
+        .unwrap();
+    let patient_id = created_patient_id(&response);
+    mesh.wait_for_entries(5).await.unwrap();
+    let (_, before) = mesh
+        .get(2, &format!("Patient/{patient_id}/$everything"))
+        .await
+        .unwrap();
+    let head_before = mesh.node(0).mesh.heads()[&mesh.node(2).identity.node];
+
+    mesh.restart(2).await.unwrap();
+    // Resources and versions are back.
+    let (status, after) = mesh
+        .get(2, &format!("Patient/{patient_id}/$everything"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(before["total"], after["total"]);
+    let (status, patient) = mesh.get(2, &format!("Patient/{patient_id}")).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(patient["meta"]["versionId"], "1");
+    // The index is back without any network traffic being needed.
+    assert_eq!(mesh.node(2).mesh.live_entries(), 5);
+    assert_eq!(dossier_rows(&mesh.dossier(2, BSN).await.unwrap()), expected);
+    // The restarted node continues its log: the next batch is accepted everywhere (no fork).
+    mesh.post_bundle(2, &patient_bundle("100000009", "after-restart", 1))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(6).await.unwrap();
+    let head_after = mesh.node(0).mesh.heads()[&mesh.node(2).identity.node];
+    assert_eq!(head_after, head_before + 1);
+    for node in mesh.running() {
+        assert_eq!(
+            node.gossip_status
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{}",
+            node.name()
+        );
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_from_a_key_without_a_valid_certificate_never_enters_an_index() {
+    let mesh = TestMesh::start("testnet", &NODES[..3]).await.unwrap();
+    // A rogue node of the same network name, certified by another CA, joins the gossip mesh.
+    let rogue_mesh_dir = tempfile::tempdir().unwrap();
+    let rogue_topology = zorgmesh_tests::topology("testnet", &[("rogue", "zuid")]);
+    let rogue = zorgmesh_node::provision::generate_material(
+        &rogue_topology,
+        rogue_mesh_dir.path(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap()
+    .remove(0);
+    let bootstrap = mesh.running().map(|n| n.gossip_addr.to_string()).collect();
+    let mut config = zorgmesh_node::provision::node_config(&rogue.spec, bootstrap);
+    config.publishing.batch_window_ms = 20;
+    config.resolve_paths(&rogue.dir);
+    let rogue_node = zorgmesh_node::node::RunningNode::start(config)
+        .await
+        .unwrap();
+    let rogue_id = rogue_node.identity.node;
+    assert!(
+        wait_until(Duration::from_secs(30), || rogue_node
+            .gossip_status
+            .topic_peers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 3)
+        .await
+    );
+
+    // The rogue publishes a locator batch for a patient.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(rogue_node.base_url())
+        .header("content-type", "application/fhir+json")
+        .body(patient_bundle(BSN, "rogue", 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    // Wait for the rejection itself (an event), then for a legitimate batch after it.
+    assert!(
+        wait_until(Duration::from_secs(30), || mesh
+            .running()
+            .map(|n| n
+                .gossip_status
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<usize>()
+            >= 1)
+        .await,
+        "no node saw the rogue batch"
+    );
+    mesh.post_bundle(0, &patient_bundle(OTHER_BSN, "legit", 1))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    for node in mesh.running() {
+        assert!(
+            !node.mesh.knows_publisher(&rogue_id),
+            "{} admitted the rogue",
+            node.name()
+        );
+        assert_eq!(node.mesh.live_entries(), 1, "{}", node.name());
+    }
+    let dossier = mesh.dossier(2, BSN).await.unwrap();
+    assert_eq!(summarise(&dossier).total, 0);
+    rogue_node.shutdown().await;
+    mesh.shutdown().await;
+}
