@@ -104,8 +104,8 @@ pub fn compartment_patient(resource_type: &str, id: &str, resource: &Value) -> O
     }
     for field in ["subject", "patient", "beneficiary"] {
         let reference = resource
-            .get(field)?
-            .get("reference")
+            .get(field)
+            .and_then(|f| f.get("reference"))
             .and_then(Value::as_str);
         if let Some(rest) = reference.and_then(|r| r.strip_prefix("Patient/")) {
             let id = rest.split('/').next().unwrap_or(rest);
@@ -516,5 +516,39 @@ impl Storage {
     pub async fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_async().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compartment_follows_subject_patient_and_beneficiary() {
+        let cases = [
+            (json!({"subject": {"reference": "Patient/a"}}), Some("a")),
+            (json!({"patient": {"reference": "Patient/b"}}), Some("b")),
+            (
+                json!({"beneficiary": {"reference": "Patient/c/_history/2"}}),
+                Some("c"),
+            ),
+            (
+                json!({"subject": {"reference": "Group/g"}, "patient": {"reference": "Patient/d"}}),
+                Some("d"),
+            ),
+            (json!({"performer": [{"reference": "Patient/e"}]}), None),
+        ];
+        for (resource, expected) in cases {
+            assert_eq!(
+                compartment_patient("Observation", "x", &resource).as_deref(),
+                expected,
+                "{resource}"
+            );
+        }
+        assert_eq!(
+            compartment_patient("Patient", "p", &json!({})).as_deref(),
+            Some("p")
+        );
     }
 }
