@@ -34,6 +34,7 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/fhir", post(base_post).get(base_get))
+        .route("/fhir/", post(base_post).get(base_get))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/{type}", get(search_type).post(create))
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))

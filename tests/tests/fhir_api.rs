@@ -1,0 +1,387 @@
+//! The FHIR API of one node over real HTTP: versions, ETags, search paging, atomic
+//! transactions, batches, and an OperationOutcome with the right status for bad input.
+
+use serde_json::{json, Value};
+use zorgmesh_tests::TestMesh;
+
+async fn send(
+    mesh: &TestMesh,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let url = format!("{}/{path}", mesh.node(0).base_url());
+    let mut request = mesh.http.request(method, url);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+    }
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+    };
+    (status, headers, body)
+}
+
+fn assert_outcome(status: u16, body: &Value, expected_status: u16) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_versions_and_etags() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let patient = json!({"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}], "name": [{"family": "Jansen"}]});
+
+    let (status, headers, created) =
+        send(&mesh, Method::POST, "Patient", Some(patient.clone()), &[]).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["meta"]["versionId"], "1");
+    assert!(created["meta"]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(headers["etag"], "W/\"1\"");
+    assert!(headers["location"]
+        .to_str()
+        .unwrap()
+        .ends_with(&format!("/Patient/{id}/_history/1")));
+
+    let mut updated = created.clone();
+    updated["name"][0]["family"] = json!("Jansen-de Vries");
+    let (status, headers, body) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient/{id}"),
+        Some(updated.clone()),
+        &[("if-match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["etag"], "W/\"2\"");
+    // A stale If-Match is refused.
+    let (status, _, body) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient/{id}"),
+        Some(updated),
+        &[("if-match", "W/\"1\"")],
+    )
+    .await;
+    assert_outcome(status, &body, 412);
+
+    let (status, _, v1) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}/_history/1"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v1["name"][0]["family"], "Jansen");
+    let (status, headers, current) =
+        send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["etag"], "W/\"2\"");
+    assert!(headers.contains_key("last-modified"));
+    assert_eq!(current["name"][0]["family"], "Jansen-de Vries");
+
+    // Update-as-create with a client id.
+    let (status, _, body) = send(
+        &mesh,
+        Method::PUT,
+        "Organization/umcg",
+        Some(json!({"resourceType": "Organization", "id": "umcg", "name": "UMCG"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, _, _) = send(&mesh, Method::DELETE, &format!("Patient/{id}"), None, &[]).await;
+    assert_eq!(status, 204);
+    let (status, _, body) = send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
+    assert_outcome(status, &body, 410);
+    let (status, _, body) = send(&mesh, Method::GET, "Patient/does-not-exist", None, &[]).await;
+    assert_outcome(status, &body, 404);
+    let (status, _, body) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}/_history/9"),
+        None,
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 404);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let url = format!("{}/Patient", mesh.node(0).base_url());
+    let response = mesh
+        .http
+        .post(&url)
+        .header("content-type", "application/fhir+json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_outcome(status, &response.json().await.unwrap(), 400);
+    let response = mesh
+        .http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_outcome(status, &response.json().await.unwrap(), 415);
+    // application/json is accepted as well.
+    let response = mesh
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"resourceType":"Patient"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+
+    let (status, _, body) = send(
+        &mesh,
+        Method::POST,
+        "Patient",
+        Some(json!({"resourceType": "Observation"})),
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(&mesh, Method::POST, "Patient", Some(json!([1, 2])), &[]).await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(&mesh, Method::GET, "NotAType/1", None, &[]).await;
+    assert_outcome(status, &body, 404);
+    let (status, _, body) = send(
+        &mesh,
+        Method::PUT,
+        "Patient/a",
+        Some(json!({"resourceType": "Patient", "id": "b"})),
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(
+        &mesh,
+        Method::PUT,
+        "Patient/bad%20id",
+        Some(json!({"resourceType": "Patient"})),
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(&mesh, Method::PATCH, "Patient/a", Some(json!({})), &[]).await;
+    assert_outcome(status, &body, 405);
+    let (status, _, body) = send(&mesh, Method::GET, "Patient?_count=many", None, &[]).await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(
+        &mesh,
+        Method::GET,
+        "Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|123456789",
+        None,
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(&mesh, Method::GET, "Patient/$dossier", None, &[]).await;
+    assert_outcome(status, &body, 400);
+    let response = mesh
+        .http
+        .get(format!("http://{}/elsewhere", mesh.node(0).http_addr))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_outcome(status, &response.json().await.unwrap(), 404);
+
+    // A transaction with one bad entry writes nothing.
+    let before = send(&mesh, Method::GET, "Observation", None, &[]).await.2["total"].clone();
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "ok"}}, "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Observation", "id": "x"}, "request": {"method": "PUT", "url": "Observation/y"}}
+    ]});
+    let (status, _, body) = send(&mesh, Method::POST, "", Some(transaction), &[]).await;
+    assert_outcome(status, &body, 400);
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("entry[1]"),
+        "{body}"
+    );
+    let after = send(&mesh, Method::GET, "Observation", None, &[]).await.2["total"].clone();
+    assert_eq!(before, after, "a failed transaction left data behind");
+    let (status, _, body) = send(
+        &mesh,
+        Method::POST,
+        "",
+        Some(json!({"resourceType": "Bundle", "type": "collection"})),
+        &[],
+    )
+    .await;
+    assert_outcome(status, &body, 400);
+
+    // A batch reports each entry on its own.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1"}, "request": {"method": "PUT", "url": "Patient/p1"}},
+        {"request": {"method": "GET", "url": "Patient/missing"}},
+        {"request": {"method": "FROB", "url": "Patient"}}
+    ]});
+    let (status, _, body) = send(&mesh, Method::POST, "", Some(batch), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "batch-response");
+    assert_eq!(body["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(body["entry"][1]["response"]["status"], "404 Not Found");
+    assert_eq!(body["entry"][2]["response"]["status"], "400 Bad Request");
+    assert_eq!(
+        body["entry"][2]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_by_patient_identifier_and_last_updated_with_paging() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let response = mesh
+        .post_bundle(0, &zorgmesh_tests::patient_bundle("999911120", "here", 7))
+        .await
+        .unwrap();
+    let patient = zorgmesh_tests::created_patient_id(&response);
+    mesh.post_bundle(0, &zorgmesh_tests::patient_bundle("111222333", "other", 2))
+        .await
+        .unwrap();
+
+    let (status, _, page) = send(
+        &mesh,
+        Method::GET,
+        &format!("Observation?patient=Patient/{patient}&_count=3"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["total"], 7);
+    let mut seen = Vec::new();
+    let mut page = page;
+    loop {
+        for entry in page["entry"].as_array().unwrap() {
+            seen.push(entry["resource"]["id"].as_str().unwrap().to_owned());
+        }
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+        let Some(next) = next else { break };
+        page = mesh
+            .http
+            .get(next)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 7, "paging lost or repeated entries");
+
+    let (_, _, by_subject) = send(
+        &mesh,
+        Method::GET,
+        &format!("Condition?subject={patient}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(by_subject["total"], 1);
+    let (_, _, by_identifier) = send(
+        &mesh,
+        Method::GET,
+        "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|111222333",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(by_identifier["total"], 1);
+    let (_, _, by_value) = send(
+        &mesh,
+        Method::GET,
+        "Patient?identifier=999911120",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(by_value["total"], 1);
+    let (_, _, recent) = send(
+        &mesh,
+        Method::GET,
+        "Observation?_lastUpdated=ge2020-01-01",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(recent["total"], 9);
+    let (_, _, future) = send(
+        &mesh,
+        Method::GET,
+        "Observation?_lastUpdated=gt2999-01-01",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(future["total"], 0);
+    let (_, _, ignored) = send(&mesh, Method::GET, "Observation?code=abc", None, &[]).await;
+    let last = ignored["entry"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["search"]["mode"], "outcome",
+        "unknown parameters are reported"
+    );
+
+    let (status, _, metadata) = send(&mesh, Method::GET, "metadata", None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(metadata["resourceType"], "CapabilityStatement");
+    assert_eq!(metadata["fhirVersion"], "4.0.1");
+    mesh.shutdown().await;
+}
