@@ -1,0 +1,280 @@
+//! The `zorgmesh` binary as a user runs it: certificates, topologies, and two `node run`
+//! processes in two regions that resolve a dossier across the mesh.
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn zorgmesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zorgmesh"))
+        .args(args)
+        .output()
+        .expect("run zorgmesh")
+}
+
+fn ok(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn failed(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn certs_init_issue_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let other = dir.path().join("other");
+    let nodes = dir.path().join("nodes");
+    ok(&zorgmesh(&[
+        "certs",
+        "init",
+        "--network",
+        "zorgnet",
+        "--out",
+        s(&ca),
+    ]));
+    ok(&zorgmesh(&[
+        "certs",
+        "init",
+        "--network",
+        "zorgnet",
+        "--out",
+        s(&other),
+    ]));
+    // Refuses to overwrite trust material.
+    let err = failed(&zorgmesh(&[
+        "certs",
+        "init",
+        "--network",
+        "zorgnet",
+        "--out",
+        s(&ca),
+    ]));
+    assert!(err.contains("already exists"), "{err}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(ca.join("ca.key")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let issue = |ca_dir: &Path, out: &Path, name: &str, days: &str| {
+        zorgmesh(&[
+            "certs",
+            "issue",
+            "--ca-dir",
+            s(ca_dir),
+            "--name",
+            name,
+            "--ura",
+            "00001234",
+            "--organisation",
+            "UMC Groningen",
+            "--region",
+            "noord",
+            "--role",
+            "institution",
+            "--days",
+            days,
+            "--out",
+            s(out),
+        ])
+    };
+    ok(&issue(&ca, &nodes, "umcg", "365"));
+    let shown = ok(&zorgmesh(&[
+        "certs",
+        "show",
+        s(&nodes.join("umcg.crt")),
+        "--ca",
+        s(&ca.join("ca.crt")),
+    ]));
+    assert!(
+        shown.contains("UMC Groningen") && shown.contains("valid now") && shown.contains("noord"),
+        "{shown}"
+    );
+
+    // A certificate of another CA is refused with a clear message.
+    ok(&issue(&other, &nodes, "intruder", "365"));
+    let err = failed(&zorgmesh(&[
+        "certs",
+        "show",
+        s(&nodes.join("intruder.crt")),
+        "--ca",
+        s(&ca.join("ca.crt")),
+    ]));
+    assert!(err.contains("signature of this network's CA"), "{err}");
+    // Bad input.
+    let err = failed(&issue(&ca, &nodes, "Bad Name", "365"));
+    assert!(err.contains("node name"), "{err}");
+    std::fs::write(dir.path().join("garbage.crt"), "hello").unwrap();
+    let err = failed(&zorgmesh(&[
+        "certs",
+        "show",
+        s(&dir.path().join("garbage.crt")),
+        "--ca",
+        s(&ca.join("ca.crt")),
+    ]));
+    assert!(err.contains("PEM"), "{err}");
+}
+
+fn free_port() -> u16 {
+    // Bind both TCP and UDP on the same port so either use is free.
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn topology_text(ports: &[u16]) -> String {
+    format!(
+        r#"network = "clinet"
+[[region]]
+name = "noord"
+[[region]]
+name = "zuid"
+[[node]]
+name = "umcg"
+region = "noord"
+role = "institution"
+organisation_ura = "00001001"
+organisation_name = "UMCG"
+http = "127.0.0.1:{}"
+gossip = "127.0.0.1:{}"
+data = "127.0.0.1:{}"
+[[node]]
+name = "rp-zuid"
+region = "zuid"
+role = "replication-platform"
+organisation_ura = "00001002"
+organisation_name = "Replicatieplatform Zuid"
+http = "127.0.0.1:{}"
+gossip = "127.0.0.1:{}"
+data = "127.0.0.1:{}"
+"#,
+        ports[0], ports[1], ports[2], ports[3], ports[4], ports[5]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let file = dir.path().join("mesh.toml");
+
+    // check names every problem
+    let bad = topology_text(&ports)
+        .replace("name = \"rp-zuid\"", "name = \"umcg\"")
+        .replace("region = \"zuid\"\nrole", "region = \"oost\"\nrole");
+    std::fs::write(&file, bad).unwrap();
+    let err = failed(&zorgmesh(&["topology", "check", s(&file)]));
+    assert!(
+        err.contains("used twice") && err.contains("unknown region \"oost\""),
+        "{err}"
+    );
+
+    std::fs::write(&file, topology_text(&ports)).unwrap();
+    ok(&zorgmesh(&["topology", "check", s(&file)]));
+    let out = dir.path().join("mesh");
+    let generated = ok(&zorgmesh(&[
+        "topology",
+        "generate",
+        s(&file),
+        "--out",
+        s(&out),
+    ]));
+    assert!(generated.contains("node run --config"), "{generated}");
+
+    let start = |name: &str| {
+        let config = out.join("nodes").join(name).join("node.toml");
+        NodeProcess(
+            Command::new(env!("CARGO_BIN_EXE_zorgmesh"))
+                .args(["node", "run", "--config", s(&config)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _umcg = start("umcg");
+    let _rp = start("rp-zuid");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let base = |port: u16| format!("http://127.0.0.1:{port}/fhir");
+    for port in [ports[0], ports[3]] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = client.get(format!("{}/metadata", base(port))).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "node on {port} did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}]}, "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": "urn:uuid:a"}}, "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    // Gossip needs the two processes connected; retry the write's effect, not the write.
+    let response = client
+        .post(base(ports[0]))
+        .header("content-type", "application/fhir+json")
+        .body(bundle.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let url = format!(
+        "{}/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999911120",
+        base(ports[3])
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dossier: Value = loop {
+        let dossier: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        if dossier["total"] == 2 {
+            break dossier;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dossier never resolved across processes: {dossier}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let origins: Vec<&str> = dossier["entry"][0]["resource"]["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["code"].as_str())
+        .collect();
+    assert!(origins.contains(&"umcg"), "{dossier}");
+}
