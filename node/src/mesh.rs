@@ -16,6 +16,9 @@ use zorgmesh_protocol::index::{BatchOutcome, HolderLocation, IndexLimits};
 use zorgmesh_protocol::record::SignedNodeRecord;
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
 
+/// Reason given when the index has no room for another publisher (not the sender's fault).
+const INDEX_FULL: &str = "the index is full";
+
 /// Most verified certificates kept in the cache.
 const MAX_CACHED_CERTIFICATES: usize = 10_000;
 
@@ -111,6 +114,7 @@ impl Mesh {
         let Some(batch) = batch else {
             let verdict = self.admit_record(&record).map(|(_, newer)| newer);
             return match verdict {
+                Err(reason) if reason == INDEX_FULL => Verdict::Ignore,
                 Err(reason) => Verdict::Reject(reason),
                 Ok(false) => Verdict::Ignore,
                 Ok(true) => {
@@ -152,7 +156,7 @@ impl Mesh {
         }
         let mut index = self.index();
         if !index.admit_publisher(verified.publisher_info()) {
-            return Err("the index is full".into());
+            return Err(INDEX_FULL.into());
         }
         let newer = index.update_address(
             &verified.node,
@@ -165,6 +169,7 @@ impl Mesh {
     fn admit(&self, record: &SignedNodeRecord, batch: SignedBatch) -> Verdict {
         let mut index = match self.admit_record(record) {
             Ok((index, _)) => index,
+            Err(reason) if reason == INDEX_FULL => return Verdict::Ignore,
             Err(reason) => return Verdict::Reject(reason),
         };
         let now_ms = crate::fhir::service::now_ms();
