@@ -29,20 +29,4 @@ pub fn node_dns_name(node_name: &str) -> String {
     format!("{node_name}.node.zorgmesh")
 }
 
-/// Checks that a node, region or network name is a lower-case DNS label.
-pub fn validate_label(kind: &str, value: &str) -> Result<(), String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{kind} {value:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
-        ))
-    }
-}
+pub use zorgmesh_protocol::identity::validate_label;

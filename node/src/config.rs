@@ -189,6 +189,12 @@ impl NodeConfig {
         if !(100..=120_000).contains(&self.resolve.holder_timeout_ms) {
             anyhow::bail!("resolve.holder_timeout_ms must be between 100 and 120000");
         }
+        if self.data_listen.ip().is_unspecified() && self.data_advertise.is_none() {
+            anyhow::bail!(
+                "data_listen = {} listens on every interface: set data_advertise to the address other nodes should dial",
+                self.data_listen
+            );
+        }
         for peer in &self.bootstrap {
             peer.parse::<libp2p::Multiaddr>()
                 .with_context(|| format!("bootstrap entry {peer:?} is not a multiaddr"))?;

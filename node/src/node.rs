@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use zorgmesh_certs::{
     read_certificate, read_locator_key, read_signing_key, TrustAnchor, VerifiedNode,
 };
@@ -157,6 +158,10 @@ impl RunningNode {
         )
         .await?;
         tasks.push(gossip.task);
+        let span = tracing::info_span!("node", name = %config.name);
+        let spawn = |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+            tokio::spawn(future.instrument(span.clone()))
+        };
 
         // Publisher → own index + gossip.
         let (outbox, mut batches) = mpsc::channel(OUTBOX_DEPTH);
@@ -179,7 +184,7 @@ impl RunningNode {
         };
         let own_address = advertised.clone();
         let mut announce_shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn(Box::pin(async move {
             // Announce at start (queued until peers subscribe), then periodically; forward
             // every own batch with a fresh record.
             let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
@@ -199,7 +204,7 @@ impl RunningNode {
                     break;
                 }
             }
-        }));
+        })));
         let recovered = publisher.recover().await?;
         if recovered > 0 {
             tracing::info!(
@@ -230,14 +235,14 @@ impl RunningNode {
             node_name: config.name.clone(),
         };
         let mut http_shutdown = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawn(Box::pin(async move {
             let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
                 let _ = http_shutdown.changed().await;
             });
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "FHIR API stopped");
             }
-        }));
+        })));
         tracing::info!(node = %config.name, http = %http_addr, data = %data_addr, gossip = %gossip.listen_addr, "node running");
         Ok(Self {
             identity,

@@ -4,6 +4,25 @@ use crate::locator::NodeId;
 use std::fmt;
 use std::str::FromStr;
 
+/// Checks that a node, region or network name is a lower-case DNS label; the error names
+/// `kind` and says what is allowed.
+pub fn validate_label(kind: &str, value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} {value:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        ))
+    }
+}
+
 /// What kind of participant a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

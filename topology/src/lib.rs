@@ -99,16 +99,7 @@ pub enum TopologyError {
 }
 
 fn label_problem(kind: &str, value: &str) -> Option<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    (!ok).then(|| {
-        format!("{kind} {value:?} must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")
-    })
+    zorgmesh_protocol::identity::validate_label(kind, value).err()
 }
 
 impl Topology {

@@ -14,6 +14,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
+/// Requests the API works on at once; more wait for a slot (back-pressure, no queue growth
+/// beyond the OS accept backlog).
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+
 /// Largest request body (a transaction Bundle).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -42,6 +46,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            MAX_CONCURRENT_REQUESTS,
+        ))
         .with_state(state)
 }
 
