@@ -28,6 +28,9 @@
 //!
 //! [resolve]
 //! holder_timeout_ms = 5000   # per-holder deadline when resolving a dossier
+//!
+//! [sync]
+//! interval_ms = 10000        # compare the index with a random peer this often
 //! ```
 
 use anyhow::Context;
@@ -68,6 +71,31 @@ pub struct NodeConfig {
     /// Dossier resolution.
     #[serde(default)]
     pub resolve: ResolveConfig,
+    /// Index anti-entropy.
+    #[serde(default)]
+    pub sync: SyncConfig,
+}
+
+/// Index anti-entropy settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// How often the node compares its index with a random peer (ms); gaps and new
+    /// publishers trigger a round at once.
+    #[serde(default = "default_sync_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_sync_interval() -> u64 {
+    10_000
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_sync_interval(),
+        }
+    }
 }
 
 /// Paths of the trust material.
@@ -188,6 +216,9 @@ impl NodeConfig {
         }
         if !(100..=120_000).contains(&self.resolve.holder_timeout_ms) {
             anyhow::bail!("resolve.holder_timeout_ms must be between 100 and 120000");
+        }
+        if !(100..=3_600_000).contains(&self.sync.interval_ms) {
+            anyhow::bail!("sync.interval_ms must be between 100 and 3600000");
         }
         if self.data_listen.ip().is_unspecified() && self.data_advertise.is_none() {
             anyhow::bail!(

@@ -4,6 +4,7 @@
 //! are `zorgmesh/fetch/1` frames (see `zorgmesh_protocol::fetch`), every one bounded.
 
 use crate::fhir::FhirService;
+use crate::mesh::Mesh;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::SigningKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -17,6 +18,9 @@ use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::fetch::{
     frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES,
     MAX_REQUEST_BYTES, MAX_RESOURCES_PER_RESPONSE,
+};
+use zorgmesh_protocol::sync::{
+    heads_digest, heads_vector, PublisherHead, RangeRequest, MAX_BATCHES_PER_REQUEST, MAX_HEADS,
 };
 use zorgmesh_protocol::{NodeId, PatientKey};
 
@@ -173,7 +177,12 @@ impl DataPlane {
     }
 
     /// Serves fetches from `fhir` until `shutdown`.
-    pub async fn serve(self, fhir: FhirService, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self,
+        fhir: FhirService,
+        mesh: Arc<Mesh>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -191,9 +200,10 @@ impl DataPlane {
             };
             let fhir = fhir.clone();
             let anchor = self.anchor.clone();
+            let mesh = mesh.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve_connection(incoming, fhir, anchor).await {
+                if let Err(e) = serve_connection(incoming, fhir, mesh, anchor).await {
                     tracing::debug!(error = %e, "data-plane connection ended");
                 }
             });
@@ -238,26 +248,25 @@ impl DataPlane {
         Ok(connection)
     }
 
-    /// Fetches every resource `holder` has for `patient`.
-    pub async fn fetch_patient(
+    /// Sends one request to `holder` and collects the answer's frames up to `End`.
+    async fn request(
         &self,
         holder: NodeId,
         holder_name: &str,
         addr: SocketAddr,
-        patient: PatientKey,
-    ) -> Result<Vec<serde_json::Value>, FetchError> {
+        request: &FetchRequest,
+    ) -> Result<Vec<FetchFrame>, FetchError> {
         let connection = self.connection(holder, holder_name, addr).await?;
         let (mut send, mut recv) = connection
             .open_bi()
             .await
             .map_err(|e| FetchError::Transport(e.to_string()))?;
-        let request = FetchRequest::PatientResources { patient };
         send.write_all(&frame(&request.to_bytes()))
             .await
             .map_err(|e| FetchError::Transport(e.to_string()))?;
         send.finish()
             .map_err(|e| FetchError::Transport(e.to_string()))?;
-        let mut resources = Vec::new();
+        let mut frames = Vec::new();
         loop {
             let mut length = [0u8; 4];
             recv.read_exact(&mut length)
@@ -274,34 +283,120 @@ impl DataPlane {
                 .await
                 .map_err(|e| FetchError::Transport(format!("frame cut short: {e}")))?;
             match FetchFrame::from_bytes(&body).map_err(|e| FetchError::Protocol(e.to_string()))? {
-                FetchFrame::Resource { json } => {
-                    if resources.len() >= MAX_RESOURCES_PER_RESPONSE as usize {
-                        return Err(FetchError::Protocol("too many resources".into()));
-                    }
-                    let value: serde_json::Value = serde_json::from_slice(&json)
-                        .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}")))?;
-                    resources.push(value);
-                }
                 FetchFrame::End { count } => {
-                    if count as usize != resources.len() {
+                    let counted = frames
+                        .iter()
+                        .filter(|f| {
+                            matches!(f, FetchFrame::Resource { .. } | FetchFrame::Message { .. })
+                        })
+                        .count();
+                    if count as usize != counted {
                         return Err(FetchError::Protocol(format!(
-                            "holder announced {count} resources but sent {}",
-                            resources.len()
+                            "holder announced {count} items but sent {counted}"
                         )));
                     }
-                    return Ok(resources);
+                    return Ok(frames);
                 }
                 FetchFrame::Error { code, message } => {
                     return Err(FetchError::Remote { code, message })
                 }
+                other => {
+                    if frames.len() >= MAX_RESOURCES_PER_RESPONSE as usize {
+                        return Err(FetchError::Protocol("too many frames in one answer".into()));
+                    }
+                    frames.push(other);
+                }
             }
         }
+    }
+
+    /// Fetches every resource `holder` has for `patient`.
+    pub async fn fetch_patient(
+        &self,
+        holder: NodeId,
+        holder_name: &str,
+        addr: SocketAddr,
+        patient: PatientKey,
+    ) -> Result<Vec<serde_json::Value>, FetchError> {
+        let frames = self
+            .request(
+                holder,
+                holder_name,
+                addr,
+                &FetchRequest::PatientResources { patient },
+            )
+            .await?;
+        frames
+            .into_iter()
+            .map(|f| match f {
+                FetchFrame::Resource { json } => serde_json::from_slice(&json)
+                    .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}"))),
+                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// The digest of a peer's index heads.
+    pub async fn heads_digest(
+        &self,
+        peer: NodeId,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<[u8; 32], FetchError> {
+        match self
+            .request(peer, name, addr, &FetchRequest::HeadsDigest)
+            .await?
+            .as_slice()
+        {
+            [FetchFrame::HeadsDigest { digest }] => Ok(*digest),
+            other => Err(FetchError::Protocol(format!(
+                "expected one digest frame, got {}",
+                other.len()
+            ))),
+        }
+    }
+
+    /// A peer's heads vector.
+    pub async fn heads(
+        &self,
+        peer: NodeId,
+        name: &str,
+        addr: SocketAddr,
+    ) -> Result<Vec<PublisherHead>, FetchError> {
+        let mut frames = self.request(peer, name, addr, &FetchRequest::Heads).await?;
+        match frames.pop() {
+            Some(FetchFrame::Heads { heads }) if frames.is_empty() && heads.len() <= MAX_HEADS => {
+                Ok(heads)
+            }
+            _ => Err(FetchError::Protocol("expected one heads frame".into())),
+        }
+    }
+
+    /// A range of one publisher's batches from a peer, as gossip messages.
+    pub async fn batches(
+        &self,
+        peer: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        range: RangeRequest,
+    ) -> Result<Vec<Vec<u8>>, FetchError> {
+        let frames = self
+            .request(peer, name, addr, &FetchRequest::Batches(range))
+            .await?;
+        frames
+            .into_iter()
+            .map(|f| match f {
+                FetchFrame::Message { bytes } => Ok(bytes),
+                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
+            })
+            .collect()
     }
 }
 
 async fn serve_connection(
     incoming: quinn::Incoming,
     fhir: FhirService,
+    mesh: Arc<Mesh>,
     anchor: TrustAnchor,
 ) -> anyhow::Result<()> {
     let connection = incoming.await?;
@@ -321,9 +416,10 @@ async fn serve_connection(
             Err(e) => return Err(e.into()),
         };
         let fhir = fhir.clone();
+        let mesh = mesh.clone();
         let requester = peer.identity.name.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, fhir, &requester).await {
+            if let Err(e) = serve_stream(send, recv, fhir, mesh, &requester).await {
                 tracing::debug!(error = %e, requester = %requester, "data-plane stream failed");
             }
         });
@@ -339,6 +435,7 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     fhir: FhirService,
+    mesh: Arc<Mesh>,
     requester: &str,
 ) -> anyhow::Result<()> {
     let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
@@ -347,6 +444,49 @@ async fn serve_stream(
     };
     let patient = match request {
         Ok(FetchRequest::PatientResources { patient }) => patient,
+        Ok(FetchRequest::HeadsDigest) => {
+            let digest = heads_digest(&mesh.heads());
+            send_frame(&mut send, &FetchFrame::HeadsDigest { digest }).await?;
+            send_frame(&mut send, &FetchFrame::End { count: 0 }).await?;
+            send.finish()?;
+            return Ok(());
+        }
+        Ok(FetchRequest::Heads) => {
+            let heads = heads_vector(&mesh.heads());
+            send_frame(&mut send, &FetchFrame::Heads { heads }).await?;
+            send_frame(&mut send, &FetchFrame::End { count: 0 }).await?;
+            send.finish()?;
+            return Ok(());
+        }
+        Ok(FetchRequest::Batches(range)) => {
+            let limit = range.limit.min(MAX_BATCHES_PER_REQUEST) as usize;
+            let source = mesh.clone();
+            let messages = tokio::task::spawn_blocking(move || {
+                source.batch_messages(&range.publisher, range.from, limit)
+            })
+            .await?;
+            match messages {
+                Ok(messages) => {
+                    let count = messages.len() as u32;
+                    for bytes in messages {
+                        send_frame(&mut send, &FetchFrame::Message { bytes }).await?;
+                    }
+                    send_frame(&mut send, &FetchFrame::End { count }).await?;
+                }
+                Err(e) => {
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::Error {
+                            code: FetchErrorCode::Internal,
+                            message: e.to_string(),
+                        },
+                    )
+                    .await?
+                }
+            }
+            send.finish()?;
+            return Ok(());
+        }
         Err(message) => {
             send_frame(
                 &mut send,

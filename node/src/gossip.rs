@@ -81,6 +81,8 @@ pub struct GossipSettings {
     pub listen: SocketAddr,
     /// Peers to dial.
     pub bootstrap: Vec<Multiaddr>,
+    /// Asks the node to announce its record now (a new peer joined the topic).
+    pub announce_now: mpsc::Sender<()>,
 }
 
 fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<Swarm<Behaviour>> {
@@ -180,6 +182,7 @@ pub async fn start(
         commands,
         status.clone(),
         bound_tx,
+        settings.announce_now,
         shutdown,
     ));
     let listen = tokio::time::timeout(Duration::from_secs(10), bound_rx)
@@ -206,6 +209,7 @@ async fn run(
     mut commands: mpsc::Receiver<Vec<u8>>,
     status: Arc<GossipStatus>,
     bound: oneshot::Sender<anyhow::Result<Multiaddr>>,
+    announce_now: mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut bound = Some(bound);
@@ -279,10 +283,13 @@ async fn run(
                         };
                         swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
                     }
-                    gossipsub::Event::Subscribed { .. } | gossipsub::Event::Unsubscribed { .. } => {
+                    gossipsub::Event::Subscribed { .. } => {
                         update_counts(&swarm, &topic, &status);
                         flush(&mut swarm, &topic, &mut unpublished);
+                        // A new peer on the topic learns our record at once.
+                        let _ = announce_now.try_send(());
                     }
+                    gossipsub::Event::Unsubscribed { .. } => update_counts(&swarm, &topic, &status),
                     _ => {}
                 },
                 _ => {}

@@ -4,6 +4,7 @@
 //! FHIR API ([`fhir`]), locator [`publishing`], the [`gossip`] mesh, the QUIC data plane
 //! ([`data_plane`]), [`dossier`] resolution, and the `zorgmesh` binary's commands.
 
+pub mod anti_entropy;
 pub mod config;
 pub mod data_plane;
 pub mod demo;

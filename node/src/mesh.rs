@@ -36,6 +36,8 @@ pub enum Verdict {
 /// The index and its validation.
 pub struct Mesh {
     anchor: TrustAnchor,
+    own_record: Mutex<Option<SignedNodeRecord>>,
+    sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
     index: Mutex<LocatorIndex>,
     certificates: Mutex<HashMap<[u8; 32], VerifiedNode>>,
     storage: Arc<Storage>,
@@ -56,11 +58,20 @@ fn unix_now() -> i64 {
 
 impl Mesh {
     /// A mesh view for node `own`, whose verified certificate is `own_certificate`.
-    pub fn new(anchor: TrustAnchor, storage: Arc<Storage>, own_certificate: &VerifiedNode) -> Self {
+    /// `sync_nudge` is told when a gap shows up (naming the publisher) or a new publisher
+    /// announces itself, so that anti-entropy runs at once instead of at its next tick.
+    pub fn new(
+        anchor: TrustAnchor,
+        storage: Arc<Storage>,
+        own_certificate: &VerifiedNode,
+        sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
+    ) -> Self {
         let mut index = LocatorIndex::new(IndexLimits::default());
         index.admit_publisher(own_certificate.publisher_info());
         Self {
             anchor,
+            own_record: Mutex::new(None),
+            sync_nudge,
             index: Mutex::new(index),
             certificates: Mutex::new(HashMap::new()),
             storage,
@@ -155,8 +166,12 @@ impl Mesh {
             return Err("certificate key differs from the record's node".into());
         }
         let mut index = self.index();
+        let known = index.knows_publisher(&verified.node);
         if !index.admit_publisher(verified.publisher_info()) {
             return Err(INDEX_FULL.into());
+        }
+        if !known {
+            self.nudge(Some(verified.node));
         }
         let newer = index.update_address(
             &verified.node,
@@ -173,8 +188,13 @@ impl Mesh {
             Err(reason) => return Verdict::Reject(reason),
         };
         let now_ms = crate::fhir::service::now_ms();
+        let publisher = batch.body.publisher;
         match index.receive_batch(batch, now_ms) {
-            Ok(BatchOutcome::Applied { .. }) | Ok(BatchOutcome::Buffered { .. }) => Verdict::Accept,
+            Ok(BatchOutcome::Applied { .. }) => Verdict::Accept,
+            Ok(BatchOutcome::Buffered { .. }) => {
+                self.nudge(Some(publisher));
+                Verdict::Accept
+            }
             Ok(BatchOutcome::Duplicate) => Verdict::Ignore,
             Err(e) if e.is_misbehaviour() => Verdict::Reject(e.to_string()),
             Err(_) => Verdict::Ignore,
@@ -239,6 +259,70 @@ impl Mesh {
     /// Whether the index knows a publisher.
     pub fn knows_publisher(&self, node: &NodeId) -> bool {
         self.index().knows_publisher(node)
+    }
+
+    /// Asks anti-entropy for a round now (e.g. after a start).
+    pub fn request_sync(&self) {
+        self.nudge(None);
+    }
+
+    fn nudge(&self, peer: Option<NodeId>) {
+        if let Some(nudge) = &self.sync_nudge {
+            let _ = nudge.try_send(peer);
+        }
+    }
+
+    /// Records this node's own data-plane address in its index.
+    pub fn set_own_address(&self, address: &str) {
+        let now_ms = crate::fhir::service::now_ms();
+        self.index().update_address(&self.own, address, now_ms);
+    }
+
+    /// Remembers this node's newest signed record (served with its own batches).
+    pub fn set_own_record(&self, record: SignedNodeRecord) {
+        *self.own_record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    /// Up to `limit` batches of `publisher` from `from` on, as gossip messages.
+    pub fn batch_messages(
+        &self,
+        publisher: &NodeId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, crate::storage::StorageError> {
+        if *publisher != self.own {
+            return self.storage.remote_range(&publisher.0, from, limit);
+        }
+        let Some(record) = self
+            .own_record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for bytes in self.storage.own_range(from, limit)? {
+            if let Ok(batch) = SignedBatch::from_bytes(&bytes) {
+                out.push(
+                    GossipMessage::Batch {
+                        record: record.clone(),
+                        batch,
+                    }
+                    .to_bytes(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Nodes the index knows a data-plane address for, other than this one.
+    pub fn peers(&self) -> Vec<(NodeId, String, String)> {
+        self.index()
+            .publishers()
+            .filter(|(info, _)| info.node != self.own)
+            .filter_map(|(info, address)| Some((info.node, info.name.clone(), address?.to_owned())))
+            .collect()
     }
 
     /// The data-plane address the index holds for a node.

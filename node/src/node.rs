@@ -1,6 +1,7 @@
 //! A running node: starts storage, index, publishing, gossip, data plane and HTTP API, and
 //! stops them all on shutdown (releasing ports and the data directory).
 
+use crate::anti_entropy::SyncStats;
 use crate::config::NodeConfig;
 use crate::data_plane::{DataPlane, TlsIdentity};
 use crate::dossier::DossierResolver;
@@ -42,6 +43,8 @@ pub struct RunningNode {
     pub mesh: Arc<Mesh>,
     /// Gossip counters.
     pub gossip_status: Arc<GossipStatus>,
+    /// Anti-entropy counters.
+    pub sync_stats: Arc<SyncStats>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -127,8 +130,15 @@ impl RunningNode {
         let data_addr = data_plane.local_addr()?;
         let advertised = config.data_advertise.unwrap_or(data_addr).to_string();
 
-        let mesh = Arc::new(Mesh::new(anchor.clone(), storage.clone(), &identity));
+        let (sync_nudge, sync_nudges) = mpsc::channel(crate::anti_entropy::NUDGE_QUEUE);
+        let mesh = Arc::new(Mesh::new(
+            anchor.clone(),
+            storage.clone(),
+            &identity,
+            Some(sync_nudge),
+        ));
         let (own, remote) = mesh.restore(&advertised)?;
+        mesh.set_own_address(&advertised);
         tracing::info!(node = %config.name, own_batches = own, remote_batches = remote, "index restored");
 
         let publisher = Publisher::new(
@@ -146,12 +156,14 @@ impl RunningNode {
             .iter()
             .map(|b| b.parse())
             .collect::<Result<Vec<libp2p::Multiaddr>, _>>()?;
+        let (announce_now, mut announce_requests) = mpsc::channel::<()>(1);
         let gossip = gossip::start(
             GossipSettings {
                 key: key.clone(),
                 network: anchor.network().to_owned(),
                 listen: config.gossip_listen,
                 bootstrap,
+                announce_now,
             },
             mesh.clone(),
             shutdown_rx.clone(),
@@ -191,12 +203,19 @@ impl RunningNode {
             loop {
                 let message = tokio::select! {
                     _ = announce_shutdown.changed() => break,
-                    _ = announce.tick() => GossipMessage::Announce { record: make_record() },
+                    _ = announce.tick() => {
+                        let record = make_record();
+                        forward_mesh.set_own_record(record.clone());
+                        GossipMessage::Announce { record }
+                    }
+                    Some(()) = announce_requests.recv() => GossipMessage::Announce { record: make_record() },
                     batch = batches.recv() => match batch {
                         None => break,
                         Some(batch) => {
                             forward_mesh.apply_own(batch.clone(), &own_address);
-                            GossipMessage::Batch { record: make_record(), batch }
+                            let record = make_record();
+                            forward_mesh.set_own_record(record.clone());
+                            GossipMessage::Batch { record, batch }
                         }
                     },
                 };
@@ -213,9 +232,23 @@ impl RunningNode {
             );
         }
 
-        tasks.push(tokio::spawn(
-            data_plane.clone().serve(fhir.clone(), shutdown_rx.clone()),
-        ));
+        tasks.push(tokio::spawn(data_plane.clone().serve(
+            fhir.clone(),
+            mesh.clone(),
+            shutdown_rx.clone(),
+        )));
+        let sync_stats = Arc::new(SyncStats::default());
+        tasks.push(spawn(Box::pin(crate::anti_entropy::run(
+            mesh.clone(),
+            data_plane.clone(),
+            Duration::from_millis(config.sync.interval_ms),
+            sync_nudges,
+            sync_stats.clone(),
+            shutdown_rx.clone(),
+        ))));
+
+        // A node that was down asks a peer at once what it missed.
+        mesh.request_sync();
 
         let listener = tokio::net::TcpListener::bind(config.http_listen)
             .await
@@ -251,6 +284,7 @@ impl RunningNode {
             gossip_addr: gossip.listen_addr,
             mesh,
             gossip_status: gossip.status,
+            sync_stats,
             shutdown,
             tasks,
         })

@@ -8,7 +8,7 @@
 //! nodes/<name>/node.key node.crt ca.crt locator.key node.toml
 //! ```
 
-use crate::config::{NodeConfig, PublishingConfig, ResolveConfig, TrustConfig};
+use crate::config::{NodeConfig, PublishingConfig, ResolveConfig, SyncConfig, TrustConfig};
 use anyhow::Context;
 use ed25519_dalek::SigningKey;
 use std::path::{Path, PathBuf};
@@ -182,5 +182,6 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>) -> NodeConfig {
         },
         publishing: PublishingConfig::default(),
         resolve: ResolveConfig::default(),
+        sync: SyncConfig::default(),
     }
 }

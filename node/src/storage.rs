@@ -505,6 +505,31 @@ impl Storage {
         Ok(())
     }
 
+    /// Up to `limit` of this node's own batches from sequence `from` on, in order.
+    pub fn own_range(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.own_log.range(from.to_be_bytes()..).take(limit) {
+            out.push(item?.1.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` accepted gossip messages of `publisher` from sequence `from` on.
+    pub fn remote_range(
+        &self,
+        publisher: &[u8; 32],
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, StorageError> {
+        let start = [&publisher[..], &from.to_be_bytes()].concat();
+        let end = [&publisher[..], &u64::MAX.to_be_bytes()].concat();
+        let mut out = Vec::new();
+        for item in self.remote_log.range(start..end).take(limit) {
+            out.push(item?.1.to_vec());
+        }
+        Ok(out)
+    }
+
     /// Every accepted gossip message, by publisher then sequence.
     pub fn remote_messages(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
         self.remote_log

@@ -63,6 +63,16 @@ async fn holder(ca: &CertificateAuthority) -> Holder {
     let tls = identity(ca, "holder", 10);
     let publisher =
         Publisher::new(storage.clone(), tls.key.clone(), BatchPolicy::default()).unwrap();
+    let verified = tls
+        .anchor
+        .verify_node_certificate(&tls.certificate_der, None)
+        .unwrap();
+    let mesh = Arc::new(zorgmesh_node::mesh::Mesh::new(
+        tls.anchor.clone(),
+        storage.clone(),
+        &verified,
+        None,
+    ));
     let fhir = FhirService::new(storage, publisher);
     let bsn = Bsn::parse("999911120").unwrap();
     fhir.update(
@@ -84,7 +94,7 @@ async fn holder(ca: &CertificateAuthority) -> Holder {
     let plane = DataPlane::bind(&tls, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = plane.local_addr().unwrap();
     let (shutdown, rx) = watch::channel(false);
-    tokio::spawn(plane.serve(fhir, rx));
+    tokio::spawn(plane.serve(fhir, mesh, rx));
     Holder {
         _dir: dir,
         addr,

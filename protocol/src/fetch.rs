@@ -1,5 +1,6 @@
 //! The data-plane protocol (`zorgmesh/fetch/1` over QUIC): one request per bidirectional
-//! stream, answered by a stream of frames.
+//! stream, answered by a stream of frames. It carries both patient data (tag 0) and index
+//! anti-entropy (tags 1-3, see [`crate::sync`]).
 //!
 //! Framing: each frame is a `u32` little-endian length followed by that many bytes of an
 //! encoded [`FetchRequest`] or [`FetchFrame`]. The client sends one request and finishes its
@@ -8,6 +9,7 @@
 
 use crate::codec::{self, DecodeError};
 use crate::patient::PatientKey;
+use crate::sync::{PublisherHead, RangeRequest};
 
 /// ALPN protocol id of the data plane.
 pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/1";
@@ -26,6 +28,12 @@ pub enum FetchRequest {
         /// The patient's pseudonym.
         patient: PatientKey,
     },
+    /// Tag 1: the digest of the holder's index heads.
+    HeadsDigest,
+    /// Tag 2: the holder's heads vector.
+    Heads,
+    /// Tag 3: a range of one publisher's batches, as gossip messages.
+    Batches(RangeRequest),
 }
 
 /// Why a holder refused or failed a request. Tags are stable.
@@ -60,6 +68,22 @@ pub enum FetchFrame {
         code: FetchErrorCode,
         /// Human-readable explanation.
         message: String,
+    },
+    /// Tag 3: answer to `HeadsDigest`.
+    HeadsDigest {
+        /// See [`crate::sync::heads_digest`].
+        digest: [u8; 32],
+    },
+    /// Tag 4: answer to `Heads` (then `End`).
+    Heads {
+        /// One row per publisher.
+        heads: Vec<PublisherHead>,
+    },
+    /// Tag 5: one encoded [`crate::gossip::GossipMessage`] (a batch with its publisher's
+    /// record), answering `Batches`; `End` follows the last.
+    Message {
+        /// The gossip message bytes.
+        bytes: Vec<u8>,
     },
 }
 

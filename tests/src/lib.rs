@@ -22,6 +22,9 @@ pub struct TestMesh {
     nodes: Vec<Option<RunningNode>>,
     /// Per-holder timeout used by every node's `$dossier`.
     pub holder_timeout_ms: u64,
+    /// Anti-entropy interval of every node (long by default, so that tests see the
+    /// event-driven rounds: start, gaps, new publishers).
+    pub sync_interval_ms: u64,
     /// HTTP client.
     pub http: reqwest::Client,
 }
@@ -65,6 +68,16 @@ impl TestMesh {
     /// Provisions and starts `nodes` (`(name, region)`), waiting until every node sees every
     /// other on the locator topic.
     pub async fn start(network: &str, nodes: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::start_first(network, nodes, nodes.len()).await
+    }
+
+    /// Provisions all `nodes` but starts only the first `running` (the rest can join later
+    /// with [`TestMesh::start_node`]).
+    pub async fn start_first(
+        network: &str,
+        nodes: &[(&str, &str)],
+        running: usize,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("zorgmesh-test-")
             .tempdir()?;
@@ -80,11 +93,12 @@ impl TestMesh {
             provisioned,
             nodes: Vec::new(),
             holder_timeout_ms: 1500,
+            sync_interval_ms: 600_000,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
         };
-        for i in 0..mesh.provisioned.len() {
+        for i in 0..running {
             let node = mesh.launch(i).await?;
             mesh.nodes.push(Some(node));
         }
@@ -102,6 +116,7 @@ impl TestMesh {
         let node = &self.provisioned[i];
         let mut config = provision::node_config(&node.spec, bootstrap);
         config.resolve.holder_timeout_ms = self.holder_timeout_ms;
+        config.sync.interval_ms = self.sync_interval_ms;
         config.publishing.batch_window_ms = 50;
         config.resolve_paths(&node.dir);
         config
@@ -147,6 +162,17 @@ impl TestMesh {
         }
     }
 
+    /// Starts node `i` when it was never started (a late joiner) or after a stop.
+    pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.launch(i).await?;
+        if i < self.nodes.len() {
+            self.nodes[i] = Some(node);
+        } else {
+            self.nodes.push(Some(node));
+        }
+        self.wait_connected().await
+    }
+
     /// Starts node `i` again on the same data directory (new ports).
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.stop(i).await;
@@ -162,6 +188,16 @@ impl TestMesh {
         .await;
         anyhow::ensure!(ok, "peers did not learn the restarted node's new address");
         Ok(())
+    }
+
+    /// HTTP DELETE under node `i`'s base URL; returns the status.
+    pub async fn delete(&self, i: usize, path: &str) -> anyhow::Result<u16> {
+        let response = self
+            .http
+            .delete(format!("{}/{path}", self.node(i).base_url()))
+            .send()
+            .await?;
+        Ok(response.status().as_u16())
     }
 
     /// Waits until every running node's index holds `entries` live entries.

@@ -1,0 +1,133 @@
+//! Anti-entropy: the node periodically (and at once when nudged: a gap in a publisher's
+//! log, or a publisher seen for the first time) compares its index with a peer's and fetches
+//! exactly the batches it is missing, using the sans-IO planning of
+//! `zorgmesh_protocol::sync`. Fetched batches go through the same validation as gossip.
+
+use crate::data_plane::DataPlane;
+use crate::mesh::{Mesh, Verdict};
+use rand::seq::SliceRandom;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use zorgmesh_protocol::sync::{heads_digest, plan_requests};
+use zorgmesh_protocol::NodeId;
+
+/// Depth of the nudge channel (extra nudges are dropped: one pending round is enough).
+pub const NUDGE_QUEUE: usize = 16;
+/// Rounds per peer before giving up on a long catch-up in one go.
+const MAX_ROUNDS_PER_SYNC: usize = 64;
+
+/// Counters of the anti-entropy task.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Sync rounds started.
+    pub rounds: AtomicU64,
+    /// Rounds that found the peer in sync after one digest exchange.
+    pub in_sync: AtomicU64,
+    /// Batches fetched and accepted.
+    pub batches_applied: AtomicU64,
+    /// Rounds that failed (peer unreachable, protocol error).
+    pub failures: AtomicU64,
+}
+
+/// What one sync with a peer did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Request/response exchanges made.
+    pub round_trips: usize,
+    /// Batches accepted into the index.
+    pub applied: usize,
+}
+
+/// Syncs this node's index from one peer until nothing more is missing.
+pub async fn sync_with(
+    mesh: &Mesh,
+    data_plane: &DataPlane,
+    peer: NodeId,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<SyncOutcome, crate::data_plane::FetchError> {
+    let mut outcome = SyncOutcome::default();
+    for _ in 0..MAX_ROUNDS_PER_SYNC {
+        let local = mesh.heads();
+        let digest = data_plane.heads_digest(peer, name, addr).await?;
+        outcome.round_trips += 1;
+        if digest == heads_digest(&local) {
+            return Ok(outcome);
+        }
+        let remote = data_plane.heads(peer, name, addr).await?;
+        outcome.round_trips += 1;
+        let requests = plan_requests(&local, &remote);
+        if requests.is_empty() {
+            // The peer is behind us, not ahead: nothing to fetch from it.
+            return Ok(outcome);
+        }
+        let mut progressed = false;
+        for request in requests {
+            let messages = data_plane.batches(peer, name, addr, request).await?;
+            outcome.round_trips += 1;
+            for bytes in messages {
+                if mesh.handle_gossip(&bytes, None) == Verdict::Accept {
+                    outcome.applied += 1;
+                    progressed = true;
+                }
+            }
+        }
+        if !progressed {
+            return Ok(outcome);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs anti-entropy every `interval` and whenever nudged, until `shutdown`.
+pub async fn run(
+    mesh: Arc<Mesh>,
+    data_plane: DataPlane,
+    interval: Duration,
+    mut nudges: mpsc::Receiver<Option<NodeId>>,
+    stats: Arc<SyncStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wanted = tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => None,
+            nudge = nudges.recv() => match nudge {
+                None => break,
+                Some(peer) => peer,
+            },
+        };
+        let peers = mesh.peers();
+        let chosen = wanted
+            .and_then(|w| peers.iter().find(|(id, _, _)| *id == w).cloned())
+            .or_else(|| peers.choose(&mut rand::thread_rng()).cloned());
+        let Some((peer, name, address)) = chosen else {
+            continue;
+        };
+        let Ok(addr) = address.parse::<SocketAddr>() else {
+            continue;
+        };
+        stats.rounds.fetch_add(1, Ordering::Relaxed);
+        match sync_with(&mesh, &data_plane, peer, &name, addr).await {
+            Ok(outcome) => {
+                if outcome.applied == 0 {
+                    stats.in_sync.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::info!(peer = %name, applied = outcome.applied, round_trips = outcome.round_trips, "index caught up");
+                }
+                stats
+                    .batches_applied
+                    .fetch_add(outcome.applied as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %name, error = %e, "sync failed");
+            }
+        }
+    }
+}

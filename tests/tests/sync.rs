@@ -1,0 +1,129 @@
+//! Catch-up without gossip: a node that was down, a node that joins late, and a retraction
+//! made while a node was offline all reach the index through anti-entropy (gossip does not
+//! replay what a node missed). The periodic sync interval is 10 minutes here, so what these
+//! tests see is the event-driven sync: at start, on a gap, on a new publisher.
+
+use zorgmesh_tests::{created_patient_id, patient_bundle, summarise, TestMesh};
+
+const NODES: &[(&str, &str)] = &[
+    ("noord-a", "noord"),
+    ("noord-b", "noord"),
+    ("zuid-a", "zuid"),
+    ("zuid-b", "zuid"),
+];
+const BSNS: &[&str] = &[
+    "999911120",
+    "111222333",
+    "123456782",
+    "100000009",
+    "100000010",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_was_down_catches_up() {
+    let mut mesh = TestMesh::start("synctest", NODES).await.unwrap();
+    mesh.post_bundle(0, &patient_bundle(BSNS[0], "before", 1))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    mesh.stop(3).await;
+    for (i, bsn) in BSNS[1..].iter().enumerate() {
+        mesh.post_bundle(i % 3, &patient_bundle(bsn, "while-down", 1))
+            .await
+            .unwrap();
+    }
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    mesh.restart(3).await.unwrap();
+    // Gossip never replays: only sync can bring these.
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    assert!(
+        mesh.node(3)
+            .sync_stats
+            .batches_applied
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    let dossier = mesh.dossier(3, BSNS[4]).await.unwrap();
+    assert_eq!(summarise(&dossier).origins.len(), 1);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_joiner_catches_up() {
+    let mut mesh = TestMesh::start_first("synctest", NODES, 3).await.unwrap();
+    for (i, bsn) in BSNS.iter().enumerate() {
+        mesh.post_bundle(i % 3, &patient_bundle(bsn, "early", 2))
+            .await
+            .unwrap();
+    }
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    mesh.start_node(3).await.unwrap();
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    let heads: Vec<_> = mesh.running().map(|n| n.mesh.heads()).collect();
+    assert!(
+        heads.windows(2).all(|w| w[0] == w[1]),
+        "indexes differ: {heads:?}"
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retraction_reaches_a_node_that_was_offline() {
+    let mut mesh = TestMesh::start("synctest", NODES).await.unwrap();
+    mesh.post_bundle(0, &patient_bundle(BSNS[0], "keeps", 1))
+        .await
+        .unwrap();
+    let response = mesh
+        .post_bundle(1, &patient_bundle(BSNS[0], "erases", 2))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(2).await.unwrap();
+    mesh.stop(3).await;
+
+    // Erasure at noord-b: every resource of the patient there is deleted.
+    let patient = created_patient_id(&response);
+    let (_, everything) = mesh
+        .get(1, &format!("Patient/{patient}/$everything"))
+        .await
+        .unwrap();
+    for entry in everything["entry"].as_array().unwrap() {
+        let r = &entry["resource"];
+        if r["resourceType"] == "Organization" {
+            continue; // shared reference data, not the patient's
+        }
+        let path = format!(
+            "{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        );
+        assert_eq!(mesh.delete(1, &path).await.unwrap(), 204);
+    }
+    mesh.wait_for_entries(1).await.unwrap();
+
+    mesh.restart(3).await.unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    let holders: Vec<String> = mesh
+        .node(3)
+        .mesh
+        .holders(&patient_key(BSNS[0], &mesh))
+        .iter()
+        .map(|h| h.info.name.clone())
+        .collect();
+    assert_eq!(holders, ["noord-a"]);
+    let summary = summarise(&mesh.dossier(3, BSNS[0]).await.unwrap());
+    assert_eq!(
+        summary
+            .origins
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["noord-a"]
+    );
+    assert!(summary.unreachable.is_empty());
+    mesh.shutdown().await;
+}
+
+fn patient_key(bsn: &str, mesh: &TestMesh) -> zorgmesh_protocol::PatientKey {
+    let key = zorgmesh_certs::read_locator_key(&mesh.root.join("ca/locator.key")).unwrap();
+    zorgmesh_protocol::PatientKey::derive(&key, &zorgmesh_protocol::Bsn::parse(bsn).unwrap())
+}
