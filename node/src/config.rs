@@ -12,7 +12,7 @@
 //! gossip_listen = "127.0.0.1:9000"
 //! # QUIC data plane (UDP); `data_advertise` is the address other nodes dial.
 //! data_listen = "127.0.0.1:7000"
-//! # data_advertise = "192.0.2.10:7000"
+//! # data_advertise = "umcg.example.net:7000"
 //! # Peers to dial at start, as libp2p multiaddrs ending in /p2p/<peer id>.
 //! bootstrap = ["/ip4/127.0.0.1/tcp/9001/p2p/12D3KooW..."]
 //!
@@ -56,10 +56,10 @@ pub struct NodeConfig {
     /// QUIC data-plane listen address (UDP).
     #[serde(default = "default_data")]
     pub data_listen: SocketAddr,
-    /// Address other nodes use to reach the data plane; defaults to `data_listen` (after
-    /// binding, so port 0 works).
+    /// Address other nodes use to reach the data plane, as `host:port` (a DNS name or an
+    /// IP); defaults to `data_listen` (after binding, so port 0 works).
     #[serde(default)]
-    pub data_advertise: Option<SocketAddr>,
+    pub data_advertise: Option<String>,
     /// Bootstrap peers (multiaddrs with `/p2p/<peer id>`).
     #[serde(default)]
     pub bootstrap: Vec<String>,
@@ -219,6 +219,14 @@ impl NodeConfig {
         }
         if !(100..=3_600_000).contains(&self.sync.interval_ms) {
             anyhow::bail!("sync.interval_ms must be between 100 and 3600000");
+        }
+        if let Some(advertise) = &self.data_advertise {
+            let port_ok = advertise.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !port_ok || advertise.len() > zorgmesh_protocol::record::MAX_ADDRESS_LEN {
+                anyhow::bail!("data_advertise {advertise:?} must be host:port");
+            }
         }
         if self.data_listen.ip().is_unspecified() && self.data_advertise.is_none() {
             anyhow::bail!(

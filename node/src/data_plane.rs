@@ -143,6 +143,22 @@ fn peer_certificate(
         .map_err(|e| e.to_string())
 }
 
+/// Resolves a `host:port` data-plane address (DNS name or IP) to a socket address.
+pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let unresolved = |message: String| FetchError::Connect {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        message,
+    };
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| unresolved(format!("cannot resolve {address}: {e}")))?
+        .next()
+        .ok_or_else(|| unresolved(format!("{address} resolves to no address")))
+}
+
 /// The data plane of one node: a QUIC endpoint that serves and fetches.
 #[derive(Clone)]
 pub struct DataPlane {

@@ -132,6 +132,7 @@ fn demo_topology() -> Topology {
                 http: loopback_any(),
                 gossip: loopback_any(),
                 data: loopback_any(),
+                host: None,
             })
             .collect(),
     }

@@ -98,12 +98,15 @@ impl DossierResolver {
                 let result = if node == me {
                     fhir.everything_for_key(&patient).map_err(|e| e.diagnostics)
                 } else {
-                    match holder.data_address.as_deref().map(str::parse) {
-                        Some(Ok(addr)) => data_plane
-                            .fetch_patient(node, &holder.info.name, addr, patient)
-                            .await
-                            .map_err(|e| e.to_string()),
-                        _ => Err("holder's data-plane address is not a socket address".to_owned()),
+                    match holder.data_address.as_deref() {
+                        Some(address) => match crate::data_plane::resolve_address(address).await {
+                            Ok(addr) => data_plane
+                                .fetch_patient(node, &holder.info.name, addr, patient)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        None => Err("no data-plane address known for this holder".to_owned()),
                     }
                 };
                 (node, result)

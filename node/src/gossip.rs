@@ -238,10 +238,14 @@ async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 flush(&mut swarm, &topic, &mut unpublished);
-                // Re-dial bootstrap peers while isolated.
-                if swarm.connected_peers().next().is_none() && ticks.is_multiple_of(10) {
+                // Every 5 s, re-dial bootstrap peers we are not connected to (restarts,
+                // healed partitions).
+                if ticks.is_multiple_of(10) {
                     for addr in &bootstrap {
-                        let _ = swarm.dial(addr.clone());
+                        let connected = bootstrap_peer(addr).is_some_and(|peer| swarm.is_connected(&peer));
+                        if !connected {
+                            let _ = swarm.dial(addr.clone());
+                        }
                     }
                 }
             }
@@ -296,6 +300,13 @@ async fn run(
             }
         }
     }
+}
+
+fn bootstrap_peer(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
 }
 
 fn author_key(peer: &PeerId) -> Option<[u8; 32]> {

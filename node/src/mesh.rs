@@ -316,6 +316,14 @@ impl Mesh {
         Ok(out)
     }
 
+    /// Every known publisher's id and name.
+    pub fn publishers(&self) -> Vec<(NodeId, String)> {
+        self.index()
+            .publishers()
+            .map(|(info, _)| (info.node, info.name.clone()))
+            .collect()
+    }
+
     /// Nodes the index knows a data-plane address for, other than this one.
     pub fn peers(&self) -> Vec<(NodeId, String, String)> {
         self.index()

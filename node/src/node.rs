@@ -79,6 +79,44 @@ fn open_storage(
     }
 }
 
+/// The node's status: index heads per publisher, entry count, gossip and sync counters.
+pub fn status_document(
+    name: &str,
+    mesh: &Mesh,
+    gossip: &GossipStatus,
+    sync: &SyncStats,
+) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let names: std::collections::HashMap<NodeId, String> = mesh.publishers().into_iter().collect();
+    let heads: serde_json::Map<String, serde_json::Value> = mesh
+        .heads()
+        .into_iter()
+        .map(|(id, seq)| {
+            (
+                names.get(&id).cloned().unwrap_or_else(|| id.to_hex()),
+                seq.into(),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "node": name,
+        "live_entries": mesh.live_entries(),
+        "heads": heads,
+        "gossip": {
+            "connected_peers": gossip.connected_peers.load(Relaxed),
+            "topic_peers": gossip.topic_peers.load(Relaxed),
+            "accepted": gossip.accepted.load(Relaxed),
+            "rejected": gossip.rejected.load(Relaxed),
+        },
+        "sync": {
+            "rounds": sync.rounds.load(Relaxed),
+            "in_sync": sync.in_sync.load(Relaxed),
+            "batches_applied": sync.batches_applied.load(Relaxed),
+            "failures": sync.failures.load(Relaxed),
+        },
+    })
+}
+
 impl RunningNode {
     /// Starts a node from its config.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Self> {
@@ -128,7 +166,10 @@ impl RunningNode {
             config.data_listen,
         )?;
         let data_addr = data_plane.local_addr()?;
-        let advertised = config.data_advertise.unwrap_or(data_addr).to_string();
+        let advertised = config
+            .data_advertise
+            .clone()
+            .unwrap_or_else(|| data_addr.to_string());
 
         let (sync_nudge, sync_nudges) = mpsc::channel(crate::anti_entropy::NUDGE_QUEUE);
         let mesh = Arc::new(Mesh::new(
@@ -266,6 +307,15 @@ impl RunningNode {
             },
             base: format!("http://{http_addr}/fhir"),
             node_name: config.name.clone(),
+            status: {
+                let mesh = mesh.clone();
+                let gossip_status = gossip.status.clone();
+                let sync_stats = sync_stats.clone();
+                let name = config.name.clone();
+                std::sync::Arc::new(move || {
+                    status_document(&name, &mesh, &gossip_status, &sync_stats)
+                })
+            },
         };
         let mut http_shutdown = shutdown_rx.clone();
         tasks.push(spawn(Box::pin(async move {

@@ -99,7 +99,11 @@ pub fn generate(
                     .find(|p| p.spec.name == peer.name)
                     .expect("same topology")
                     .node_id;
-                crate::gossip::multiaddr(peer.gossip, crate::gossip::peer_id(&id.0)).to_string()
+                let peer_id = crate::gossip::peer_id(&id.0).expect("ed25519 key");
+                match &peer.host {
+                    Some(host) => format!("/dns4/{host}/tcp/{}/p2p/{peer_id}", peer.gossip.port()),
+                    None => crate::gossip::multiaddr(peer.gossip, Some(peer_id)).to_string(),
+                }
             })
             .collect();
         let config = node_config(&node.spec, bootstrap);
@@ -172,7 +176,10 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>) -> NodeConfig {
         http_listen: spec.http,
         gossip_listen: spec.gossip,
         data_listen: spec.data,
-        data_advertise: None,
+        data_advertise: spec
+            .host
+            .as_ref()
+            .map(|host| format!("{host}:{}", spec.data.port())),
         bootstrap,
         trust: TrustConfig {
             ca_certificate: "ca.crt".into(),

@@ -59,6 +59,7 @@ pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
                 http: loopback(),
                 gossip: loopback(),
                 data: loopback(),
+                host: None,
             })
             .collect(),
     }

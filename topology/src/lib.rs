@@ -19,6 +19,7 @@
 //! http = "127.0.0.1:8101"         # FHIR API (TCP)
 //! gossip = "127.0.0.1:9101"       # libp2p gossip (TCP)
 //! data = "127.0.0.1:7101"         # QUIC data plane (UDP)
+//! # host = "umcg.example.net"     # optional: the DNS name peers dial instead of the IPs
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,10 @@ pub struct NodeSpec {
     pub gossip: SocketAddr,
     /// QUIC data-plane listen address (UDP).
     pub data: SocketAddr,
+    /// DNS name other nodes use to reach this node (containers, real hosts); without it
+    /// they dial the listen IPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Why a topology file could not be used.
@@ -153,10 +158,22 @@ impl Topology {
         }
         let mut names = BTreeSet::new();
         // (protocol, address) -> first user, so TCP and UDP on the same port do not clash.
-        let mut tcp: BTreeMap<SocketAddr, String> = BTreeMap::new();
-        let mut udp: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let mut tcp: BTreeMap<(String, SocketAddr), String> = BTreeMap::new();
+        let mut udp: BTreeMap<(String, SocketAddr), String> = BTreeMap::new();
         for node in &self.nodes {
             problems.extend(label_problem("node name", &node.name));
+            if let Some(host) = &node.host {
+                let valid = host.len() <= 253
+                    && host
+                        .split('.')
+                        .all(|label| label_problem("host label", label).is_none());
+                if !valid {
+                    problems.push(format!(
+                        "node {:?}: host {host:?} is not a lower-case DNS name",
+                        node.name
+                    ));
+                }
+            }
             if !names.insert(node.name.as_str()) {
                 problems.push(format!("node name {:?} is used twice", node.name));
             }
@@ -190,18 +207,21 @@ impl Topology {
                     problems.push(format!("{user} = {addr} needs a fixed port"));
                     continue;
                 }
-                let clash = table.iter().find(|(other, _)| {
-                    other.port() == addr.port()
+                // Nodes on their own hosts cannot clash with each other.
+                let place = node.host.clone().unwrap_or_default();
+                let clash = table.iter().find(|((other_place, other), _)| {
+                    *other_place == place
+                        && other.port() == addr.port()
                         && (other.ip() == addr.ip()
                             || other.ip().is_unspecified()
                             || addr.ip().is_unspecified())
                 });
-                if let Some((other_addr, other_user)) = clash {
+                if let Some(((_, other_addr), other_user)) = clash {
                     problems.push(format!(
                         "{user} = {addr} clashes with {other_user} = {other_addr}"
                     ));
                 } else {
-                    table.insert(addr, user);
+                    table.insert((place, addr), user);
                 }
             }
         }

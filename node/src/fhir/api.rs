@@ -32,6 +32,8 @@ pub struct ApiState {
     pub base: String,
     /// Node name, for the CapabilityStatement.
     pub node_name: String,
+    /// Produces the node's status document (`GET /admin/status`).
+    pub status: std::sync::Arc<dyn Fn() -> Value + Send + Sync>,
 }
 
 /// The router.
@@ -44,6 +46,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
+        .route("/admin/status", get(status))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -294,6 +297,15 @@ async fn vread(
         Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
         Err(e) => e.into_response(),
     }
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        (state.status)().to_string(),
+    )
+        .into_response()
 }
 
 async fn unknown_route() -> Response {
