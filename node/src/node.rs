@@ -361,9 +361,14 @@ impl RunningNode {
         }
     }
 
-    /// Waits for ctrl-c, then shuts down.
+    /// Waits for ctrl-c or SIGTERM (as `docker stop` and systemd send), then shuts down.
     pub async fn run_until_ctrl_c(self) -> anyhow::Result<()> {
-        tokio::signal::ctrl_c().await?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
+        }
         tracing::info!("shutting down");
         self.shutdown().await;
         Ok(())

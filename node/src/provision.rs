@@ -101,7 +101,13 @@ pub fn generate(
                     .node_id;
                 let peer_id = crate::gossip::peer_id(&id.0).expect("ed25519 key");
                 match &peer.host {
-                    Some(host) => format!("/dns4/{host}/tcp/{}/p2p/{peer_id}", peer.gossip.port()),
+                    Some(host) => match host.parse::<std::net::IpAddr>() {
+                        Ok(ip) => {
+                            crate::gossip::multiaddr((ip, peer.gossip.port()).into(), Some(peer_id))
+                                .to_string()
+                        }
+                        Err(_) => format!("/dns4/{host}/tcp/{}/p2p/{peer_id}", peer.gossip.port()),
+                    },
                     None => crate::gossip::multiaddr(peer.gossip, Some(peer_id)).to_string(),
                 }
             })
