@@ -70,6 +70,24 @@ pub struct TlsIdentity {
     pub key: SigningKey,
 }
 
+/// The QUIC stateless-reset key, derived from the node key so that a restarted node can
+/// reset connections its previous process left open: peers learn at once that a crashed
+/// node's connections are gone instead of waiting for an idle timeout.
+fn reset_key(key: &SigningKey) -> ring::hmac::Key {
+    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    let tag = ring::hmac::sign(&derive, b"zorgmesh/quic-reset-key/v1");
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
+}
+
+/// The key of the connection-ID generator, derived from the node key: a restarted node
+/// recognises its previous process's connection IDs as its own, which is what lets it answer
+/// them with a stateless reset.
+fn cid_key(key: &SigningKey) -> u64 {
+    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+    let tag = ring::hmac::sign(&derive, b"zorgmesh/quic-cid-key/v1");
+    u64::from_le_bytes(tag.as_ref()[..8].try_into().expect("32-byte tag"))
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -177,8 +195,19 @@ impl DataPlane {
     /// Binds the endpoint.
     pub fn bind(identity: &TlsIdentity, listen: SocketAddr) -> anyhow::Result<Self> {
         let (server, client) = quic_configs(identity)?;
-        let mut endpoint = quinn::Endpoint::server(server, listen)
+        let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot bind the QUIC data plane on {listen}: {e}"))?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(&identity.key)));
+        let cid_key = cid_key(&identity.key);
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        let mut endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         endpoint.set_default_client_config(client);
         Ok(Self {
             endpoint,
@@ -229,16 +258,19 @@ impl DataPlane {
         self.connections.lock().await.clear();
     }
 
+    /// A connection to `holder`: the cached one when it is alive and `reuse` is set (second
+    /// value true), else a new one.
     async fn connection(
         &self,
         holder: NodeId,
         name: &str,
         addr: SocketAddr,
-    ) -> Result<quinn::Connection, FetchError> {
+        reuse: bool,
+    ) -> Result<(quinn::Connection, bool), FetchError> {
         let mut cache = self.connections.lock().await;
         if let Some(connection) = cache.get(&holder) {
-            if connection.close_reason().is_none() && connection.remote_address() == addr {
-                return Ok(connection.clone());
+            if reuse && connection.close_reason().is_none() && connection.remote_address() == addr {
+                return Ok((connection.clone(), true));
             }
         }
         let connecting = self
@@ -261,10 +293,12 @@ impl DataPlane {
             )));
         }
         cache.insert(holder, connection.clone());
-        Ok(connection)
+        Ok((connection, false))
     }
 
-    /// Sends one request to `holder` and collects the answer's frames up to `End`.
+    /// Sends one request to `holder` and collects the answer's frames up to `End`. A
+    /// request that fails on a cached connection (the holder restarted) is retried once on a
+    /// new one.
     async fn request(
         &self,
         holder: NodeId,
@@ -272,7 +306,22 @@ impl DataPlane {
         addr: SocketAddr,
         request: &FetchRequest,
     ) -> Result<Vec<FetchFrame>, FetchError> {
-        let connection = self.connection(holder, holder_name, addr).await?;
+        let (connection, reused) = self.connection(holder, holder_name, addr, true).await?;
+        match self.exchange(&connection, request).await {
+            Err(FetchError::Transport(reason)) if reused => {
+                tracing::debug!(holder = %holder_name, reason = %reason, "cached connection failed; reconnecting");
+                let (connection, _) = self.connection(holder, holder_name, addr, false).await?;
+                self.exchange(&connection, request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        connection: &quinn::Connection,
+        request: &FetchRequest,
+    ) -> Result<Vec<FetchFrame>, FetchError> {
         let (mut send, mut recv) = connection
             .open_bi()
             .await

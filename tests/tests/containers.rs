@@ -178,7 +178,11 @@ impl Cluster {
                 node.dir.to_string_lossy().into_owned(),
                 "/node",
             ))
-            .with_env_var("RUST_LOG", "warn,zorgmesh_node=info")
+            .with_env_var(
+                "RUST_LOG",
+                std::env::var("ZORGMESH_CONTAINER_LOG")
+                    .unwrap_or_else(|_| "warn,zorgmesh_node=info".into()),
+            )
             .with_cmd(["node", "run", "--config", "/node/node.toml"])
             .start()
             .await
@@ -277,7 +281,33 @@ impl Cluster {
             .json()
             .await
             .unwrap();
-        zorgmesh_node::demo::summarise(&bundle)
+        let summary = zorgmesh_node::demo::summarise(&bundle);
+        if !summary.unreachable.is_empty() {
+            let outcome = bundle["entry"]
+                .as_array()
+                .and_then(|e| e.last())
+                .map(|e| e["resource"].to_string());
+            eprintln!(
+                "dossier from {} lists unreachable holders: {}",
+                self.nodes[i].name,
+                outcome.unwrap_or_default()
+            );
+            if std::env::var("ZORGMESH_CONTAINER_LOG").is_ok() {
+                let log = self.nodes[i]
+                    .container
+                    .stderr_to_vec()
+                    .await
+                    .unwrap_or_default();
+                let text = String::from_utf8_lossy(&log);
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!(
+                    "--- {} log (last 40 lines, newest first) ---\n{}",
+                    self.nodes[i].name,
+                    tail.join("\n")
+                );
+            }
+        }
+        summary
     }
 
     fn disconnect(&self, i: usize) {
