@@ -6,7 +6,7 @@
 
 use crate::storage::Storage;
 use ed25519_dalek::SigningKey;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Mutex, Notify};
 use zorgmesh_protocol::{
@@ -35,7 +35,10 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// The current locator entry of a patient on this node, computed from storage.
+/// The current locator entry of a patient on this node: resource counts per type of the
+/// patient's compartment (its Patient records and what references them), read from the
+/// storage's link keys without reading any resource, so that recomputing after each write
+/// stays cheap. Retracted when nothing is left.
 pub fn entry_for(
     storage: &Storage,
     node: NodeId,
@@ -43,15 +46,10 @@ pub fn entry_for(
     now_ms: u64,
 ) -> Result<LocatorEntry, crate::fhir::FhirError> {
     let patients = storage.patients_with_key(&patient)?;
-    let resources = crate::fhir::service::everything_in(storage, &patients)?;
-    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-    for resource in &resources {
-        if let Some(t) = resource.get("resourceType").and_then(|t| t.as_str()) {
-            *counts.entry(t.to_owned()).or_default() += 1;
-        }
-    }
-    let counts: Vec<ResourceCount> = counts
+    let counts: Vec<ResourceCount> = storage
+        .compartment_counts(&patients)?
         .into_iter()
+        .filter(|(_, count)| *count > 0)
         .take(zorgmesh_protocol::locator::MAX_COUNTS_PER_ENTRY)
         .map(|(resource_type, count)| ResourceCount {
             resource_type,

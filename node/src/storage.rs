@@ -444,6 +444,30 @@ impl Storage {
         Ok(out)
     }
 
+    /// Resources per type in the compartments of `patient_ids` (each current Patient counts
+    /// once), from the link keys alone: no resource is read.
+    pub fn compartment_counts(
+        &self,
+        patient_ids: &[String],
+    ) -> Result<BTreeMap<String, u32>, StorageError> {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for pid in patient_ids {
+            if self.current("Patient", pid)?.is_some_and(|r| !r.deleted) {
+                *counts.entry("Patient".to_owned()).or_default() += 1;
+            }
+            let prefix = link_prefix(pid);
+            for item in self.fhir.scan_prefix(&prefix) {
+                let (key, _) = item?;
+                let rest = &key[prefix.len()..];
+                let resource_type = rest.split(|b| *b == SEP).next().unwrap_or_default();
+                *counts
+                    .entry(String::from_utf8_lossy(resource_type).into_owned())
+                    .or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Local Patient ids that carry the BSN behind `key`.
     pub fn patients_with_key(&self, key: &PatientKey) -> Result<Vec<String>, StorageError> {
         let prefix = [b"k\0", &key.0[..]].concat();
