@@ -30,14 +30,26 @@ fn free_port() -> u16 {
     }
 }
 
-fn start(binary: &str, config: &std::path::Path) -> Child {
-    Command::new(binary)
-        .args(["node", "run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start zorgmesh")
+/// A node process, killed and reaped when dropped (also on early returns).
+struct NodeProcess(Child);
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(binary: &str, config: &std::path::Path) -> NodeProcess {
+    NodeProcess(
+        Command::new(binary)
+            .args(["node", "run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start zorgmesh"),
+    )
 }
 
 async fn wait_ready(http: &reqwest::Client, admin: &str) -> Duration {
@@ -106,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
     for run in 0..runs {
         // Stream writes; a timer kills the process with SIGKILL after a random delay.
         let kill_after = Duration::from_millis(rng.gen_range(20..400));
-        let pid = child.id();
+        let pid = child.0.id();
         let killer = tokio::spawn(async move {
             tokio::time::sleep(kill_after).await;
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -127,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         killer.await?;
-        let _ = child.wait();
+        let _ = child.0.wait();
 
         child = start(&binary, &config);
         let took = wait_ready(&http, &admin).await;
@@ -159,8 +171,7 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     recovery.sort();
     let mean = recovery.iter().map(Duration::as_secs_f64).sum::<f64>() / recovery.len() as f64;
     println!(
