@@ -267,10 +267,14 @@ impl DataPlane {
         addr: SocketAddr,
         reuse: bool,
     ) -> Result<(quinn::Connection, bool), FetchError> {
-        let mut cache = self.connections.lock().await;
-        if let Some(connection) = cache.get(&holder) {
-            if reuse && connection.close_reason().is_none() && connection.remote_address() == addr {
-                return Ok((connection.clone(), true));
+        // The cache lock is never held across a handshake: a holder that does not answer
+        // must not hold up fetches from the others.
+        if reuse {
+            let cache = self.connections.lock().await;
+            if let Some(connection) = cache.get(&holder) {
+                if connection.close_reason().is_none() && connection.remote_address() == addr {
+                    return Ok((connection.clone(), true));
+                }
             }
         }
         let connecting = self
@@ -292,7 +296,7 @@ impl DataPlane {
                 peer.identity.name, peer.node
             )));
         }
-        cache.insert(holder, connection.clone());
+        self.connections.lock().await.insert(holder, connection.clone());
         Ok((connection, false))
     }
 
