@@ -296,7 +296,10 @@ impl DataPlane {
                 peer.identity.name, peer.node
             )));
         }
-        self.connections.lock().await.insert(holder, connection.clone());
+        self.connections
+            .lock()
+            .await
+            .insert(holder, connection.clone());
         Ok((connection, false))
     }
 
