@@ -121,7 +121,21 @@ pub struct LocatorIndex {
     limits: IndexLimits,
     publishers: HashMap<NodeId, PublisherState>,
     patients: HashMap<PatientKey, BTreeMap<NodeId, LocatorEntry>>,
+    by_publisher: HashMap<NodeId, std::collections::HashSet<PatientKey>>,
     live_entries: usize,
+}
+
+/// What installing a snapshot did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SnapshotOutcome {
+    /// The snapshot replaced the publisher's entries up to its sequence (and buffered
+    /// batches that follow it were applied).
+    Installed {
+        /// The publisher's head after installing.
+        head: u64,
+    },
+    /// The index is already at or past the snapshot's sequence.
+    Stale,
 }
 
 impl LocatorIndex {
@@ -260,6 +274,10 @@ impl LocatorIndex {
                     (true, false) => self.live_entries -= 1,
                     _ => {}
                 }
+                self.by_publisher
+                    .entry(publisher)
+                    .or_default()
+                    .insert(entry.patient);
                 holders.insert(publisher, entry);
             }
             if let Some(candidate) = state.pending.remove(&state.next_sequence) {
@@ -276,6 +294,111 @@ impl LocatorIndex {
             sequences,
             patients,
         })
+    }
+
+    /// Installs a publisher's signed snapshot (all of its chunks): the publisher's entries
+    /// become the snapshot's, its log continues after the snapshot's sequence.
+    pub fn install_snapshot(
+        &mut self,
+        chunks: &[crate::snapshot::SignedSnapshotChunk],
+        now_ms: u64,
+    ) -> Result<SnapshotOutcome, BatchRejection> {
+        let first = chunks.first().ok_or_else(|| {
+            BatchRejection::Invalid(DecodeError::Invalid("empty snapshot".into()))
+        })?;
+        let (publisher, sequence, head_hash, parts) = (
+            first.body.publisher,
+            first.body.sequence,
+            first.body.head_hash,
+            first.body.parts,
+        );
+        let state = self
+            .publishers
+            .get(&publisher)
+            .ok_or(BatchRejection::UnknownPublisher(publisher))?;
+        if now_ms < state.info.valid_from_ms || now_ms > state.info.valid_until_ms {
+            return Err(BatchRejection::CertificateNotValid(publisher));
+        }
+        if chunks.len() != parts as usize {
+            return Err(BatchRejection::Invalid(DecodeError::Invalid(format!(
+                "snapshot has {parts} parts, {} given",
+                chunks.len()
+            ))));
+        }
+        for (k, chunk) in chunks.iter().enumerate() {
+            chunk.body.validate()?;
+            let b = &chunk.body;
+            if b.publisher != publisher
+                || b.sequence != sequence
+                || b.head_hash != head_hash
+                || b.parts != parts
+                || b.part as usize != k
+            {
+                return Err(BatchRejection::Invalid(DecodeError::Invalid(
+                    "snapshot parts do not belong together".into(),
+                )));
+            }
+            chunk.verify()?;
+        }
+        if sequence < state.next_sequence {
+            return Ok(SnapshotOutcome::Stale);
+        }
+        // Replace the publisher's entries.
+        for patient in self.by_publisher.remove(&publisher).unwrap_or_default() {
+            if let Some(holders) = self.patients.get_mut(&patient) {
+                if holders.remove(&publisher).is_some_and(|e| !e.retracted) {
+                    self.live_entries -= 1;
+                }
+                if holders.is_empty() {
+                    self.patients.remove(&patient);
+                }
+            }
+        }
+        for chunk in chunks {
+            for entry in &chunk.body.entries {
+                self.patients
+                    .entry(entry.patient)
+                    .or_default()
+                    .insert(publisher, entry.clone());
+                self.by_publisher
+                    .entry(publisher)
+                    .or_default()
+                    .insert(entry.patient);
+                self.live_entries += 1;
+            }
+        }
+        let state = self.publishers.get_mut(&publisher).expect("checked above");
+        state.next_sequence = sequence + 1;
+        state.head_hash = head_hash;
+        state.pending.retain(|s, _| *s > sequence);
+        // Buffered batches right after the snapshot can now be applied.
+        let mut head = sequence;
+        if let Some(next) = state.pending.remove(&(sequence + 1)) {
+            if let Ok(BatchOutcome::Applied { sequences, .. }) = self.receive_batch(next, now_ms) {
+                head = sequences.last().copied().unwrap_or(head);
+            }
+        }
+        Ok(SnapshotOutcome::Installed { head })
+    }
+
+    /// A publisher's live entries, sorted by patient key (what its snapshot holds).
+    pub fn publisher_entries(&self, publisher: &NodeId) -> Vec<LocatorEntry> {
+        let mut entries: Vec<LocatorEntry> = self
+            .by_publisher
+            .get(publisher)
+            .into_iter()
+            .flatten()
+            .filter_map(|patient| self.patients.get(patient)?.get(publisher))
+            .filter(|e| !e.retracted)
+            .cloned()
+            .collect();
+        entries.sort_by_key(|e| e.patient);
+        entries
+    }
+
+    /// The hash of the last batch applied for a publisher.
+    pub fn head_hash(&self, publisher: &NodeId) -> Option<[u8; 32]> {
+        self.publishers.get(publisher).map(|s| s.head_hash)
     }
 
     /// The holders that currently have data for a patient (retracted entries left out),

@@ -144,3 +144,80 @@ fn batch_verification_finds_the_bad_one() {
     assert!(results[1].is_err());
     assert!(results[2].is_ok());
 }
+
+#[test]
+fn a_snapshot_replaces_the_log_prefix_and_the_chain_continues_after_it() {
+    use zorgmesh_protocol::index::SnapshotOutcome;
+    use zorgmesh_protocol::snapshot::cut_snapshot;
+    let key = common::publisher_key();
+    let node = common::node_id(&key);
+    let mut log = PublisherLog::new(node, BatchPolicy::default(), None);
+    let mut batches = Vec::new();
+    for (i, bsn) in ["999911120", "111222333", "123456782", "100000009"]
+        .iter()
+        .enumerate()
+    {
+        log.stage(common::entry(&key, bsn, &[("Patient", 1)]), i as u64);
+        batches.push(log.flush(i as u64, &key).unwrap());
+    }
+    let mut full = LocatorIndex::new(IndexLimits::default());
+    full.admit_publisher(common::publisher_info(&key));
+    for batch in &batches[..3] {
+        full.receive_batch(batch.clone(), 10).unwrap();
+    }
+    let chunks = cut_snapshot(
+        &key,
+        3,
+        full.head_hash(&node).unwrap(),
+        full.publisher_entries(&node),
+        10,
+    );
+
+    // A node that never saw the first three batches installs the snapshot ...
+    let mut fresh = LocatorIndex::new(IndexLimits::default());
+    fresh.admit_publisher(common::publisher_info(&key));
+    assert_eq!(
+        fresh.install_snapshot(&chunks, 10).unwrap(),
+        SnapshotOutcome::Installed { head: 3 }
+    );
+    assert_eq!(fresh.live_entries(), 3);
+    // ... and the log continues from it.
+    assert!(matches!(
+        fresh.receive_batch(batches[3].clone(), 10).unwrap(),
+        BatchOutcome::Applied { .. }
+    ));
+    assert_eq!(fresh.live_entries(), 4);
+    assert_eq!(
+        fresh.install_snapshot(&chunks, 10).unwrap(),
+        SnapshotOutcome::Stale
+    );
+
+    // Tampered or incomplete snapshots are refused.
+    let mut tampered = chunks.clone();
+    tampered[0].body.entries.pop();
+    let mut other = LocatorIndex::new(IndexLimits::default());
+    other.admit_publisher(common::publisher_info(&key));
+    assert!(matches!(
+        other.install_snapshot(&tampered, 10),
+        Err(BatchRejection::Signature(_))
+    ));
+    assert!(other.install_snapshot(&[], 10).is_err());
+    assert_eq!(other.live_entries(), 0);
+    let mut bigger = LocatorIndex::new(IndexLimits::default());
+    bigger.admit_publisher(common::publisher_info(&key));
+    let many: Vec<_> = (0..5000u32)
+        .map(|n| {
+            let mut e = common::entry(&key, "999911120", &[("Patient", 1)]);
+            e.patient.0[..4].copy_from_slice(&n.to_be_bytes());
+            e
+        })
+        .collect();
+    let parts = cut_snapshot(&key, 7, [1; 32], many, 10);
+    assert_eq!(parts.len(), 2);
+    assert!(
+        bigger.install_snapshot(&parts[..1], 10).is_err(),
+        "a missing part is refused"
+    );
+    bigger.install_snapshot(&parts, 10).unwrap();
+    assert_eq!(bigger.live_entries(), 5000);
+}
