@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use zorgmesh_protocol::fetch::FetchFrame;
+use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::sync::{heads_digest, plan_requests};
 use zorgmesh_protocol::NodeId;
 
@@ -66,13 +68,38 @@ pub async fn sync_with(
         }
         let mut progressed = false;
         for request in requests {
-            let messages = data_plane.batches(peer, name, addr, request).await?;
+            let frames = data_plane.batches(peer, name, addr, request).await?;
             outcome.round_trips += 1;
-            for bytes in messages {
-                if mesh.handle_gossip(&bytes, None) == Verdict::Accept {
-                    outcome.applied += 1;
-                    progressed = true;
+            let mut announce: Vec<u8> = Vec::new();
+            let mut chunks: Vec<Vec<u8>> = Vec::new();
+            for frame in frames {
+                match frame {
+                    FetchFrame::Snapshot { bytes } => chunks.push(bytes),
+                    FetchFrame::Message { bytes } => {
+                        if !chunks.is_empty() {
+                            progressed |= install(
+                                mesh,
+                                &announce,
+                                &std::mem::take(&mut chunks),
+                                &mut outcome,
+                            );
+                        }
+                        if matches!(
+                            GossipMessage::from_bytes(&bytes),
+                            Ok(GossipMessage::Announce { .. })
+                        ) {
+                            announce = bytes.clone();
+                        }
+                        if mesh.handle_gossip(&bytes, None) == Verdict::Accept {
+                            outcome.applied += 1;
+                            progressed = true;
+                        }
+                    }
+                    _ => {}
                 }
+            }
+            if !chunks.is_empty() {
+                progressed |= install(mesh, &announce, &chunks, &mut outcome);
             }
         }
         if !progressed {
@@ -80,6 +107,21 @@ pub async fn sync_with(
         }
     }
     Ok(outcome)
+}
+
+fn install(mesh: &Mesh, announce: &[u8], chunks: &[Vec<u8>], outcome: &mut SyncOutcome) -> bool {
+    match mesh.install_snapshot(announce, chunks) {
+        Ok(0) => false,
+        Ok(entries) => {
+            tracing::info!(entries, "installed a publisher snapshot");
+            outcome.applied += 1;
+            true
+        }
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "snapshot refused");
+            false
+        }
+    }
 }
 
 /// Runs anti-entropy every `interval` and whenever nudged, until `shutdown`.

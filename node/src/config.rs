@@ -25,6 +25,7 @@
 //! [publishing]
 //! batch_max_entries = 1024   # cut a batch at this many patients
 //! batch_window_ms = 200      # or when the oldest staged entry is this old
+//! compact_after_batches = 1000  # then replace the log prefix with a signed snapshot
 //!
 //! [resolve]
 //! holder_timeout_ms = 5000   # per-holder deadline when resolving a dossier
@@ -122,6 +123,13 @@ pub struct PublishingConfig {
     /// Cut a batch when the oldest staged entry is this old (ms).
     #[serde(default = "default_batch_window")]
     pub batch_window_ms: u64,
+    /// Compact the own log into a signed snapshot when it holds more batches than this.
+    #[serde(default = "default_compact_after")]
+    pub compact_after_batches: usize,
+}
+
+fn default_compact_after() -> usize {
+    1000
 }
 
 /// Dossier resolution settings.
@@ -160,6 +168,7 @@ impl Default for PublishingConfig {
         Self {
             batch_max_entries: default_batch_max(),
             batch_window_ms: default_batch_window(),
+            compact_after_batches: default_compact_after(),
         }
     }
 }
@@ -210,6 +219,9 @@ impl NodeConfig {
                 "publishing.batch_max_entries must be between 1 and {}",
                 zorgmesh_protocol::batch::MAX_ENTRIES_PER_BATCH
             );
+        }
+        if self.publishing.compact_after_batches == 0 {
+            anyhow::bail!("publishing.compact_after_batches must be at least 1");
         }
         if self.publishing.batch_window_ms > 60_000 {
             anyhow::bail!("publishing.batch_window_ms must be at most 60000");

@@ -359,7 +359,12 @@ impl DataPlane {
                     let counted = frames
                         .iter()
                         .filter(|f| {
-                            matches!(f, FetchFrame::Resource { .. } | FetchFrame::Message { .. })
+                            matches!(
+                                f,
+                                FetchFrame::Resource { .. }
+                                    | FetchFrame::Message { .. }
+                                    | FetchFrame::Snapshot { .. }
+                            )
                         })
                         .count();
                     if count as usize != counted {
@@ -444,24 +449,25 @@ impl DataPlane {
         }
     }
 
-    /// A range of one publisher's batches from a peer, as gossip messages.
+    /// A range of one publisher's batches from a peer: `Message` frames (gossip messages),
+    /// or, for a compacted range, an announce, the snapshot's `Snapshot` frames and the tail.
     pub async fn batches(
         &self,
         peer: NodeId,
         name: &str,
         addr: SocketAddr,
         range: RangeRequest,
-    ) -> Result<Vec<Vec<u8>>, FetchError> {
+    ) -> Result<Vec<FetchFrame>, FetchError> {
         let frames = self
             .request(peer, name, addr, &FetchRequest::Batches(range))
             .await?;
-        frames
-            .into_iter()
-            .map(|f| match f {
-                FetchFrame::Message { bytes } => Ok(bytes),
-                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
-            })
-            .collect()
+        if let Some(other) = frames
+            .iter()
+            .find(|f| !matches!(f, FetchFrame::Message { .. } | FetchFrame::Snapshot { .. }))
+        {
+            return Err(FetchError::Protocol(format!("unexpected frame {other:?}")));
+        }
+        Ok(frames)
     }
 }
 
@@ -533,15 +539,15 @@ async fn serve_stream(
         Ok(FetchRequest::Batches(range)) => {
             let limit = range.limit.min(MAX_BATCHES_PER_REQUEST) as usize;
             let source = mesh.clone();
-            let messages = tokio::task::spawn_blocking(move || {
-                source.batch_messages(&range.publisher, range.from, limit)
+            let frames = tokio::task::spawn_blocking(move || {
+                source.batch_frames(&range.publisher, range.from, limit)
             })
             .await?;
-            match messages {
-                Ok(messages) => {
-                    let count = messages.len() as u32;
-                    for bytes in messages {
-                        send_frame(&mut send, &FetchFrame::Message { bytes }).await?;
+            match frames {
+                Ok(frames) => {
+                    let count = frames.len() as u32;
+                    for frame in frames {
+                        send_frame(&mut send, &frame).await?;
                     }
                     send_frame(&mut send, &FetchFrame::End { count }).await?;
                 }

@@ -11,9 +11,11 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
+use zorgmesh_protocol::fetch::FetchFrame;
 use zorgmesh_protocol::gossip::GossipMessage;
-use zorgmesh_protocol::index::{BatchOutcome, HolderLocation, IndexLimits};
+use zorgmesh_protocol::index::{BatchOutcome, HolderLocation, IndexLimits, SnapshotOutcome};
 use zorgmesh_protocol::record::SignedNodeRecord;
+use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
 
 /// Reason given when the index has no room for another publisher (not the sender's fault).
@@ -217,6 +219,39 @@ impl Mesh {
         own_address: &str,
     ) -> Result<(usize, usize), crate::storage::StorageError> {
         let mut own = 0;
+        let own_chunks: Vec<SignedSnapshotChunk> = self
+            .storage
+            .own_snapshot()?
+            .iter()
+            .filter_map(|c| SignedSnapshotChunk::from_bytes(c).ok())
+            .collect();
+        if !own_chunks.is_empty() {
+            let now_ms = crate::fhir::service::now_ms();
+            if let Err(e) = self.index().install_snapshot(&own_chunks, now_ms) {
+                tracing::error!(error = %e, "own snapshot refused by own index");
+            }
+        }
+        for (announce, chunks) in self.storage.remote_snapshots()? {
+            if let Ok(GossipMessage::Announce { record }) = GossipMessage::from_bytes(&announce) {
+                match self.admit_record(&record) {
+                    Ok((index, _)) => drop(index),
+                    Err(reason) => {
+                        tracing::warn!(reason = %reason, "stored snapshot's publisher no longer valid");
+                        continue;
+                    }
+                }
+                let decoded: Vec<SignedSnapshotChunk> = chunks
+                    .iter()
+                    .filter_map(|c| SignedSnapshotChunk::from_bytes(c).ok())
+                    .collect();
+                if let Err(e) = self
+                    .index()
+                    .install_snapshot(&decoded, crate::fhir::service::now_ms())
+                {
+                    tracing::warn!(error = %e, "stored snapshot refused");
+                }
+            }
+        }
         for bytes in self.storage.own_batches() {
             match SignedBatch::from_bytes(&bytes?) {
                 Ok(batch) => {
@@ -283,37 +318,145 @@ impl Mesh {
         *self.own_record.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 
-    /// Up to `limit` batches of `publisher` from `from` on, as gossip messages.
-    pub fn batch_messages(
+    /// What to send a peer that asks for `publisher`'s batches from `from` on: gossip
+    /// messages, or, when `from` lies in a compacted prefix, the publisher's record, its
+    /// snapshot and the batches after it.
+    pub fn batch_frames(
         &self,
         publisher: &NodeId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<Vec<u8>>, crate::storage::StorageError> {
-        if *publisher != self.own {
-            return self.storage.remote_range(&publisher.0, from, limit);
-        }
-        let Some(record) = self
-            .own_record
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        else {
-            return Ok(Vec::new());
+    ) -> Result<Vec<FetchFrame>, crate::storage::StorageError> {
+        let own = *publisher == self.own;
+        let (oldest, snapshot) = if own {
+            let record = self
+                .own_record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let chunks = self.storage.own_snapshot()?;
+            let snapshot = match (record, chunks.is_empty()) {
+                (Some(record), false) => {
+                    Some((GossipMessage::Announce { record }.to_bytes(), chunks))
+                }
+                _ => None,
+            };
+            (self.storage.oldest_own_sequence()?, snapshot)
+        } else {
+            (
+                self.storage.oldest_remote_sequence(&publisher.0)?,
+                self.storage.remote_snapshot(&publisher.0)?,
+            )
         };
-        let mut out = Vec::new();
-        for bytes in self.storage.own_range(from, limit)? {
-            if let Ok(batch) = SignedBatch::from_bytes(&bytes) {
-                out.push(
-                    GossipMessage::Batch {
-                        record: record.clone(),
-                        batch,
-                    }
-                    .to_bytes(),
+        let mut frames = Vec::new();
+        let mut from = from;
+        if let Some((record, chunks)) = snapshot {
+            let covered = chunks
+                .first()
+                .and_then(|c| SignedSnapshotChunk::from_bytes(c).ok())
+                .map_or(0, |c| c.body.sequence);
+            if from <= covered && oldest.is_none_or(|o| from < o) {
+                frames.push(FetchFrame::Message { bytes: record });
+                frames.extend(
+                    chunks
+                        .into_iter()
+                        .map(|bytes| FetchFrame::Snapshot { bytes }),
                 );
+                from = covered + 1;
             }
         }
-        Ok(out)
+        let messages = if own {
+            let record = self
+                .own_record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match record {
+                None => Vec::new(),
+                Some(record) => self
+                    .storage
+                    .own_range(from, limit)?
+                    .into_iter()
+                    .filter_map(|bytes| SignedBatch::from_bytes(&bytes).ok())
+                    .map(|batch| {
+                        GossipMessage::Batch {
+                            record: record.clone(),
+                            batch,
+                        }
+                        .to_bytes()
+                    })
+                    .collect(),
+            }
+        } else {
+            self.storage.remote_range(&publisher.0, from, limit)?
+        };
+        frames.extend(
+            messages
+                .into_iter()
+                .map(|bytes| FetchFrame::Message { bytes }),
+        );
+        Ok(frames)
+    }
+
+    /// Installs a publisher's snapshot fetched from a peer (its chunks as bytes), keeps it so
+    /// that this node can serve it too, and drops the stored batches it covers. Returns the
+    /// number of entries installed.
+    pub fn install_snapshot(&self, announce: &[u8], chunks: &[Vec<u8>]) -> Result<usize, String> {
+        let decoded: Vec<SignedSnapshotChunk> = chunks
+            .iter()
+            .map(|c| SignedSnapshotChunk::from_bytes(c).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let first = decoded.first().ok_or("empty snapshot")?;
+        let (publisher, sequence) = (first.body.publisher, first.body.sequence);
+        if publisher == self.own {
+            return Err("refusing a snapshot of this node's own log".into());
+        }
+        let now_ms = crate::fhir::service::now_ms();
+        let outcome = self
+            .index()
+            .install_snapshot(&decoded, now_ms)
+            .map_err(|e| e.to_string())?;
+        match outcome {
+            SnapshotOutcome::Stale => Ok(0),
+            SnapshotOutcome::Installed { .. } => {
+                self.storage
+                    .store_remote_snapshot(&publisher.0, announce, chunks, sequence)
+                    .map_err(|e| e.to_string())?;
+                Ok(decoded.iter().map(|c| c.body.entries.len()).sum())
+            }
+        }
+    }
+
+    /// Compacts this node's own log: a signed snapshot of its live entries at its current
+    /// head replaces the batches up to it. Returns the sequence the snapshot covers.
+    pub async fn compact_own_log(
+        &self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Option<u64>, crate::storage::StorageError> {
+        let (head, head_hash, entries) = {
+            let index = self.index();
+            let head = index.publisher_heads().get(&self.own).copied().unwrap_or(0);
+            (
+                head,
+                index.head_hash(&self.own),
+                index.publisher_entries(&self.own),
+            )
+        };
+        let Some(head_hash) = head_hash.filter(|_| head > 0) else {
+            return Ok(None);
+        };
+        let chunks: Vec<Vec<u8>> = zorgmesh_protocol::snapshot::cut_snapshot(
+            key,
+            head,
+            head_hash,
+            entries,
+            crate::fhir::service::now_ms(),
+        )
+        .iter()
+        .map(SignedSnapshotChunk::to_bytes)
+        .collect();
+        self.storage.compact_own_log(&chunks, head).await?;
+        Ok(Some(head))
     }
 
     /// Every known publisher's id and name.
@@ -336,6 +479,11 @@ impl Mesh {
     /// The data-plane address the index holds for a node.
     pub fn data_address(&self, node: &NodeId) -> Option<String> {
         self.index().data_address(node).map(str::to_owned)
+    }
+
+    /// Own batches kept in the log (not yet compacted).
+    pub fn own_log_len(&self) -> usize {
+        self.storage.own_log_len()
     }
 
     /// This node's id.

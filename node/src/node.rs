@@ -101,6 +101,7 @@ pub fn status_document(
     serde_json::json!({
         "node": name,
         "live_entries": mesh.live_entries(),
+        "own_log_batches": mesh.own_log_len(),
         "heads": heads,
         "gossip": {
             "connected_peers": gossip.connected_peers.load(Relaxed),
@@ -236,6 +237,9 @@ impl RunningNode {
             .sign(&record_key)
         };
         let own_address = advertised.clone();
+        let compact_storage = storage.clone();
+        let compact_key = key.clone();
+        let compact_after = config.publishing.compact_after_batches;
         let mut announce_shutdown = shutdown_rx.clone();
         tasks.push(spawn(Box::pin(async move {
             // Announce at start (queued until peers subscribe), then periodically; forward
@@ -254,6 +258,13 @@ impl RunningNode {
                         None => break,
                         Some(batch) => {
                             forward_mesh.apply_own(batch.clone(), &own_address);
+                            if compact_storage.own_log_len() > compact_after {
+                                match forward_mesh.compact_own_log(&compact_key).await {
+                                    Ok(Some(upto)) => tracing::info!(upto, "own log compacted into a snapshot"),
+                                    Ok(None) => {}
+                                    Err(e) => tracing::error!(error = %e, "log compaction failed"),
+                                }
+                            }
                             let record = make_record();
                             forward_mesh.set_own_record(record.clone());
                             GossipMessage::Batch { record, batch }

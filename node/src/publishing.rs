@@ -73,7 +73,11 @@ impl Publisher {
         policy: BatchPolicy,
     ) -> Result<Self, crate::storage::StorageError> {
         let node = NodeId(key.verifying_key().to_bytes());
-        let mut head = None;
+        let mut head = storage
+            .own_snapshot()?
+            .first()
+            .and_then(|c| zorgmesh_protocol::snapshot::SignedSnapshotChunk::from_bytes(c).ok())
+            .map(|c| (c.body.sequence, c.body.head_hash));
         for bytes in storage.own_batches() {
             if let Ok(batch) = SignedBatch::from_bytes(&bytes?) {
                 head = Some((batch.body.sequence, batch.body.hash()));

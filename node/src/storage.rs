@@ -144,7 +144,9 @@ pub struct Storage {
     db: sled::Db,
     fhir: sled::Tree,
     own_log: sled::Tree,
+    own_snapshot: sled::Tree,
     remote_log: sled::Tree,
+    remote_snapshots: sled::Tree,
     writer: Mutex<()>,
     locator_key: LocatorKey,
 }
@@ -336,7 +338,9 @@ impl Storage {
         Ok(Self {
             fhir: db.open_tree("fhir")?,
             own_log: db.open_tree("own_log")?,
+            own_snapshot: db.open_tree("own_snapshot")?,
             remote_log: db.open_tree("remote_log")?,
+            remote_snapshots: db.open_tree("remote_snapshots")?,
             db,
             writer: Mutex::new(()),
             locator_key,
@@ -559,6 +563,137 @@ impl Storage {
         self.remote_log
             .iter()
             .map(|item| item.map(|(_, v)| v.to_vec()).map_err(StorageError::from))
+    }
+
+    /// Number of own batches kept (not yet compacted into the snapshot).
+    pub fn own_log_len(&self) -> usize {
+        self.own_log.len()
+    }
+
+    /// Sequence of the oldest own batch kept.
+    pub fn oldest_own_sequence(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .own_log
+            .first()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(&k[..]).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Replaces this node's snapshot with `chunks` (covering batches up to `upto`) and drops
+    /// those batches from the log. The new snapshot is durable before any batch is dropped.
+    pub async fn compact_own_log(&self, chunks: &[Vec<u8>], upto: u64) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.own_snapshot.iter() {
+            batch.remove(item?.0);
+        }
+        for (part, bytes) in chunks.iter().enumerate() {
+            batch.insert(&(part as u32).to_be_bytes(), bytes.as_slice());
+        }
+        self.own_snapshot.apply_batch(batch)?;
+        self.db.flush_async().await?;
+        let mut prune = sled::Batch::default();
+        for item in self.own_log.range(..=upto.to_be_bytes()) {
+            prune.remove(item?.0);
+        }
+        self.own_log.apply_batch(prune)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// This node's snapshot chunks, in part order (empty when it never compacted).
+    pub fn own_snapshot(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.own_snapshot
+            .iter()
+            .map(|i| Ok(i?.1.to_vec()))
+            .collect()
+    }
+
+    /// Stores another publisher's snapshot (with its record, an encoded gossip announce)
+    /// and drops the stored batches it covers.
+    pub fn store_remote_snapshot(
+        &self,
+        publisher: &[u8; 32],
+        record: &[u8],
+        chunks: &[Vec<u8>],
+        upto: u64,
+    ) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for item in self.remote_snapshots.scan_prefix(publisher) {
+            batch.remove(item?.0);
+        }
+        batch.insert([&publisher[..], b"r"].concat(), record);
+        for (part, bytes) in chunks.iter().enumerate() {
+            batch.insert(
+                [&publisher[..], b"s", &(part as u32).to_be_bytes()].concat(),
+                bytes.as_slice(),
+            );
+        }
+        self.remote_snapshots.apply_batch(batch)?;
+        let mut prune = sled::Batch::default();
+        let start = [&publisher[..], &0u64.to_be_bytes()].concat();
+        let end = [&publisher[..], &upto.to_be_bytes()].concat();
+        for item in self.remote_log.range(start..=end) {
+            prune.remove(item?.0);
+        }
+        self.remote_log.apply_batch(prune)?;
+        Ok(())
+    }
+
+    /// Every stored remote snapshot: `(record, chunks)` per publisher.
+    pub fn remote_snapshots(&self) -> Result<Vec<(Vec<u8>, Vec<Vec<u8>>)>, StorageError> {
+        let mut out: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+        let mut current: Option<[u8; 32]> = None;
+        for item in self.remote_snapshots.iter() {
+            let (key, value) = item?;
+            let Ok(publisher) = <[u8; 32]>::try_from(&key[..32.min(key.len())]) else {
+                continue;
+            };
+            if current != Some(publisher) {
+                current = Some(publisher);
+                out.push((Vec::new(), Vec::new()));
+            }
+            let last = out.last_mut().expect("pushed above");
+            match key.get(32) {
+                Some(b'r') => last.0 = value.to_vec(),
+                Some(b's') => last.1.push(value.to_vec()),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sequence of the oldest stored batch of a remote publisher.
+    pub fn oldest_remote_sequence(
+        &self,
+        publisher: &[u8; 32],
+    ) -> Result<Option<u64>, StorageError> {
+        let start = [&publisher[..], &0u64.to_be_bytes()].concat();
+        let end = [&publisher[..], &u64::MAX.to_be_bytes()].concat();
+        Ok(self
+            .remote_log
+            .range(start..end)
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(&k[32..]).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// A remote publisher's stored snapshot `(record, chunks)`, if any.
+    pub fn remote_snapshot(
+        &self,
+        publisher: &[u8; 32],
+    ) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, StorageError> {
+        let mut record = None;
+        let mut chunks = Vec::new();
+        for item in self.remote_snapshots.scan_prefix(publisher) {
+            let (key, value) = item?;
+            match key.get(32) {
+                Some(b'r') => record = Some(value.to_vec()),
+                Some(b's') => chunks.push(value.to_vec()),
+                _ => {}
+            }
+        }
+        Ok(record.map(|r| (r, chunks)))
     }
 
     /// Flushes everything to disk.

@@ -85,6 +85,13 @@ pub enum FetchFrame {
         /// The gossip message bytes.
         bytes: Vec<u8>,
     },
+    /// Tag 6: one encoded [`crate::snapshot::SignedSnapshotChunk`], answering `Batches` for
+    /// a range the holder has compacted: an `Announce` message with the publisher's record
+    /// comes first, then every chunk in part order, then the batches after the snapshot.
+    Snapshot {
+        /// The chunk bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 impl FetchRequest {

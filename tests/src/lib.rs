@@ -25,6 +25,8 @@ pub struct TestMesh {
     /// Anti-entropy interval of every node (long by default, so that tests see the
     /// event-driven rounds: start, gaps, new publishers).
     pub sync_interval_ms: u64,
+    /// Own-log length after which every node compacts its log into a snapshot.
+    pub compact_after_batches: usize,
     /// HTTP client.
     pub http: reqwest::Client,
 }
@@ -95,6 +97,7 @@ impl TestMesh {
             nodes: Vec::new(),
             holder_timeout_ms: 1500,
             sync_interval_ms: 600_000,
+            compact_after_batches: 1000,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -118,6 +121,7 @@ impl TestMesh {
         let mut config = provision::node_config(&node.spec, bootstrap);
         config.resolve.holder_timeout_ms = self.holder_timeout_ms;
         config.sync.interval_ms = self.sync_interval_ms;
+        config.publishing.compact_after_batches = self.compact_after_batches;
         config.publishing.batch_window_ms = 50;
         config.resolve_paths(&node.dir);
         config

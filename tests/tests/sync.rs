@@ -127,3 +127,54 @@ fn patient_key(bsn: &str, mesh: &TestMesh) -> zorgmesh_protocol::PatientKey {
     let key = zorgmesh_certs::read_locator_key(&mesh.root.join("ca/locator.key")).unwrap();
     zorgmesh_protocol::PatientKey::derive(&key, &zorgmesh_protocol::Bsn::parse(bsn).unwrap())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_compacted_log_is_synced_from_its_snapshot_and_continues_after_a_restart() {
+    let mut mesh = TestMesh::start_first("synctest", NODES, 1).await.unwrap();
+    mesh.compact_after_batches = 2;
+    mesh.restart(0).await.unwrap(); // take the setting
+    for (i, bsn) in BSNS.iter().enumerate() {
+        mesh.post_bundle(0, &patient_bundle(bsn, "compacting", 1))
+            .await
+            .unwrap();
+        mesh.wait_for_entries(i + 1).await.unwrap(); // one batch per patient
+    }
+    let own = mesh.node(0).identity.node;
+    let head = mesh.node(0).mesh.heads()[&own];
+    assert_eq!(head, BSNS.len() as u64);
+    assert!(
+        mesh.node(0).mesh.own_log_len() <= 2,
+        "own log was not compacted: {}",
+        mesh.node(0).mesh.own_log_len()
+    );
+
+    // The only source for a late joiner is the compacted node: snapshot plus tail.
+    mesh.start_node(1).await.unwrap();
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    assert_eq!(mesh.node(1).mesh.heads().get(&own), Some(&head));
+    assert_eq!(
+        summarise(&mesh.dossier(1, BSNS[2]).await.unwrap())
+            .origins
+            .len(),
+        1
+    );
+
+    // After a restart the compacted node continues its log from the snapshot's head.
+    mesh.restart(0).await.unwrap();
+    mesh.post_bundle(0, &patient_bundle("100000022", "after-restart", 1))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(BSNS.len() + 1).await.unwrap();
+    assert_eq!(mesh.node(1).mesh.heads()[&own], head + 1);
+    for node in mesh.running() {
+        assert_eq!(
+            node.gossip_status
+                .rejected
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "{}",
+            node.name()
+        );
+    }
+    mesh.shutdown().await;
+}
