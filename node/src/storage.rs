@@ -43,6 +43,10 @@ pub enum StorageError {
     },
 }
 
+/// A stored snapshot of another publisher: its encoded gossip `Announce` (the record) and
+/// its encoded chunks in part order.
+pub type StoredSnapshot = (Vec<u8>, Vec<Vec<u8>>);
+
 /// One version of a resource.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VersionRecord {
@@ -402,7 +406,11 @@ impl Storage {
             .and_then(|r| r.resource))
     }
 
-    /// One version of a resource.
+    /// A stored snapshot of another publisher: its encoded gossip `Announce` (the record) and
+/// its encoded chunks in part order.
+pub type StoredSnapshot = (Vec<u8>, Vec<Vec<u8>>);
+
+/// One version of a resource.
     pub fn version(
         &self,
         resource_type: &str,
@@ -640,8 +648,8 @@ impl Storage {
     }
 
     /// Every stored remote snapshot: `(record, chunks)` per publisher.
-    pub fn remote_snapshots(&self) -> Result<Vec<(Vec<u8>, Vec<Vec<u8>>)>, StorageError> {
-        let mut out: Vec<(Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    pub fn remote_snapshots(&self) -> Result<Vec<StoredSnapshot>, StorageError> {
+        let mut out: Vec<StoredSnapshot> = Vec::new();
         let mut current: Option<[u8; 32]> = None;
         for item in self.remote_snapshots.iter() {
             let (key, value) = item?;
@@ -682,7 +690,7 @@ impl Storage {
     pub fn remote_snapshot(
         &self,
         publisher: &[u8; 32],
-    ) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>, StorageError> {
+    ) -> Result<Option<StoredSnapshot>, StorageError> {
         let mut record = None;
         let mut chunks = Vec::new();
         for item in self.remote_snapshots.scan_prefix(publisher) {
