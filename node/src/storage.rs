@@ -406,11 +406,7 @@ impl Storage {
             .and_then(|r| r.resource))
     }
 
-    /// A stored snapshot of another publisher: its encoded gossip `Announce` (the record) and
-/// its encoded chunks in part order.
-pub type StoredSnapshot = (Vec<u8>, Vec<Vec<u8>>);
-
-/// One version of a resource.
+    /// One version of a resource.
     pub fn version(
         &self,
         resource_type: &str,
