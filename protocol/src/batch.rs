@@ -5,7 +5,7 @@
 
 use crate::codec::{self, DecodeError};
 use crate::locator::{LocatorEntry, NodeId};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 /// Domain-separation prefix of the bytes a batch signature covers.
@@ -59,9 +59,7 @@ pub enum SignatureError {
 impl BatchBody {
     /// The exact bytes the publisher signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut bytes = BATCH_SIGNATURE_DOMAIN.to_vec();
-        bytes.extend_from_slice(&codec::encode(self));
-        bytes
+        crate::signing::signing_bytes(BATCH_SIGNATURE_DOMAIN, self)
     }
 
     /// The hash that the next batch names as `previous_hash`.
@@ -75,7 +73,7 @@ impl BatchBody {
     /// Signs the body. `key` must be the publisher's key.
     pub fn sign(self, key: &SigningKey) -> SignedBatch {
         debug_assert_eq!(key.verifying_key().to_bytes(), self.publisher.0);
-        let signature = key.sign(&self.signing_bytes()).to_bytes();
+        let signature = crate::signing::sign(key, BATCH_SIGNATURE_DOMAIN, &self);
         SignedBatch {
             body: self,
             signature,
@@ -131,13 +129,12 @@ impl SignedBatch {
 
     /// Verifies the signature against the publisher key named in the body.
     pub fn verify(&self) -> Result<(), SignatureError> {
-        let key = VerifyingKey::from_bytes(&self.body.publisher.0)
-            .map_err(|_| SignatureError::BadPublicKey)?;
-        key.verify_strict(
-            &self.body.signing_bytes(),
-            &Signature::from_bytes(&self.signature),
+        crate::signing::verify(
+            &self.body.publisher,
+            BATCH_SIGNATURE_DOMAIN,
+            &self.body,
+            &self.signature,
         )
-        .map_err(|_| SignatureError::BadSignature)
     }
 
     /// Verifies many batches at once (ed25519 batch verification, several times faster than

@@ -31,6 +31,7 @@ pub mod patient;
 pub mod publisher;
 pub mod record;
 pub mod resolve;
+pub mod signing;
 pub mod snapshot;
 pub mod sync;
 

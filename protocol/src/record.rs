@@ -3,9 +3,9 @@
 //! A record travels with every batch, so any node that indexed a publisher's entries also
 //! knows where to pull the data and which certificate vouches for the publisher.
 
-use crate::codec::{self, DecodeError};
+use crate::codec::DecodeError;
 use crate::locator::NodeId;
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 
 /// Domain-separation prefix of the bytes a node record signature covers.
 pub const NODE_RECORD_DOMAIN: &[u8] = b"zorgmesh/node-record/v1\n";
@@ -39,14 +39,12 @@ pub struct SignedNodeRecord {
 impl NodeRecord {
     /// The exact bytes the node signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut bytes = NODE_RECORD_DOMAIN.to_vec();
-        bytes.extend_from_slice(&codec::encode(self));
-        bytes
+        crate::signing::signing_bytes(NODE_RECORD_DOMAIN, self)
     }
 
     /// Signs the record with the node's key.
     pub fn sign(self, key: &SigningKey) -> SignedNodeRecord {
-        let signature = key.sign(&self.signing_bytes()).to_bytes();
+        let signature = crate::signing::sign(key, NODE_RECORD_DOMAIN, &self);
         SignedNodeRecord {
             record: self,
             signature,
@@ -68,12 +66,11 @@ impl NodeRecord {
 impl SignedNodeRecord {
     /// True when the signature by `record.node` holds.
     pub fn verify(&self) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(&self.record.node.0) else {
-            return false;
-        };
-        key.verify_strict(
-            &self.record.signing_bytes(),
-            &Signature::from_bytes(&self.signature),
+        crate::signing::verify(
+            &self.record.node,
+            NODE_RECORD_DOMAIN,
+            &self.record,
+            &self.signature,
         )
         .is_ok()
     }

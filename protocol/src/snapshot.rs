@@ -11,7 +11,7 @@
 use crate::batch::{SignatureError, MAX_ENTRIES_PER_BATCH};
 use crate::codec::{self, DecodeError};
 use crate::locator::{LocatorEntry, NodeId};
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 
 /// Domain-separation prefix of the bytes a snapshot chunk signature covers.
 pub const SNAPSHOT_SIGNATURE_DOMAIN: &[u8] = b"zorgmesh/locator-snapshot/v1\n";
@@ -51,9 +51,7 @@ pub struct SignedSnapshotChunk {
 impl SnapshotChunkBody {
     /// The exact bytes the publisher signs.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        let mut bytes = SNAPSHOT_SIGNATURE_DOMAIN.to_vec();
-        bytes.extend_from_slice(&codec::encode(self));
-        bytes
+        crate::signing::signing_bytes(SNAPSHOT_SIGNATURE_DOMAIN, self)
     }
 
     /// Checks bounds and ordering.
@@ -104,13 +102,12 @@ impl SignedSnapshotChunk {
 
     /// Verifies the publisher's signature.
     pub fn verify(&self) -> Result<(), SignatureError> {
-        let key = VerifyingKey::from_bytes(&self.body.publisher.0)
-            .map_err(|_| SignatureError::BadPublicKey)?;
-        key.verify_strict(
-            &self.body.signing_bytes(),
-            &Signature::from_bytes(&self.signature),
+        crate::signing::verify(
+            &self.body.publisher,
+            SNAPSHOT_SIGNATURE_DOMAIN,
+            &self.body,
+            &self.signature,
         )
-        .map_err(|_| SignatureError::BadSignature)
     }
 }
 
@@ -147,7 +144,7 @@ pub fn cut_snapshot(
                 created_at_ms: now_ms,
                 entries,
             };
-            let signature = key.sign(&body.signing_bytes()).to_bytes();
+            let signature = crate::signing::sign(key, SNAPSHOT_SIGNATURE_DOMAIN, &body);
             SignedSnapshotChunk { body, signature }
         })
         .collect()
