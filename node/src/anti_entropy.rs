@@ -124,11 +124,48 @@ fn install(mesh: &Mesh, announce: &[u8], chunks: &[Vec<u8>], outcome: &mut SyncO
     }
 }
 
+/// Asks each publisher whose stored log copy exceeds `threshold` batches for its snapshot,
+/// so that the copy can be pruned (the publisher compacts its own log at the same size).
+pub async fn prune_copies(mesh: &Mesh, data_plane: &DataPlane, threshold: u64) {
+    let peers = mesh.peers();
+    for publisher in mesh.oversized_copies(threshold) {
+        let Some((_, name, address)) = peers.iter().find(|(id, _, _)| *id == publisher) else {
+            continue;
+        };
+        let Ok(addr) = crate::data_plane::resolve_address(address).await else {
+            continue;
+        };
+        let range = zorgmesh_protocol::sync::RangeRequest {
+            publisher,
+            from: 1,
+            limit: 1,
+        };
+        let Ok(frames) = data_plane.batches(publisher, name, addr, range).await else {
+            continue;
+        };
+        let mut announce = Vec::new();
+        let mut chunks = Vec::new();
+        for frame in frames {
+            match frame {
+                FetchFrame::Snapshot { bytes } => chunks.push(bytes),
+                FetchFrame::Message { bytes } if chunks.is_empty() => announce = bytes,
+                _ => {}
+            }
+        }
+        if !chunks.is_empty() {
+            if let Err(reason) = mesh.install_snapshot(&announce, &chunks) {
+                tracing::warn!(publisher = %name, reason = %reason, "snapshot for pruning refused");
+            }
+        }
+    }
+}
+
 /// Runs anti-entropy every `interval` and whenever nudged, until `shutdown`.
 pub async fn run(
     mesh: Arc<Mesh>,
     data_plane: DataPlane,
     interval: Duration,
+    prune_threshold: u64,
     mut nudges: mpsc::Receiver<Option<NodeId>>,
     stats: Arc<SyncStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -138,7 +175,10 @@ pub async fn run(
     loop {
         let wanted = tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick() => None,
+            _ = tick.tick() => {
+                prune_copies(&mesh, &data_plane, prune_threshold).await;
+                None
+            }
             nudge = nudges.recv() => match nudge {
                 None => break,
                 Some(peer) => peer,

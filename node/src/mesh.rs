@@ -416,12 +416,26 @@ impl Mesh {
             .index()
             .install_snapshot(&decoded, now_ms)
             .map_err(|e| e.to_string())?;
+        // Keep the snapshot (to serve it, and so that stored copies of the batches it covers
+        // can go) unless an equal or newer one is kept already.
+        let kept = self
+            .storage
+            .remote_snapshot(&publisher.0)
+            .map_err(|e| e.to_string())?
+            .and_then(|(_, chunks)| {
+                chunks
+                    .first()
+                    .and_then(|c| SignedSnapshotChunk::from_bytes(c).ok())
+            })
+            .map_or(0, |c| c.body.sequence);
+        if sequence > kept {
+            self.storage
+                .store_remote_snapshot(&publisher.0, announce, chunks, sequence)
+                .map_err(|e| e.to_string())?;
+        }
         match outcome {
             SnapshotOutcome::Stale => Ok(0),
             SnapshotOutcome::Installed { .. } => {
-                self.storage
-                    .store_remote_snapshot(&publisher.0, announce, chunks, sequence)
-                    .map_err(|e| e.to_string())?;
                 Ok(decoded.iter().map(|c| c.body.entries.len()).sum())
             }
         }
@@ -479,6 +493,33 @@ impl Mesh {
     /// The data-plane address the index holds for a node.
     pub fn data_address(&self, node: &NodeId) -> Option<String> {
         self.index().data_address(node).map(str::to_owned)
+    }
+
+    /// Publishers whose stored log copy holds more than `threshold` batches.
+    pub fn oversized_copies(&self, threshold: u64) -> Vec<NodeId> {
+        let heads = self.heads();
+        heads
+            .into_iter()
+            .filter(|(publisher, _)| *publisher != self.own)
+            .filter(|(publisher, head)| {
+                self.storage
+                    .oldest_remote_sequence(&publisher.0)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|oldest| head.saturating_sub(oldest) + 1 > threshold)
+            })
+            .map(|(publisher, _)| publisher)
+            .collect()
+    }
+
+    /// Stored batches of a remote publisher's log (between the oldest kept and the head).
+    pub fn remote_log_len(&self, publisher: &NodeId) -> u64 {
+        let head = self.heads().get(publisher).copied().unwrap_or(0);
+        self.storage
+            .oldest_remote_sequence(&publisher.0)
+            .ok()
+            .flatten()
+            .map_or(0, |oldest| head.saturating_sub(oldest) + 1)
     }
 
     /// Own batches kept in the log (not yet compacted).

@@ -294,6 +294,7 @@ impl RunningNode {
             mesh.clone(),
             data_plane.clone(),
             Duration::from_millis(config.sync.interval_ms),
+            config.publishing.compact_after_batches as u64,
             sync_nudges,
             sync_stats.clone(),
             shutdown_rx.clone(),

@@ -3,7 +3,7 @@
 //! replay what a node missed). The periodic sync interval is 10 minutes here, so what these
 //! tests see is the event-driven sync: at start, on a gap, on a new publisher.
 
-use zorgmesh_tests::{created_patient_id, patient_bundle, summarise, TestMesh};
+use zorgmesh_tests::{created_patient_id, patient_bundle, summarise, wait_until, TestMesh};
 
 const NODES: &[(&str, &str)] = &[
     ("noord-a", "noord"),
@@ -176,5 +176,43 @@ async fn a_compacted_log_is_synced_from_its_snapshot_and_continues_after_a_resta
             node.name()
         );
     }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peers_prune_their_copies_of_a_compacted_log_and_serve_its_snapshot() {
+    let mut mesh = TestMesh::start_first("synctest", NODES, 0).await.unwrap();
+    mesh.compact_after_batches = 2;
+    mesh.sync_interval_ms = 200;
+    mesh.start_node(0).await.unwrap();
+    mesh.start_node(1).await.unwrap();
+    for (i, bsn) in BSNS.iter().enumerate() {
+        mesh.post_bundle(0, &patient_bundle(bsn, "compacting", 1))
+            .await
+            .unwrap();
+        mesh.wait_for_entries(i + 1).await.unwrap();
+    }
+    let publisher = mesh.node(0).identity.node;
+    // Node 1 got every batch by gossip; its copy shrinks once it fetched the snapshot.
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || mesh
+            .node(1)
+            .mesh
+            .remote_log_len(&publisher)
+            <= 2)
+        .await,
+        "copy not pruned: {} batches",
+        mesh.node(1).mesh.remote_log_len(&publisher)
+    );
+    assert_eq!(mesh.node(1).mesh.live_entries(), BSNS.len());
+
+    // With the publisher down, a newcomer gets its entries from node 1's kept snapshot.
+    mesh.stop(0).await;
+    mesh.start_node(2).await.unwrap();
+    mesh.wait_for_entries(BSNS.len()).await.unwrap();
+    assert_eq!(
+        mesh.node(2).mesh.heads().get(&publisher),
+        mesh.node(1).mesh.heads().get(&publisher)
+    );
     mesh.shutdown().await;
 }
