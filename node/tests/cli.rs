@@ -278,3 +278,48 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
         .collect();
     assert!(origins.contains(&"umcg"), "{dossier}");
 }
+
+#[test]
+fn node_run_names_what_is_wrong_with_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = failed(&zorgmesh(&[
+        "node",
+        "run",
+        "--config",
+        s(&dir.path().join("missing.toml")),
+    ]));
+    assert!(err.contains("cannot read config"), "{err}");
+
+    let base = "name = \"umcg\"\n[trust]\nca_certificate = \"ca.crt\"\nnode_certificate = \"node.crt\"\nnode_key = \"node.key\"\nlocator_key = \"locator.key\"\n";
+    let write = |text: &str| {
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let err = failed(&zorgmesh(&[
+        "node",
+        "run",
+        "--config",
+        s(&write(&format!("colour = \"blue\"\n{base}"))),
+    ]));
+    assert!(err.contains("colour"), "{err}");
+    let err = failed(&zorgmesh(&[
+        "node",
+        "run",
+        "--config",
+        s(&write(&format!(
+            "{base}[publishing]\nbatch_max_entries = 0\n"
+        ))),
+    ]));
+    assert!(err.contains("publishing.batch_max_entries"), "{err}");
+    let err = failed(&zorgmesh(&[
+        "node",
+        "run",
+        "--config",
+        s(&write(&format!("data_listen = \"0.0.0.0:7000\"\n{base}"))),
+    ]));
+    assert!(err.contains("data_advertise"), "{err}");
+    // Valid config, missing trust material: the file is named.
+    let err = failed(&zorgmesh(&["node", "run", "--config", s(&write(base))]));
+    assert!(err.contains("ca.crt"), "{err}");
+}

@@ -185,6 +185,16 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     assert_outcome(status, &body, 400);
     let (status, _, body) = send(&mesh, Method::POST, "Patient", Some(json!([1, 2])), &[]).await;
     assert_outcome(status, &body, 400);
+    let bad_bsn = json!({"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "123456789"}]});
+    let (status, _, body) = send(&mesh, Method::POST, "Patient", Some(bad_bsn), &[]).await;
+    assert_outcome(status, &body, 400);
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("11-proef"),
+        "{body}"
+    );
     let (status, _, body) = send(&mesh, Method::GET, "NotAType/1", None, &[]).await;
     assert_outcome(status, &body, 404);
     let (status, _, body) = send(

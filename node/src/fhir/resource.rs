@@ -210,7 +210,35 @@ pub fn check_resource(value: &Value, expected_type: Option<&str>) -> Result<Stri
             .ok_or_else(|| FhirError::invalid("id must be a string"))?;
         check_id(id)?;
     }
+    if resource_type == "Patient" {
+        check_bsn_identifiers(value)?;
+    }
     Ok(resource_type.to_owned())
+}
+
+/// A Patient's BSN identifiers must be real BSNs: a wrong one would be stored but could never
+/// be found on the mesh, so it is refused with the reason.
+fn check_bsn_identifiers(patient: &Value) -> Result<(), FhirError> {
+    let Some(identifiers) = patient.get("identifier").and_then(Value::as_array) else {
+        return Ok(());
+    };
+    for (i, identifier) in identifiers.iter().enumerate() {
+        if identifier.get("system").and_then(Value::as_str)
+            != Some(zorgmesh_protocol::patient::BSN_SYSTEM)
+        {
+            continue;
+        }
+        let value = identifier
+            .get("value")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        zorgmesh_protocol::Bsn::parse(value).map_err(|e| {
+            FhirError::invalid(format!(
+                "Patient.identifier[{i}]: {value:?} is not a valid BSN: {e}"
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Formats ms since the epoch as a FHIR instant (UTC, milliseconds).
