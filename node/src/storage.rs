@@ -420,6 +420,31 @@ impl Storage {
             .transpose()
     }
 
+    /// Every version of a resource, oldest first.
+    pub fn history(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Vec<VersionRecord>, StorageError> {
+        let prefix = [
+            b"h\0",
+            resource_type.as_bytes(),
+            &[SEP],
+            id.as_bytes(),
+            &[SEP],
+        ]
+        .concat();
+        let mut out = Vec::new();
+        for item in self.fhir.scan_prefix(&prefix) {
+            let (key, bytes) = item?;
+            // Only this id: the version suffix is exactly 8 bytes.
+            if key.len() == prefix.len() + 8 {
+                out.push(decode_record(&key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Current, not deleted resources of a type, in id order, with their update times.
     pub fn scan_type(
         &self,

@@ -120,6 +120,22 @@ async fn crud_versions_and_etags() {
 
     let (status, _, _) = send(&mesh, Method::DELETE, &format!("Patient/{id}"), None, &[]).await;
     assert_eq!(status, 204);
+    let (status, _, history) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}/_history"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(history["type"], "history");
+    assert_eq!(history["total"], 3, "create, update, delete: {history}");
+    assert_eq!(history["entry"][0]["request"]["method"], "DELETE");
+    assert_eq!(
+        history["entry"][2]["resource"]["name"][0]["family"],
+        "Jansen"
+    );
     let (status, _, body) = send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
     assert_outcome(status, &body, 410);
     let (status, _, body) = send(&mesh, Method::GET, "Patient/does-not-exist", None, &[]).await;

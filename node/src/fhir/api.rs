@@ -278,10 +278,10 @@ async fn instance_operation(
             }
             Err(e) => e.into_response(),
         },
-        (_, "_history") => {
-            FhirError::not_supported("instance history is not supported yet; use vread")
-                .into_response()
-        }
+        (_, "_history") => match state.fhir.history(&resource_type, &id, &state.base) {
+            Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+            Err(e) => e.into_response(),
+        },
         _ => FhirError::not_found(format!(
             "operation {operation:?} is not known on {resource_type}"
         ))
@@ -328,10 +328,10 @@ fn capability_statement(state: &ApiState) -> Value {
             let mut resource = json!({
                 "type": t,
                 "versioning": "versioned",
-                "readHistory": false,
+                "readHistory": true,
                 "updateCreate": true,
                 "interaction": [
-                    {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                    {"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "update"},
                     {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "searchParam": [

@@ -175,6 +175,48 @@ impl FhirService {
         everything_in(&self.storage, patient_ids)
     }
 
+    /// `GET /{type}/{id}/_history`: every version, newest first, as a history Bundle.
+    pub fn history(&self, resource_type: &str, id: &str, base: &str) -> Result<Value, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        let versions = self.storage.history(resource_type, id)?;
+        if versions.is_empty() {
+            return Err(FhirError::not_found(format!(
+                "{resource_type}/{id} does not exist"
+            )));
+        }
+        let entries: Vec<Value> = versions
+            .iter()
+            .rev()
+            .map(|v| {
+                let (method, status) = match (v.deleted, v.version) {
+                    (true, _) => ("DELETE", "204 No Content"),
+                    (false, 1) => ("PUT", "201 Created"),
+                    (false, _) => ("PUT", "200 OK"),
+                };
+                let mut entry = serde_json::json!({
+                    "fullUrl": format!("{base}/{resource_type}/{id}"),
+                    "request": {"method": method, "url": format!("{resource_type}/{id}")},
+                    "response": {
+                        "status": status,
+                        "etag": format!("W/\"{}\"", v.version),
+                        "lastModified": resource::instant(v.last_updated_ms),
+                    },
+                });
+                if let Some(resource) = &v.resource {
+                    entry["resource"] = resource.clone();
+                }
+                entry
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": entries.len(),
+            "entry": entries,
+        }))
+    }
+
     /// `GET /Patient/{id}/$everything`.
     pub fn everything(&self, patient_id: &str) -> Result<Vec<Value>, FhirError> {
         check_id(patient_id)?;
