@@ -146,8 +146,12 @@ impl Publisher {
                 let now = crate::fhir::service::now_ms();
                 let batch = self.inner.log.lock().await.poll(now, &self.inner.key);
                 let Some(batch) = batch else { break };
-                let covered: Vec<PatientKey> =
-                    batch.body.entries.iter().map(|e| e.patient).collect();
+                let covered: Vec<(PatientKey, u64)> = batch
+                    .body
+                    .entries
+                    .iter()
+                    .map(|e| (e.patient, e.updated_at_ms))
+                    .collect();
                 if let Err(e) = self
                     .inner
                     .storage
@@ -172,7 +176,12 @@ impl Publisher {
         let now = crate::fhir::service::now_ms();
         let batch = self.inner.log.lock().await.flush(now, &self.inner.key);
         if let Some(batch) = batch {
-            let covered: Vec<PatientKey> = batch.body.entries.iter().map(|e| e.patient).collect();
+            let covered: Vec<(PatientKey, u64)> = batch
+                .body
+                .entries
+                .iter()
+                .map(|e| (e.patient, e.updated_at_ms))
+                .collect();
             if self
                 .inner
                 .storage

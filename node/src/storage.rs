@@ -223,7 +223,9 @@ impl WriteTransaction<'_> {
     fn mark_dirty(&mut self, patient_id: Option<&str>) -> Result<(), StorageError> {
         if let Some(pid) = patient_id {
             if let Some(key) = self.patient_key_of(pid)? {
-                self.set(dirty_key(&key), Vec::new());
+                // The mark holds the write time, so that a batch computed before this write
+                // does not clear it (see `append_own_batch`).
+                self.set(dirty_key(&key), self.now_ms.to_be_bytes().to_vec());
                 self.dirty.insert(key);
             }
         }
@@ -524,22 +526,33 @@ impl Storage {
         Ok(out)
     }
 
-    /// Persists one of this node's own signed batches and clears the dirty marks of the
-    /// patients it covers, atomically with respect to a crash: the batch is durable before
-    /// it is published.
+    /// Persists one of this node's own signed batches (durable before it is published) and
+    /// clears the dirty marks it settles: `covered` holds each patient and the time its
+    /// entry in the batch was computed.
     pub async fn append_own_batch(
         &self,
         sequence: u64,
         bytes: &[u8],
-        covered: &[PatientKey],
+        covered: &[(PatientKey, u64)],
     ) -> Result<(), StorageError> {
         self.own_log.insert(sequence.to_be_bytes(), bytes)?;
         self.db.flush_async().await?;
-        let mut batch = sled::Batch::default();
-        for key in covered {
-            batch.remove(dirty_key(key));
+        // Clear a patient's mark only if it is older than the entry the batch carries: a
+        // write after the entry was computed keeps its mark, so a crash before the next
+        // batch re-stages it at start. Compare-and-swap keeps a concurrent write's mark.
+        for (key, entry_time) in covered {
+            let dirty = dirty_key(key);
+            if let Some(mark) = self.fhir.get(&dirty)? {
+                let written = <[u8; 8]>::try_from(&mark[..])
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if written < *entry_time {
+                    let _ = self
+                        .fhir
+                        .compare_and_swap(&dirty, Some(mark), None::<&[u8]>)?;
+                }
+            }
         }
-        self.fhir.apply_batch(batch)?;
         Ok(())
     }
 
@@ -736,6 +749,36 @@ impl Storage {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_batch_clears_only_dirty_marks_older_than_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path(), LocatorKey::from_bytes([3; 32])).unwrap();
+        let patient = json!({"resourceType": "Patient", "id": "p",
+            "identifier": [{"system": zorgmesh_protocol::patient::BSN_SYSTEM, "value": "999911120"}]});
+        let ((), dirty) = storage
+            .write(1_000, |tx| {
+                tx.put("Patient", "p", patient.clone()).map(|_| ())
+            })
+            .await
+            .unwrap();
+        let key = *dirty
+            .iter()
+            .next()
+            .expect("the Patient with a BSN is dirty");
+        // An entry computed before the write (older) leaves the mark ...
+        storage
+            .append_own_batch(1, b"batch-1", &[(key, 999)])
+            .await
+            .unwrap();
+        assert_eq!(storage.dirty_patient_keys().unwrap(), vec![key]);
+        // ... one computed after it clears it.
+        storage
+            .append_own_batch(2, b"batch-2", &[(key, 1_001)])
+            .await
+            .unwrap();
+        assert!(storage.dirty_patient_keys().unwrap().is_empty());
+    }
 
     #[test]
     fn compartment_follows_subject_patient_and_beneficiary() {
