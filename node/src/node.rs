@@ -58,7 +58,7 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
-fn open_storage(
+async fn open_storage(
     config: &NodeConfig,
     locator_key: zorgmesh_protocol::LocatorKey,
 ) -> anyhow::Result<Storage> {
@@ -68,7 +68,7 @@ fn open_storage(
         match Storage::open(&config.data_dir, locator_key.clone()) {
             Ok(storage) => return Ok(storage),
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => {
                 return Err(e).with_context(|| {
@@ -153,7 +153,7 @@ impl RunningNode {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-        let storage = Arc::new(open_storage(&config, locator_key.clone())?);
+        let storage = Arc::new(open_storage(&config, locator_key.clone()).await?);
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
