@@ -6,7 +6,7 @@ use ed25519_dalek::SigningKey;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use zorgmesh_protocol::LocatorKey;
+use zorgmesh_protocol::oprf::{KeyShare, SignedEvaluatorSet};
 
 /// Why trust material could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -114,23 +114,57 @@ pub fn read_certificate(path: &Path) -> Result<Vec<u8>, FileError> {
     Ok(parsed.into_contents())
 }
 
-/// Writes the network locator key as hex, owner-only.
-pub fn write_locator_key(path: &Path, key: &LocatorKey) -> Result<(), FileError> {
-    write_private_file(
-        path,
-        format!("{}\n", hex::encode(key.as_bytes())).as_bytes(),
-    )
+/// PEM tag of a signed evaluator set.
+pub const EVALUATOR_SET_PEM_TAG: &str = "ZORGMESH EVALUATOR SET";
+/// PEM tag of an evaluator's OPRF key share.
+pub const KEY_SHARE_PEM_TAG: &str = "ZORGMESH OPRF KEY SHARE";
+
+fn read_pem(path: &Path, tag: &str) -> Result<Vec<u8>, FileError> {
+    let text = std::fs::read(path).map_err(io(path))?;
+    let parsed = pem::parse(&text).map_err(|e| format_err(path, format!("not a PEM file: {e}")))?;
+    if parsed.tag() != tag {
+        return Err(format_err(
+            path,
+            format!("holds a {:?}, not a {tag}", parsed.tag()),
+        ));
+    }
+    Ok(parsed.into_contents())
 }
 
-/// Reads the network locator key (64 hex characters).
-pub fn read_locator_key(path: &Path) -> Result<LocatorKey, FileError> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|_| format_err(path, "locator key must be 64 hex characters"))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| format_err(path, "locator key must be 32 bytes (64 hex characters)"))?;
-    Ok(LocatorKey::from_bytes(bytes))
+/// Writes the CA-signed evaluator set (public: every node needs it) as PEM.
+pub fn write_evaluator_set(path: &Path, set: &SignedEvaluatorSet) -> Result<(), FileError> {
+    let text = pem::encode(&pem::Pem::new(EVALUATOR_SET_PEM_TAG, set.to_bytes()));
+    write_public_file(path, text.as_bytes())
+}
+
+/// Reads a signed evaluator set (verify it with [`SignedEvaluatorSet::verify`]).
+pub fn read_evaluator_set(path: &Path) -> Result<SignedEvaluatorSet, FileError> {
+    let bytes = read_pem(path, EVALUATOR_SET_PEM_TAG)?;
+    SignedEvaluatorSet::from_bytes(&bytes)
+        .map_err(|e| format_err(path, format!("not an evaluator set: {e}")))
+}
+
+/// Writes an evaluator's key share, owner-only: PEM whose content is the share index
+/// (`u16` big-endian) followed by the 32-byte scalar.
+pub fn write_key_share(path: &Path, share: &KeyShare) -> Result<(), FileError> {
+    let mut content = share.index().to_be_bytes().to_vec();
+    content.extend_from_slice(&share.secret_bytes());
+    let text = pem::encode(&pem::Pem::new(KEY_SHARE_PEM_TAG, content));
+    write_private_file(path, text.as_bytes())
+}
+
+/// Reads an evaluator's key share.
+pub fn read_key_share(path: &Path) -> Result<KeyShare, FileError> {
+    let bytes = read_pem(path, KEY_SHARE_PEM_TAG)?;
+    if bytes.len() != 34 {
+        return Err(format_err(
+            path,
+            "a key share is 34 bytes (index and scalar)",
+        ));
+    }
+    let index = u16::from_be_bytes([bytes[0], bytes[1]]);
+    let secret: [u8; 32] = bytes[2..].try_into().expect("34 - 2");
+    KeyShare::from_parts(index, &secret).map_err(|e| format_err(path, e.to_string()))
 }
 
 /// The files of a network's trust material in one directory.
@@ -140,8 +174,12 @@ pub struct CaFiles {
     pub certificate: PathBuf,
     /// `ca.key`: the CA's private key; only the operator that issues certificates needs it.
     pub key: PathBuf,
-    /// `locator.key`: the network locator key every node needs.
-    pub locator_key: PathBuf,
+    /// `evaluators.pem`: the CA-signed evaluator set (threshold, evaluators, commitments)
+    /// every node needs.
+    pub evaluator_set: PathBuf,
+    /// `shares/`: evaluators' key shares not yet handed out. `certs issue` moves an
+    /// evaluator's share to it; once every evaluator has its share this is empty.
+    pub pending_shares: PathBuf,
 }
 
 impl CaFiles {
@@ -150,13 +188,14 @@ impl CaFiles {
         Self {
             certificate: dir.join("ca.crt"),
             key: dir.join("ca.key"),
-            locator_key: dir.join("locator.key"),
+            evaluator_set: dir.join("evaluators.pem"),
+            pending_shares: dir.join("shares"),
         }
     }
 
     /// Fails if any of the files exists.
     pub fn ensure_absent(&self) -> Result<(), FileError> {
-        for path in [&self.certificate, &self.key, &self.locator_key] {
+        for path in [&self.certificate, &self.key, &self.evaluator_set] {
             if path.exists() {
                 return Err(FileError::Exists(path.clone()));
             }
@@ -164,15 +203,40 @@ impl CaFiles {
         Ok(())
     }
 
-    /// Writes the CA and locator key.
+    /// Writes the CA, the signed evaluator set and the evaluators' pending shares.
     pub fn write(
         &self,
         ca: &crate::CertificateAuthority,
-        locator_key: &LocatorKey,
+        evaluators: &crate::EvaluatorKeys,
     ) -> Result<(), FileError> {
         write_signing_key(&self.key, ca.key())?;
         write_certificate(&self.certificate, ca.certificate_der())?;
-        write_locator_key(&self.locator_key, locator_key)
+        write_evaluator_set(&self.evaluator_set, &evaluators.set)?;
+        for (name, share) in &evaluators.shares {
+            write_key_share(&self.pending_share(name), share)?;
+        }
+        Ok(())
+    }
+
+    /// Where the not yet issued share of evaluator `name` waits.
+    pub fn pending_share(&self, name: &str) -> PathBuf {
+        self.pending_shares.join(format!("{name}.share"))
+    }
+
+    /// Moves evaluator `name`'s pending share to `to` (owner-only) and deletes it here.
+    /// Returns false when no share waits for `name`.
+    pub fn hand_out_share(&self, name: &str, to: &Path) -> Result<bool, FileError> {
+        let from = self.pending_share(name);
+        if !from.exists() {
+            return Ok(false);
+        }
+        if to.exists() {
+            return Err(FileError::Exists(to.to_owned()));
+        }
+        let share = read_key_share(&from)?;
+        write_key_share(to, &share)?;
+        std::fs::remove_file(&from).map_err(io(&from))?;
+        Ok(true)
     }
 
     /// Loads the CA (key and certificate).

@@ -5,21 +5,26 @@
 //! - the **trust anchor**: a self-signed ed25519 CA certificate for one network;
 //! - **node certificates** (X.509) that bind a node's ed25519 key to its name, organisation
 //!   (URA and name), region and role, carried in a zorgmesh identity extension;
-//! - the network **locator key**, under which BSNs become patient keys.
+//! - the **evaluator set**: the CA-signed description of the network's threshold OPRF key
+//!   (threshold, evaluator nodes, Feldman commitments) and the evaluators' **key shares**.
+//!   No file anywhere holds the whole key: the CA deals the shares once and keeps none.
 //!
 //! One ed25519 key per node is its libp2p identity, its TLS identity and its batch-signing
 //! key. [`TrustAnchor::verify_node_certificate`] is the one place that decides whether a
 //! certificate belongs to this network.
 
 mod authority;
+mod evaluators;
 mod files;
 mod identity;
 mod verify;
 
 pub use authority::{CertificateAuthority, IssuedNode};
+pub use evaluators::{deal_evaluator_keys, EvaluatorKeys};
 pub use files::{
-    read_certificate, read_locator_key, read_signing_key, write_certificate, write_locator_key,
-    write_private_file, write_signing_key, CaFiles, FileError, NodeFiles,
+    read_certificate, read_evaluator_set, read_key_share, read_signing_key, write_certificate,
+    write_evaluator_set, write_key_share, write_private_file, write_signing_key, CaFiles,
+    FileError, NodeFiles,
 };
 pub use identity::{NodeIdentity, IDENTITY_EXTENSION_OID};
 pub use verify::{CertError, TrustAnchor, VerifiedNode};

@@ -152,24 +152,52 @@ fn garbage_is_a_clear_error() {
 }
 
 #[test]
-fn key_files_are_owner_only_and_round_trip() {
+fn key_files_are_owner_only_and_shares_leave_the_ca_when_issued() {
     let dir = tempfile::tempdir().unwrap();
     let files = CaFiles::in_dir(dir.path());
     let ca = ca(1, "testnet");
-    let locator = zorgmesh_protocol::LocatorKey::from_bytes([9; 32]);
-    files.write(&ca, &locator).unwrap();
-    for path in [&files.key, &files.locator_key] {
-        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let names = vec![
+        "umcg".to_owned(),
+        "erasmusmc".to_owned(),
+        "radboud".to_owned(),
+    ];
+    let keys = zorgmesh_certs::deal_evaluator_keys(&ca, &names, 2, 0).unwrap();
+    files.write(&ca, &keys).unwrap();
+    for path in [files.key.clone(), files.pending_share("umcg")] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", path.display());
     }
     assert!(files.ensure_absent().is_err());
     let loaded = files.load_authority().unwrap();
     assert_eq!(loaded.certificate_der(), ca.certificate_der());
-    assert_eq!(
-        zorgmesh_certs::read_locator_key(&files.locator_key).unwrap(),
-        locator
-    );
-    std::fs::write(&files.locator_key, "zz").unwrap();
-    let err = zorgmesh_certs::read_locator_key(&files.locator_key).unwrap_err();
-    assert!(err.to_string().contains("64 hex"), "{err}");
+
+    // The set verifies under this CA only, and each share belongs to it.
+    let signed = zorgmesh_certs::read_evaluator_set(&files.evaluator_set).unwrap();
+    let anchor = zorgmesh_certs::TrustAnchor::from_der(ca.certificate_der()).unwrap();
+    let set = signed.verify(&anchor.public_key(), "testnet").unwrap();
+    assert_eq!(set.threshold(), 2);
+    let other = super_ca_public_key();
+    assert!(signed.verify(&other, "testnet").is_err());
+    assert!(signed.verify(&anchor.public_key(), "othernet").is_err());
+
+    // Issuing moves the share to the node; none is left behind.
+    let node_dir = tempfile::tempdir().unwrap();
+    let to = node_dir.path().join("umcg.share");
+    assert!(files.hand_out_share("umcg", &to).unwrap());
+    assert!(!files.pending_share("umcg").exists());
+    assert!(!files
+        .hand_out_share("umcg", &node_dir.path().join("again.share"))
+        .unwrap());
+    let share = zorgmesh_certs::read_key_share(&to).unwrap();
+    assert_eq!(share.index(), 1);
+    assert!(share.matches(&set));
+    std::fs::write(&to, "zz").unwrap();
+    assert!(zorgmesh_certs::read_key_share(&to).is_err());
+}
+
+fn super_ca_public_key() -> [u8; 32] {
+    let other = ca(2, "testnet");
+    zorgmesh_certs::TrustAnchor::from_der(other.certificate_der())
+        .unwrap()
+        .public_key()
 }

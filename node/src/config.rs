@@ -20,7 +20,8 @@
 //! ca_certificate = "ca.crt"
 //! node_certificate = "node.crt"
 //! node_key = "node.key"
-//! locator_key = "locator.key"
+//! evaluator_set = "evaluators.pem"   # the CA-signed threshold-OPRF evaluator set
+//! # oprf_share = "node.share"        # only on evaluator nodes: this node's key share
 //!
 //! [publishing]
 //! batch_max_entries = 1024   # cut a batch at this many patients
@@ -32,6 +33,14 @@
 //!
 //! [sync]
 //! interval_ms = 10000        # compare the index with a random peer this often
+//!
+//! [keys]
+//! evaluator_timeout_ms = 3000   # per-evaluator deadline when deriving patient keys
+//!
+//! [evaluator]                 # only used on evaluator nodes
+//! keys_per_second = 20        # sustained patient keys per requesting node
+//! burst = 1024                # short bursts above the sustained rate
+//! initial_load = 250000       # one-time allowance per requesting node (a holder's first load)
 //! ```
 
 use anyhow::Context;
@@ -75,6 +84,71 @@ pub struct NodeConfig {
     /// Index anti-entropy.
     #[serde(default)]
     pub sync: SyncConfig,
+    /// Patient-key derivation (the OPRF client).
+    #[serde(default)]
+    pub keys: KeysConfig,
+    /// Serving partial evaluations (evaluator nodes only).
+    #[serde(default)]
+    pub evaluator: EvaluatorConfig,
+}
+
+/// Patient-key derivation settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Deadline for one evaluator's answer (ms); the next evaluator is asked after it.
+    #[serde(default = "default_evaluator_timeout")]
+    pub evaluator_timeout_ms: u64,
+}
+
+fn default_evaluator_timeout() -> u64 {
+    3000
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            evaluator_timeout_ms: default_evaluator_timeout(),
+        }
+    }
+}
+
+/// Rate limits of an evaluator, per requesting node: a token bucket of `burst` keys refilled
+/// at `keys_per_second`, plus a one-time `initial_load` allowance for a holder's first load.
+/// An enumeration attempt therefore runs at `keys_per_second` after the allowance: at 20/s,
+/// the 90.9 million BSNs take 52 days, and every refused request is logged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluatorConfig {
+    /// Sustained keys per second per requesting node.
+    #[serde(default = "default_keys_per_second")]
+    pub keys_per_second: u32,
+    /// Bucket size (keys).
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// One-time allowance per requesting node (keys), used before the bucket.
+    #[serde(default = "default_initial_load")]
+    pub initial_load: u64,
+}
+
+fn default_keys_per_second() -> u32 {
+    20
+}
+fn default_burst() -> u32 {
+    1024
+}
+fn default_initial_load() -> u64 {
+    250_000
+}
+
+impl Default for EvaluatorConfig {
+    fn default() -> Self {
+        Self {
+            keys_per_second: default_keys_per_second(),
+            burst: default_burst(),
+            initial_load: default_initial_load(),
+        }
+    }
 }
 
 /// Index anti-entropy settings.
@@ -109,8 +183,11 @@ pub struct TrustConfig {
     pub node_certificate: PathBuf,
     /// This node's ed25519 key (PKCS#8 PEM).
     pub node_key: PathBuf,
-    /// The network locator key (hex).
-    pub locator_key: PathBuf,
+    /// The CA-signed evaluator set of the network's threshold OPRF key (PEM).
+    pub evaluator_set: PathBuf,
+    /// This node's share of the OPRF key (PEM, owner-only); only on evaluator nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oprf_share: Option<PathBuf>,
 }
 
 /// How locator entries are batched.
@@ -201,10 +278,15 @@ impl NodeConfig {
             &mut self.trust.ca_certificate,
             &mut self.trust.node_certificate,
             &mut self.trust.node_key,
-            &mut self.trust.locator_key,
+            &mut self.trust.evaluator_set,
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(share) = &mut self.trust.oprf_share {
+            if share.is_relative() {
+                *share = base.join(&*share);
             }
         }
     }
@@ -231,6 +313,18 @@ impl NodeConfig {
         }
         if !(100..=3_600_000).contains(&self.sync.interval_ms) {
             anyhow::bail!("sync.interval_ms must be between 100 and 3600000");
+        }
+        if !(100..=60_000).contains(&self.keys.evaluator_timeout_ms) {
+            anyhow::bail!("keys.evaluator_timeout_ms must be between 100 and 60000");
+        }
+        if self.evaluator.keys_per_second == 0 || self.evaluator.burst == 0 {
+            anyhow::bail!("evaluator.keys_per_second and evaluator.burst must be at least 1");
+        }
+        if (self.evaluator.burst as usize) < zorgmesh_protocol::oprf::MAX_ELEMENTS_PER_REQUEST {
+            anyhow::bail!(
+                "evaluator.burst must be at least {} (one full request)",
+                zorgmesh_protocol::oprf::MAX_ELEMENTS_PER_REQUEST
+            );
         }
         if let Some(advertise) = &self.data_advertise {
             let port_ok = advertise.rsplit_once(':').is_some_and(|(host, port)| {

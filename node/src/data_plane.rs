@@ -19,10 +19,14 @@ use zorgmesh_protocol::fetch::{
     frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES,
     MAX_REQUEST_BYTES, MAX_RESOURCES_PER_RESPONSE,
 };
+use zorgmesh_protocol::oprf::{EvaluationRequest, PartialEvaluation};
 use zorgmesh_protocol::sync::{
     heads_digest, heads_vector, PublisherHead, RangeRequest, MAX_BATCHES_PER_REQUEST, MAX_HEADS,
 };
 use zorgmesh_protocol::{NodeId, PatientKey};
+
+/// The evaluator this node runs, if it holds an OPRF key share.
+pub type MaybeEvaluator = Option<Arc<crate::pseudonym::evaluator::Evaluator>>;
 
 /// Connections the server serves at once.
 const MAX_CONNECTIONS: usize = 512;
@@ -226,6 +230,7 @@ impl DataPlane {
         self,
         fhir: FhirService,
         mesh: Arc<Mesh>,
+        evaluator: MaybeEvaluator,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -246,9 +251,10 @@ impl DataPlane {
             let fhir = fhir.clone();
             let anchor = self.anchor.clone();
             let mesh = mesh.clone();
+            let evaluator = evaluator.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve_connection(incoming, fhir, mesh, anchor).await {
+                if let Err(e) = serve_connection(incoming, fhir, mesh, evaluator, anchor).await {
                     tracing::debug!(error = %e, "data-plane connection ended");
                 }
             });
@@ -413,6 +419,25 @@ impl DataPlane {
             .collect()
     }
 
+    /// Asks evaluator `peer` for its partial evaluation of `request`.
+    pub async fn evaluate(
+        &self,
+        peer: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        request: EvaluationRequest,
+    ) -> Result<PartialEvaluation, FetchError> {
+        let mut frames = self
+            .request(peer, name, addr, &FetchRequest::Evaluate(request))
+            .await?;
+        match frames.pop() {
+            Some(FetchFrame::Evaluated(partial)) if frames.is_empty() => Ok(partial),
+            _ => Err(FetchError::Protocol(
+                "expected one partial-evaluation frame".into(),
+            )),
+        }
+    }
+
     /// The digest of a peer's index heads.
     pub async fn heads_digest(
         &self,
@@ -475,6 +500,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     fhir: FhirService,
     mesh: Arc<Mesh>,
+    evaluator: MaybeEvaluator,
     anchor: TrustAnchor,
 ) -> anyhow::Result<()> {
     let connection = incoming.await?;
@@ -495,9 +521,20 @@ async fn serve_connection(
         };
         let fhir = fhir.clone();
         let mesh = mesh.clone();
+        let evaluator = evaluator.clone();
         let requester = peer.identity.name.clone();
+        let requester_node = peer.node;
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, fhir, mesh, &requester).await {
+            let served = serve_stream(
+                send,
+                recv,
+                fhir,
+                mesh,
+                evaluator,
+                requester_node,
+                &requester,
+            );
+            if let Err(e) = served.await {
                 tracing::debug!(error = %e, requester = %requester, "data-plane stream failed");
             }
         });
@@ -514,6 +551,8 @@ async fn serve_stream(
     mut recv: quinn::RecvStream,
     fhir: FhirService,
     mesh: Arc<Mesh>,
+    evaluator: MaybeEvaluator,
+    requester_node: NodeId,
     requester: &str,
 ) -> anyhow::Result<()> {
     let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
@@ -560,6 +599,33 @@ async fn serve_stream(
                         },
                     )
                     .await?
+                }
+            }
+            send.finish()?;
+            return Ok(());
+        }
+        Ok(FetchRequest::Evaluate(request)) => {
+            let answer = match evaluator {
+                None => Err((
+                    FetchErrorCode::BadRequest,
+                    "this node is not an evaluator".to_owned(),
+                )),
+                Some(evaluator) => {
+                    let name = requester.to_owned();
+                    let now = crate::fhir::service::now_ms();
+                    tokio::task::spawn_blocking(move || {
+                        evaluator.evaluate_for(requester_node, &name, &request, now)
+                    })
+                    .await?
+                }
+            };
+            match answer {
+                Ok(partial) => {
+                    send_frame(&mut send, &FetchFrame::Evaluated(partial)).await?;
+                    send_frame(&mut send, &FetchFrame::End { count: 0 }).await?;
+                }
+                Err((code, message)) => {
+                    send_frame(&mut send, &FetchFrame::Error { code, message }).await?;
                 }
             }
             send.finish()?;

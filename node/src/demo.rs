@@ -133,8 +133,10 @@ fn demo_topology() -> Topology {
                 gossip: loopback_any(),
                 data: loopback_any(),
                 host: None,
+                evaluator: false,
             })
             .collect(),
+        evaluator_threshold: None,
     }
 }
 
@@ -178,7 +180,7 @@ pub async fn start_mesh(
     let mut running: Vec<RunningNode> = Vec::new();
     for node in provisioned {
         let bootstrap = running.iter().map(|r| r.gossip_addr.to_string()).collect();
-        let mut config: NodeConfig = provision::node_config(&node.spec, bootstrap);
+        let mut config: NodeConfig = provision::node_config(&node.spec, bootstrap, node.evaluator);
         config.resolve_paths(&node.dir);
         running.push(
             RunningNode::start(config)

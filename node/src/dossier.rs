@@ -22,7 +22,7 @@ use std::time::Instant;
 use zorgmesh_protocol::index::HolderLocation;
 use zorgmesh_protocol::patient::BSN_SYSTEM;
 use zorgmesh_protocol::resolve::{HolderState, ResolutionPlan};
-use zorgmesh_protocol::{Bsn, LocatorKey, NodeId, PatientKey};
+use zorgmesh_protocol::{Bsn, NodeId, PatientKey};
 
 /// `meta.tag` system naming the node a resource came from.
 pub const ORIGIN_SYSTEM: &str = "urn:zorgmesh:origin-node";
@@ -44,7 +44,7 @@ pub struct DossierResolver {
     pub(crate) mesh: Arc<Mesh>,
     pub(crate) data_plane: DataPlane,
     pub(crate) fhir: FhirService,
-    pub(crate) locator_key: LocatorKey,
+    pub(crate) keys: Arc<crate::pseudonym::PatientKeys>,
     pub(crate) network: String,
     pub(crate) holder_timeout_ms: u64,
 }
@@ -73,9 +73,28 @@ impl DossierResolver {
         }
         let bsn = Bsn::parse(value)
             .map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))?;
-        Ok(self
-            .resolve(PatientKey::derive(&self.locator_key, &bsn))
-            .await)
+        let cached = self
+            .fhir
+            .storage()
+            .cached_patient_key(&bsn)
+            .map_err(|e| FhirError::internal(e.to_string()))?;
+        let key = match cached {
+            Some(key) => key,
+            None => *self
+                .keys
+                .derive(std::slice::from_ref(&bsn))
+                .await
+                .map_err(|e| {
+                    FhirError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "transient",
+                        format!("cannot derive the patient key: {e}"),
+                    )
+                })?
+                .get(&bsn)
+                .ok_or_else(|| FhirError::internal("the evaluators returned no key"))?,
+        };
+        Ok(self.resolve(key).await)
     }
 
     /// Resolves one patient's dossier.

@@ -14,6 +14,7 @@ pub mod gossip;
 pub mod mesh;
 pub mod node;
 pub mod provision;
+pub mod pseudonym;
 pub mod publishing;
 pub mod storage;
 pub mod synth;

@@ -42,14 +42,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum CertsCommand {
-    /// Create a network: CA key and certificate plus the network locator key.
+    /// Create a network: CA key and certificate, and the threshold OPRF key dealt over the
+    /// evaluator nodes (the CA keeps no share once each evaluator is issued).
     Init {
         /// Network name (a DNS label, e.g. "zorgnet").
         #[arg(long)]
         network: String,
-        /// Directory to write ca.crt, ca.key and locator.key into.
+        /// Directory to write ca.crt, ca.key, evaluators.pem and shares/ into.
         #[arg(long)]
         out: PathBuf,
+        /// The evaluator nodes (names, comma separated), e.g. one per region.
+        #[arg(long, value_delimiter = ',', required = true)]
+        evaluators: Vec<String>,
+        /// Partial evaluations needed for a patient key (default: a majority).
+        #[arg(long)]
+        threshold: Option<u16>,
         /// CA validity in days.
         #[arg(long, default_value_t = provision::CA_DAYS)]
         days: i64,
@@ -174,7 +181,13 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Certs(CertsCommand::Init { network, out, days }) => {
+        Command::Certs(CertsCommand::Init {
+            network,
+            out,
+            evaluators,
+            threshold,
+            days,
+        }) => {
             let files = CaFiles::in_dir(&out);
             files.ensure_absent()?;
             let ca = CertificateAuthority::create(
@@ -184,7 +197,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 days,
             )
             .map_err(anyhow::Error::msg)?;
-            files.write(&ca, &provision::new_locator_key())?;
+            let threshold = threshold.unwrap_or(evaluators.len() as u16 / 2 + 1);
+            let keys = zorgmesh_certs::deal_evaluator_keys(
+                &ca,
+                &evaluators,
+                threshold,
+                (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot deal the OPRF key: {e}"))?;
+            files.write(&ca, &keys)?;
             println!("network {network:?} created:");
             println!(
                 "  {}  trust anchor: give it to every node",
@@ -195,8 +216,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 files.key.display()
             );
             println!(
-                "  {}  network locator key: give it to every node (owner-only)",
-                files.locator_key.display()
+                "  {}  evaluator set ({threshold} of {}: {}): give it to every node",
+                files.evaluator_set.display(),
+                evaluators.len(),
+                evaluators.join(", ")
+            );
+            println!(
+                "  {}/  one key share per evaluator: 'certs issue' moves each to its node; none stays here",
+                files.pending_shares.display()
             );
         }
         Command::Certs(CertsCommand::Issue(args)) => {
@@ -233,6 +260,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             write_signing_key(&key_path, &key)?;
             write_certificate(&cert_path, &der)?;
+            let share_path = args.out.join(format!("{}.share", args.name));
+            if files.hand_out_share(&args.name, &share_path)? {
+                println!(
+                    "evaluator {:?}: its OPRF key share is now {} (owner-only) and no longer in {}",
+                    args.name,
+                    share_path.display(),
+                    files.pending_shares.display()
+                );
+            }
             println!(
                 "issued {} for node {:?}, valid {} days; key in {}",
                 cert_path.display(),

@@ -9,17 +9,18 @@ use crate::fhir::api::{router, ApiState};
 use crate::fhir::FhirService;
 use crate::gossip::{self, GossipSettings, GossipStatus};
 use crate::mesh::Mesh;
+use crate::pseudonym::evaluator::Evaluator;
+use crate::pseudonym::PatientKeys;
 use crate::publishing::Publisher;
 use crate::storage::Storage;
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use zorgmesh_certs::{
-    read_certificate, read_locator_key, read_signing_key, TrustAnchor, VerifiedNode,
-};
+use zorgmesh_certs::{read_certificate, read_signing_key, TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::record::NodeRecord;
 use zorgmesh_protocol::{BatchPolicy, NodeId};
@@ -58,14 +59,11 @@ impl std::fmt::Debug for RunningNode {
     }
 }
 
-async fn open_storage(
-    config: &NodeConfig,
-    locator_key: zorgmesh_protocol::LocatorKey,
-) -> anyhow::Result<Storage> {
+async fn open_storage(config: &NodeConfig) -> anyhow::Result<Storage> {
     // A node that was just stopped in this process may still be releasing the lock.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Storage::open(&config.data_dir, locator_key.clone()) {
+        match Storage::open(&config.data_dir) {
             Ok(storage) => return Ok(storage),
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -79,12 +77,24 @@ async fn open_storage(
     }
 }
 
-/// The node's status: index heads per publisher, entry count, gossip and sync counters.
+/// The patient-key side of a node's status.
+pub struct KeyStatus {
+    /// The OPRF client.
+    pub keys: Arc<PatientKeys>,
+    /// Patients waiting for their keys (as last counted by the key deriver).
+    pub pending: Arc<AtomicU64>,
+    /// The evaluator, on evaluator nodes.
+    pub evaluator: Option<Arc<Evaluator>>,
+}
+
+/// The node's status: index heads per publisher, entry count, gossip, sync and patient-key
+/// counters, and on an evaluator its evaluation audit.
 pub fn status_document(
     name: &str,
     mesh: &Mesh,
     gossip: &GossipStatus,
     sync: &SyncStats,
+    keys: &KeyStatus,
 ) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let names: std::collections::HashMap<NodeId, String> = mesh.publishers().into_iter().collect();
@@ -115,6 +125,18 @@ pub fn status_document(
             "batches_applied": sync.batches_applied.load(Relaxed),
             "failures": sync.failures.load(Relaxed),
         },
+        "patient_keys": {
+            "threshold": keys.keys.set().threshold(),
+            "evaluators": keys.keys.set().evaluators().map(|e| e.name.clone()).collect::<Vec<_>>(),
+            "derived": keys.keys.stats.derived.load(Relaxed),
+            "failures": keys.keys.stats.failures.load(Relaxed),
+            "pending_patients": keys.pending.load(Relaxed),
+        },
+        "evaluator": keys.evaluator.as_ref().map(|e| serde_json::json!({
+            "evaluated": e.stats.evaluated.load(Relaxed),
+            "refused": e.stats.refused.load(Relaxed),
+            "audit": e.audit(),
+        })),
     })
 }
 
@@ -132,7 +154,6 @@ impl RunningNode {
         })?;
         let certificate_der = read_certificate(&trust.node_certificate)?;
         let key = read_signing_key(&trust.node_key)?;
-        let locator_key = read_locator_key(&trust.locator_key)?;
         let now = (crate::fhir::service::now_ms() / 1000) as i64;
         let identity = anchor
             .verify_node_certificate(&certificate_der, Some(now))
@@ -153,7 +174,15 @@ impl RunningNode {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
-        let storage = Arc::new(open_storage(&config, locator_key.clone()).await?);
+        let (evaluator_set, own_share) = crate::pseudonym::load_trust(&config, &anchor)?;
+        let storage = Arc::new(open_storage(&config).await?);
+        let evaluator = own_share.map(|share| {
+            Arc::new(Evaluator::new(
+                share,
+                config.evaluator.clone(),
+                storage.clone(),
+            ))
+        });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -287,8 +316,25 @@ impl RunningNode {
         tasks.push(tokio::spawn(data_plane.clone().serve(
             fhir.clone(),
             mesh.clone(),
+            evaluator.clone(),
             shutdown_rx.clone(),
         )));
+        let patient_keys = Arc::new(PatientKeys::new(
+            evaluator_set,
+            config.name.clone(),
+            evaluator.clone(),
+            mesh.clone(),
+            data_plane.clone(),
+            Duration::from_millis(config.keys.evaluator_timeout_ms),
+        ));
+        let pending_keys = Arc::new(AtomicU64::new(0));
+        tasks.push(spawn(Box::pin(crate::pseudonym::run_key_deriver(
+            storage.clone(),
+            publisher.clone(),
+            patient_keys.clone(),
+            pending_keys.clone(),
+            shutdown_rx.clone(),
+        ))));
         let sync_stats = Arc::new(SyncStats::default());
         tasks.push(spawn(Box::pin(crate::anti_entropy::run(
             mesh.clone(),
@@ -313,7 +359,7 @@ impl RunningNode {
                 mesh: mesh.clone(),
                 data_plane,
                 fhir,
-                locator_key,
+                keys: patient_keys.clone(),
                 network: anchor.network().to_owned(),
                 holder_timeout_ms: config.resolve.holder_timeout_ms,
             },
@@ -324,8 +370,13 @@ impl RunningNode {
                 let gossip_status = gossip.status.clone();
                 let sync_stats = sync_stats.clone();
                 let name = config.name.clone();
+                let key_status = KeyStatus {
+                    keys: patient_keys.clone(),
+                    pending: pending_keys.clone(),
+                    evaluator: evaluator.clone(),
+                };
                 std::sync::Arc::new(move || {
-                    status_document(&name, &mesh, &gossip_status, &sync_stats)
+                    status_document(&name, &mesh, &gossip_status, &sync_stats, &key_status)
                 })
             },
         };

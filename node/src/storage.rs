@@ -12,6 +12,14 @@
 //! | `p\0{patient id}` | patient key (32 bytes) of a local Patient with a BSN |
 //! | `k\0{patient key}{patient id}` | reverse: local Patients of a patient key |
 //! | `d\0{patient key}` | the patient's locator entry still has to be published |
+//! | `q\0{patient id}` | the Patient's BSN (digits) still waits for its patient key |
+//! | `b\0{bsn}` | the patient key of a BSN this node holds a Patient for (its own key cache) |
+//!
+//! **Patient keys** come from the evaluators' threshold OPRF, which is a network exchange,
+//! so a write never waits for one: a Patient whose BSN has no cached key gets a `q` mark in
+//! the same atomic write, and [`Storage::assign_patient_keys`] settles the marks later (the
+//! node's key deriver asks the evaluators in batches). Until then its data is stored and
+//! searchable locally but not yet in the mesh index.
 //!
 //! Two more trees hold logs: `own_log` (this node's signed batches by sequence) and
 //! `remote_log` (accepted gossip messages by publisher and sequence).
@@ -25,7 +33,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
-use zorgmesh_protocol::{Bsn, LocatorKey, PatientKey};
+use zorgmesh_protocol::{Bsn, PatientKey};
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +107,12 @@ fn reverse_key(key: &PatientKey, patient_id: &str) -> Vec<u8> {
 fn dirty_key(key: &PatientKey) -> Vec<u8> {
     [b"d\0", &key.0[..]].concat()
 }
+fn pending_key(patient_id: &str) -> Vec<u8> {
+    [b"q\0", patient_id.as_bytes()].concat()
+}
+fn bsn_cache_key(bsn: &Bsn) -> Vec<u8> {
+    [b"b\0", bsn.as_str().as_bytes()].concat()
+}
 
 /// The local patient id a resource belongs to (its patient compartment), if any: the
 /// Patient itself, or the `Patient/{id}` that `subject`, `patient` or `beneficiary` names.
@@ -143,6 +157,23 @@ fn compartment_patient_of(
         .and_then(|res| compartment_patient(resource_type, id, res))
 }
 
+/// The evaluation audit of one requesting node (kept by evaluator nodes).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EvaluationAudit {
+    /// The requester's node id (hex).
+    pub node: String,
+    /// The requester's node name (from its certificate).
+    pub name: String,
+    /// Patient keys evaluated for it.
+    pub granted: u64,
+    /// Patient keys refused (over its rate limit).
+    pub refused: u64,
+    /// Requests.
+    pub requests: u64,
+    /// Time of the last request (ms since the Unix epoch).
+    pub last_ms: u64,
+}
+
 /// The storage of one node.
 pub struct Storage {
     db: sled::Db,
@@ -151,8 +182,9 @@ pub struct Storage {
     own_snapshot: sled::Tree,
     remote_log: sled::Tree,
     remote_snapshots: sled::Tree,
+    oprf_audit: sled::Tree,
     writer: Mutex<()>,
-    locator_key: LocatorKey,
+    pending_keys: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Storage {
@@ -165,9 +197,9 @@ impl std::fmt::Debug for Storage {
 /// until [`Storage::write`] commits the whole set.
 pub struct WriteTransaction<'a> {
     tree: &'a sled::Tree,
-    locator_key: &'a LocatorKey,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     dirty: BTreeSet<PatientKey>,
+    added_pending: bool,
     now_ms: u64,
 }
 
@@ -220,6 +252,13 @@ impl WriteTransaction<'_> {
             .map(PatientKey))
     }
 
+    fn cached_key(&self, bsn: &Bsn) -> Result<Option<PatientKey>, StorageError> {
+        Ok(self
+            .get(&bsn_cache_key(bsn))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(PatientKey))
+    }
+
     fn mark_dirty(&mut self, patient_id: Option<&str>) -> Result<(), StorageError> {
         if let Some(pid) = patient_id {
             if let Some(key) = self.patient_key_of(pid)? {
@@ -248,17 +287,29 @@ impl WriteTransaction<'_> {
 
         if resource_type == "Patient" {
             let old_key = self.patient_key_of(id)?;
-            let new_key =
-                patient_bsn(&resource).map(|bsn| PatientKey::derive(self.locator_key, &bsn));
-            if old_key != new_key {
+            let new_bsn = patient_bsn(&resource);
+            let cached = match &new_bsn {
+                Some(bsn) => self.cached_key(bsn)?,
+                None => None,
+            };
+            let unchanged = old_key.is_some() && old_key == cached;
+            if !unchanged {
                 if let Some(old) = old_key {
                     self.mark_dirty(Some(id))?;
                     self.remove(reverse_key(&old, id));
                     self.remove(patient_key_key(id));
                 }
-                if let Some(new) = new_key {
-                    self.set(patient_key_key(id), new.0.to_vec());
-                    self.set(reverse_key(&new, id), Vec::new());
+                self.remove(pending_key(id));
+                match (new_bsn, cached) {
+                    (Some(_), Some(key)) => {
+                        self.set(patient_key_key(id), key.0.to_vec());
+                        self.set(reverse_key(&key, id), Vec::new());
+                    }
+                    (Some(bsn), None) => {
+                        self.set(pending_key(id), bsn.as_str().as_bytes().to_vec());
+                        self.added_pending = true;
+                    }
+                    (None, _) => {}
                 }
             }
         }
@@ -315,6 +366,7 @@ impl WriteTransaction<'_> {
                 self.remove(reverse_key(&key, id));
                 self.remove(patient_key_key(id));
             }
+            self.remove(pending_key(id));
         }
         let version = previous.version + 1;
         let record = VersionRecord {
@@ -339,7 +391,7 @@ fn decode_record(key: &[u8], bytes: &[u8]) -> Result<VersionRecord, StorageError
 
 impl Storage {
     /// Opens (or creates) the storage in `dir`.
-    pub fn open(dir: &Path, locator_key: LocatorKey) -> Result<Self, StorageError> {
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = sled::Config::new().path(dir).open()?;
         Ok(Self {
             fhir: db.open_tree("fhir")?,
@@ -347,9 +399,10 @@ impl Storage {
             own_snapshot: db.open_tree("own_snapshot")?,
             remote_log: db.open_tree("remote_log")?,
             remote_snapshots: db.open_tree("remote_snapshots")?,
+            oprf_audit: db.open_tree("oprf_audit")?,
             db,
             writer: Mutex::new(()),
-            locator_key,
+            pending_keys: tokio::sync::Notify::new(),
         })
     }
 
@@ -363,13 +416,13 @@ impl Storage {
     where
         E: From<StorageError>,
     {
-        let (value, dirty) = {
+        let (value, dirty, added_pending) = {
             let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut tx = WriteTransaction {
                 tree: &self.fhir,
-                locator_key: &self.locator_key,
                 overlay: BTreeMap::new(),
                 dirty: BTreeSet::new(),
+                added_pending: false,
                 now_ms,
             };
             let value = work(&mut tx)?;
@@ -381,10 +434,144 @@ impl Storage {
                 }
             }
             self.fhir.apply_batch(batch).map_err(StorageError::from)?;
-            (value, tx.dirty)
+            (value, tx.dirty, tx.added_pending)
         };
         self.db.flush_async().await.map_err(StorageError::from)?;
+        if added_pending {
+            self.pending_keys.notify_one();
+        }
         Ok((value, dirty))
+    }
+
+    /// Waits until a write leaves a Patient waiting for its key (or returns at once if one
+    /// did since the last call).
+    pub async fn pending_keys_added(&self) {
+        self.pending_keys.notified().await;
+    }
+
+    /// Up to `limit` Patients that wait for their patient key: `(patient id, BSN)`.
+    pub fn pending_patient_keys(&self, limit: usize) -> Result<Vec<(String, Bsn)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.fhir.scan_prefix(b"q\0").take(limit) {
+            let (key, value) = item?;
+            let id = String::from_utf8_lossy(&key[2..]).into_owned();
+            let bsn = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|text| Bsn::parse(text).ok())
+                .ok_or_else(|| StorageError::Corrupt {
+                    key: format!("q/{id}"),
+                    message: "pending mark does not hold a BSN".into(),
+                })?;
+            out.push((id, bsn));
+        }
+        Ok(out)
+    }
+
+    /// Gives the waiting Patients their keys (`keys` maps BSNs to the keys the evaluators'
+    /// OPRF produced), caches the keys, and returns the patient keys whose locator entries
+    /// must now be published. A Patient whose BSN changed meanwhile keeps waiting.
+    pub async fn assign_patient_keys(
+        &self,
+        now_ms: u64,
+        waiting: &[(String, Bsn)],
+        keys: &BTreeMap<Bsn, PatientKey>,
+    ) -> Result<BTreeSet<PatientKey>, StorageError> {
+        let ((), dirty) = self
+            .write(now_ms, |tx| {
+                for (bsn, key) in keys {
+                    tx.set(bsn_cache_key(bsn), key.0.to_vec());
+                }
+                for (id, bsn) in waiting {
+                    let Some(key) = keys.get(bsn) else { continue };
+                    // Still waiting with the same BSN inside this write?
+                    if tx.get(&pending_key(id))?.as_deref() != Some(bsn.as_str().as_bytes()) {
+                        continue;
+                    }
+                    tx.remove(pending_key(id));
+                    tx.set(patient_key_key(id), key.0.to_vec());
+                    tx.set(reverse_key(key, id), Vec::new());
+                    tx.mark_dirty(Some(id))?;
+                }
+                Ok::<(), StorageError>(())
+            })
+            .await?;
+        Ok(dirty)
+    }
+
+    /// Adds to the evaluation audit of `requester`.
+    pub fn record_evaluations(
+        &self,
+        requester: &zorgmesh_protocol::NodeId,
+        name: &str,
+        granted: u64,
+        refused: u64,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        let mut failure = None;
+        self.oprf_audit.update_and_fetch(requester.0, |old| {
+            let mut audit: EvaluationAudit = old
+                .and_then(|bytes| serde_json::from_slice(bytes).ok())
+                .unwrap_or_default();
+            audit.node = requester.to_hex();
+            audit.name = name.to_owned();
+            audit.granted += granted;
+            audit.refused += refused;
+            audit.requests += 1;
+            audit.last_ms = now_ms;
+            match serde_json::to_vec(&audit) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    old.map(<[u8]>::to_vec)
+                }
+            }
+        })?;
+        match failure {
+            None => Ok(()),
+            Some(message) => Err(StorageError::Corrupt {
+                key: "oprf_audit".into(),
+                message,
+            }),
+        }
+    }
+
+    /// The evaluation audit of one requester.
+    pub fn evaluation_audit_of(
+        &self,
+        requester: &zorgmesh_protocol::NodeId,
+    ) -> Result<Option<EvaluationAudit>, StorageError> {
+        self.oprf_audit
+            .get(requester.0)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                    key: format!("oprf_audit/{}", requester.to_hex()),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// Every requester's evaluation audit.
+    pub fn evaluation_audit(&self) -> Result<Vec<EvaluationAudit>, StorageError> {
+        self.oprf_audit
+            .iter()
+            .map(|item| {
+                let (_, bytes) = item?;
+                serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
+                    key: "oprf_audit".into(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The cached patient key of a BSN this node holds (or held) a Patient for.
+    pub fn cached_patient_key(&self, bsn: &Bsn) -> Result<Option<PatientKey>, StorageError> {
+        Ok(self
+            .fhir
+            .get(bsn_cache_key(bsn))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
+            .map(PatientKey))
     }
 
     /// The current record of a resource.
@@ -753,15 +940,45 @@ mod tests {
     #[tokio::test]
     async fn a_batch_clears_only_dirty_marks_older_than_its_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path(), LocatorKey::from_bytes([3; 32])).unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
         let patient = json!({"resourceType": "Patient", "id": "p",
             "identifier": [{"system": zorgmesh_protocol::patient::BSN_SYSTEM, "value": "999911120"}]});
         let ((), dirty) = storage
-            .write(1_000, |tx| {
+            .write(900, |tx| {
                 tx.put("Patient", "p", patient.clone()).map(|_| ())
             })
             .await
             .unwrap();
+        assert!(
+            dirty.is_empty(),
+            "without a key the Patient is not yet dirty"
+        );
+        let waiting = storage.pending_patient_keys(10).unwrap();
+        assert_eq!(waiting.len(), 1);
+        let bsn = waiting[0].1.clone();
+        let keys = BTreeMap::from([(bsn.clone(), PatientKey([3; 32]))]);
+        let dirty = storage
+            .assign_patient_keys(1_000, &waiting, &keys)
+            .await
+            .unwrap();
+        assert!(storage.pending_patient_keys(10).unwrap().is_empty());
+        assert_eq!(
+            storage.cached_patient_key(&bsn).unwrap(),
+            Some(PatientKey([3; 32]))
+        );
+        // A second Patient with the same BSN takes the cached key at once.
+        let ((), again) = storage
+            .write(1_000, |tx| {
+                let mut other = patient.clone();
+                other["id"] = json!("p2");
+                tx.put("Patient", "p2", other).map(|_| ())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            again.iter().copied().collect::<Vec<_>>(),
+            vec![PatientKey([3; 32])]
+        );
         let key = *dirty
             .iter()
             .next()

@@ -49,6 +49,8 @@ fn certs_init_issue_and_show() {
         "zorgnet",
         "--out",
         s(&ca),
+        "--evaluators",
+        "umcg,erasmusmc,radboud",
     ]));
     ok(&zorgmesh(&[
         "certs",
@@ -57,7 +59,23 @@ fn certs_init_issue_and_show() {
         "zorgnet",
         "--out",
         s(&other),
+        "--evaluators",
+        "umcg",
     ]));
+    // An impossible threshold is refused with the reason.
+    let err = failed(&zorgmesh(&[
+        "certs",
+        "init",
+        "--network",
+        "zorgnet",
+        "--out",
+        s(&dir.path().join("bad")),
+        "--evaluators",
+        "umcg,erasmusmc",
+        "--threshold",
+        "3",
+    ]));
+    assert!(err.contains("threshold 3"), "{err}");
     // Refuses to overwrite trust material.
     let err = failed(&zorgmesh(&[
         "certs",
@@ -66,6 +84,8 @@ fn certs_init_issue_and_show() {
         "zorgnet",
         "--out",
         s(&ca),
+        "--evaluators",
+        "umcg",
     ]));
     assert!(err.contains("already exists"), "{err}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -95,7 +115,12 @@ fn certs_init_issue_and_show() {
             s(out),
         ])
     };
-    ok(&issue(&ca, &nodes, "umcg", "365"));
+    assert!(ca.join("shares/umcg.share").exists());
+    let issued = ok(&issue(&ca, &nodes, "umcg", "365"));
+    // The evaluator's share moved to the node: the CA keeps none.
+    assert!(issued.contains("OPRF key share"), "{issued}");
+    assert!(nodes.join("umcg.share").exists());
+    assert!(!ca.join("shares/umcg.share").exists());
     let shown = ok(&zorgmesh(&[
         "certs",
         "show",
@@ -290,7 +315,7 @@ fn node_run_names_what_is_wrong_with_a_config() {
     ]));
     assert!(err.contains("cannot read config"), "{err}");
 
-    let base = "name = \"umcg\"\n[trust]\nca_certificate = \"ca.crt\"\nnode_certificate = \"node.crt\"\nnode_key = \"node.key\"\nlocator_key = \"locator.key\"\n";
+    let base = "name = \"umcg\"\n[trust]\nca_certificate = \"ca.crt\"\nnode_certificate = \"node.crt\"\nnode_key = \"node.key\"\nevaluator_set = \"evaluators.pem\"\n";
     let write = |text: &str| {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, text).unwrap();

@@ -11,7 +11,7 @@ use zorgmesh_node::fhir::FhirService;
 use zorgmesh_node::publishing::Publisher;
 use zorgmesh_node::storage::Storage;
 use zorgmesh_protocol::fetch::{frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN};
-use zorgmesh_protocol::{BatchPolicy, Bsn, LocatorKey, NodeId, NodeRole, PatientKey};
+use zorgmesh_protocol::{BatchPolicy, Bsn, NodeId, NodeRole, PatientKey};
 
 fn ca(seed: u8) -> CertificateAuthority {
     CertificateAuthority::create(
@@ -54,12 +54,21 @@ struct Holder {
     node: NodeId,
     patient: PatientKey,
     _shutdown: watch::Sender<bool>,
+    storage: Arc<Storage>,
 }
 
+type EvaluatorShare = Option<(
+    zorgmesh_protocol::oprf::KeyShare,
+    zorgmesh_node::config::EvaluatorConfig,
+)>;
+
 async fn holder(ca: &CertificateAuthority) -> Holder {
+    evaluator_holder(ca, None).await
+}
+
+async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorShare) -> Holder {
     let dir = tempfile::tempdir().unwrap();
-    let locator_key = LocatorKey::from_bytes([1; 32]);
-    let storage = Arc::new(Storage::open(dir.path(), locator_key.clone()).unwrap());
+    let storage = Arc::new(Storage::open(dir.path()).unwrap());
     let tls = identity(ca, "holder", 10);
     let publisher =
         Publisher::new(storage.clone(), tls.key.clone(), BatchPolicy::default()).unwrap();
@@ -73,7 +82,7 @@ async fn holder(ca: &CertificateAuthority) -> Holder {
         &verified,
         None,
     ));
-    let fhir = FhirService::new(storage, publisher);
+    let fhir = FhirService::new(storage.clone(), publisher);
     let bsn = Bsn::parse("999911120").unwrap();
     fhir.update(
         "Patient",
@@ -91,16 +100,31 @@ async fn holder(ca: &CertificateAuthority) -> Holder {
     )
     .await
     .unwrap();
+    // The key the evaluators would give this BSN (any 32 bytes serve the data plane).
+    let patient = PatientKey([1; 32]);
+    let waiting = storage.pending_patient_keys(10).unwrap();
+    storage
+        .assign_patient_keys(1, &waiting, &[(bsn, patient)].into_iter().collect())
+        .await
+        .unwrap();
     let plane = DataPlane::bind(&tls, "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = plane.local_addr().unwrap();
     let (shutdown, rx) = watch::channel(false);
-    tokio::spawn(plane.serve(fhir, mesh, rx));
+    let evaluator = evaluator_share.map(|(share, config)| {
+        Arc::new(zorgmesh_node::pseudonym::evaluator::Evaluator::new(
+            share,
+            config,
+            storage.clone(),
+        ))
+    });
+    tokio::spawn(plane.serve(fhir, mesh, evaluator, rx));
     Holder {
         _dir: dir,
         addr,
         node: NodeId(tls.key.verifying_key().to_bytes()),
-        patient: PatientKey::derive(&locator_key, &bsn),
+        patient,
         _shutdown: shutdown,
+        storage,
     }
 }
 
@@ -219,4 +243,89 @@ async fn malformed_and_oversized_requests_get_an_error_frame() {
         first_frame(&response),
         FetchFrame::Resource { .. }
     ));
+}
+
+#[tokio::test]
+async fn an_evaluator_answers_with_a_verifiable_partial_and_throttles_an_enumeration() {
+    use rand::SeedableRng;
+    use zorgmesh_protocol::oprf::{self, BlindedBatch, EvaluatorSet, EvaluatorSetBody};
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+    let (commitments, shares) = oprf::deal(1, 1, &mut rng).unwrap();
+    let set = EvaluatorSet::from_body(&EvaluatorSetBody {
+        version: 1,
+        network: "testnet".into(),
+        suite: oprf::SUITE_ID.into(),
+        threshold: 1,
+        commitments,
+        evaluators: vec![oprf::EvaluatorEntry {
+            index: 1,
+            name: "holder".into(),
+        }],
+        issued_at_ms: 0,
+    })
+    .unwrap();
+    let ca = ca(1);
+    // A small budget: an initial allowance of 1,500 keys, then 1 key/s in bursts of 1,024.
+    let limits = zorgmesh_node::config::EvaluatorConfig {
+        keys_per_second: 1,
+        burst: 1024,
+        initial_load: 1500,
+    };
+    let holder = evaluator_holder(&ca, Some((shares[0].clone(), limits))).await;
+    let client =
+        DataPlane::bind(&identity(&ca, "client", 20), "127.0.0.1:0".parse().unwrap()).unwrap();
+
+    // A simulated enumeration: 1,024 fresh BSNs per request, at most 5 requests.
+    let mut granted = 0;
+    let mut refusal = None;
+    let mut next_bsn = 20_000_000u32;
+    for _ in 0..5 {
+        let mut inputs = Vec::new();
+        while inputs.len() < oprf::MAX_ELEMENTS_PER_REQUEST {
+            if let Some(bsn) = Bsn::from_first_eight(next_bsn) {
+                inputs.push(oprf::patient_input(&bsn));
+            }
+            next_bsn += 1;
+        }
+        let batch = BlindedBatch::blind(inputs, &mut rng).unwrap();
+        match client
+            .evaluate(holder.node, "holder", holder.addr, batch.request())
+            .await
+        {
+            Ok(partial) => {
+                let verified = batch.verify(&set, &partial).expect("a valid proof");
+                assert_eq!(batch.combine(&set, &[verified]).unwrap().len(), 1024);
+                granted += 1;
+            }
+            Err(e) => {
+                refusal = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    // 1,500 + 1,024 covers two requests of 1,024; the third is refused.
+    assert_eq!(granted, 2);
+    let refusal = refusal.expect("the enumeration is throttled");
+    assert!(
+        refusal.contains("Busy") && refusal.contains("rate limit"),
+        "{refusal}"
+    );
+    let audit = holder.storage.evaluation_audit().unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].name, "client");
+    assert_eq!(audit[0].granted, 2048);
+    assert_eq!(audit[0].refused, 1024);
+
+    // A node that is not an evaluator says so.
+    let plain = holder_plain(&ca).await;
+    let batch = BlindedBatch::blind(vec![b"x".to_vec()], &mut rng).unwrap();
+    let err = client
+        .evaluate(plain.node, "holder", plain.addr, batch.request())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not an evaluator"), "{err}");
+}
+
+async fn holder_plain(ca: &CertificateAuthority) -> Holder {
+    holder(ca).await
 }

@@ -1,6 +1,7 @@
 //! The data-plane protocol (`zorgmesh/fetch/1` over QUIC): one request per bidirectional
-//! stream, answered by a stream of frames. It carries both patient data (tag 0) and index
-//! anti-entropy (tags 1-3, see [`crate::sync`]).
+//! stream, answered by a stream of frames. It carries patient data (tag 0), index
+//! anti-entropy (tags 1-3, see [`crate::sync`]) and threshold-OPRF evaluations (tag 4, see
+//! [`crate::oprf`]).
 //!
 //! Framing: each frame is a `u32` little-endian length followed by that many bytes of an
 //! encoded [`FetchRequest`] or [`FetchFrame`]. The client sends one request and finishes its
@@ -8,13 +9,14 @@
 //! or `Error` frame, then finishes.
 
 use crate::codec::{self, DecodeError};
+use crate::oprf::{EvaluationRequest, PartialEvaluation};
 use crate::patient::PatientKey;
 use crate::sync::{PublisherHead, RangeRequest};
 
 /// ALPN protocol id of the data plane.
 pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/1";
-/// Largest request frame.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// Largest request frame (an evaluation request of 1024 elements is 32,780 bytes).
+pub const MAX_REQUEST_BYTES: usize = 36 * 1024;
 /// Largest response frame (one resource; the API accepts resources up to 8 MiB).
 pub const MAX_FRAME_BYTES: usize = 9 * 1024 * 1024;
 /// Most resources one response may carry.
@@ -34,6 +36,8 @@ pub enum FetchRequest {
     Heads,
     /// Tag 3: a range of one publisher's batches, as gossip messages.
     Batches(RangeRequest),
+    /// Tag 4: evaluate blinded elements with the server's OPRF key share (evaluators only).
+    Evaluate(EvaluationRequest),
 }
 
 /// Why a holder refused or failed a request. Tags are stable.
@@ -45,7 +49,8 @@ pub enum FetchErrorCode {
     NotFound,
     /// Tag 2: the holder failed internally.
     Internal,
-    /// Tag 3: the holder is overloaded; try later.
+    /// Tag 3: the holder is overloaded, or (for `Evaluate`) the requester is over its rate
+    /// limit; try later.
     Busy,
 }
 
@@ -92,6 +97,8 @@ pub enum FetchFrame {
         /// The chunk bytes.
         bytes: Vec<u8>,
     },
+    /// Tag 7: an evaluator's answer to `Evaluate` (then `End` with count 0).
+    Evaluated(PartialEvaluation),
 }
 
 impl FetchRequest {

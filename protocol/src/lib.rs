@@ -9,8 +9,9 @@
 //!
 //! How a locator flows through this crate:
 //!
-//! 1. [`patient::PatientKey::derive`] turns a BSN into a 32-byte pseudonym under the
-//!    network's [`patient::LocatorKey`].
+//! 1. [`oprf`] turns a BSN into a 32-byte pseudonym, the [`patient::PatientKey`], with a
+//!    threshold OPRF: the requesting node blinds, t evaluator nodes each apply their key
+//!    share with a proof, the requester combines and unblinds. No node holds the key.
 //! 2. A holder stages a [`locator::LocatorEntry`] in its [`publisher::PublisherLog`], which
 //!    cuts a [`batch::SignedBatch`] by size or time window.
 //! 3. The batch travels in a [`gossip::GossipMessage`]; every receiver feeds it to its
@@ -27,6 +28,7 @@ pub mod gossip;
 pub mod identity;
 pub mod index;
 pub mod locator;
+pub mod oprf;
 pub mod patient;
 pub mod publisher;
 pub mod record;
@@ -39,5 +41,5 @@ pub use batch::{BatchBody, SignedBatch};
 pub use identity::{NodeRole, PublisherInfo};
 pub use index::LocatorIndex;
 pub use locator::{LocatorEntry, NodeId, ResourceCount};
-pub use patient::{Bsn, LocatorKey, PatientKey};
+pub use patient::{Bsn, PatientKey};
 pub use publisher::{BatchPolicy, PublisherLog};

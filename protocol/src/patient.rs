@@ -1,21 +1,15 @@
-//! Patient identity on the mesh: the BSN stays home, only a keyed pseudonym travels.
+//! Patient identity on the mesh: the BSN stays home, only a pseudonym travels.
 //!
-//! `PatientKey = HMAC-SHA256(key = network locator key, msg = "zorgmesh/patient-key/v1\n" || BSN)`
-//! where the BSN is its nine ASCII digits. Without the network's locator key nobody can
-//! test a guessed BSN against the index.
+//! The pseudonym ([`PatientKey`]) is the threshold-OPRF output of [`crate::oprf`]: no node
+//! can compute it alone, so no node can test a guessed BSN against the index.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::fmt;
-
-/// Domain-separation prefix for patient keys.
-pub const PATIENT_KEY_DOMAIN: &[u8] = b"zorgmesh/patient-key/v1\n";
 
 /// FHIR identifier system of the BSN.
 pub const BSN_SYSTEM: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
 
 /// A Dutch citizen service number that passed the 11-proef.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Bsn(String);
 
 /// Why a string is not a BSN.
@@ -89,41 +83,11 @@ impl fmt::Debug for Bsn {
     }
 }
 
-/// The network-wide secret under which patient keys are derived. Part of the network's
-/// trust material; every node of the network holds the same key.
-#[derive(Clone, PartialEq, Eq)]
-pub struct LocatorKey([u8; 32]);
-
-impl LocatorKey {
-    /// Wraps 32 secret bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
-    }
-    /// The secret bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for LocatorKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LocatorKey(..)")
-    }
-}
-
 /// The 32-byte pseudonym of a patient on the mesh.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
 pub struct PatientKey(pub [u8; 32]);
 
 impl PatientKey {
-    /// Derives the pseudonym of `bsn` under `key`.
-    pub fn derive(key: &LocatorKey, bsn: &Bsn) -> Self {
-        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes any key");
-        mac.update(PATIENT_KEY_DOMAIN);
-        mac.update(bsn.as_str().as_bytes());
-        Self(mac.finalize().into_bytes().into())
-    }
-
     /// Lower-case hex of the key.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
@@ -169,14 +133,8 @@ mod tests {
     }
 
     #[test]
-    fn patient_key_depends_on_key_and_bsn() {
-        let a = LocatorKey::from_bytes([1; 32]);
-        let b = LocatorKey::from_bytes([2; 32]);
+    fn a_bsn_never_prints_in_full() {
         let bsn = Bsn::parse("999911120").unwrap();
-        let other = Bsn::parse("111222333").unwrap();
-        assert_ne!(PatientKey::derive(&a, &bsn), PatientKey::derive(&b, &bsn));
-        assert_ne!(PatientKey::derive(&a, &bsn), PatientKey::derive(&a, &other));
-        assert_eq!(PatientKey::derive(&a, &bsn), PatientKey::derive(&a, &bsn));
         assert!(!format!("{bsn:?}").contains("9999"));
     }
 }

@@ -2,10 +2,11 @@
 #![allow(dead_code)]
 
 use ed25519_dalek::SigningKey;
+use hmac::{Hmac, Mac};
 use zorgmesh_protocol::batch::{BatchBody, SignedBatch, GENESIS_HASH};
 use zorgmesh_protocol::identity::{NodeRole, PublisherInfo};
 use zorgmesh_protocol::locator::{LocatorEntry, NodeId, ResourceCount};
-use zorgmesh_protocol::patient::{Bsn, LocatorKey, PatientKey};
+use zorgmesh_protocol::patient::PatientKey;
 
 pub fn publisher_key() -> SigningKey {
     SigningKey::from_bytes(&[7u8; 32])
@@ -15,13 +16,18 @@ pub fn node_id(key: &SigningKey) -> NodeId {
     NodeId(key.verifying_key().to_bytes())
 }
 
-pub fn locator_key() -> LocatorKey {
-    LocatorKey::from_bytes([42u8; 32])
+/// A fixture patient key: any 32 bytes serve a batch. These are the values protocol v1
+/// derived (HMAC-SHA256 under 32 bytes of 0x2a), kept so the batch vectors stay put.
+pub fn fixture_patient_key(bsn: &str) -> PatientKey {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&[42u8; 32]).unwrap();
+    mac.update(b"zorgmesh/patient-key/v1\n");
+    mac.update(bsn.as_bytes());
+    PatientKey(mac.finalize().into_bytes().into())
 }
 
 pub fn entry(key: &SigningKey, bsn: &str, counts: &[(&str, u32)]) -> LocatorEntry {
     LocatorEntry {
-        patient: PatientKey::derive(&locator_key(), &Bsn::parse(bsn).unwrap()),
+        patient: fixture_patient_key(bsn),
         holder: node_id(key),
         counts: counts
             .iter()

@@ -1,25 +1,99 @@
-//! Golden vectors: these bytes are the v1 wire format. If a test here fails, the wire format
+//! Golden vectors: these bytes are the wire format (batches unchanged since v1; patient
+//! keys from the v2 threshold OPRF). If a test here fails, the wire format
 //! changed: that needs a new protocol version, not new vectors. SPEC.md quotes the same values.
 
 mod common;
 
+use curve25519_dalek::scalar::Scalar;
 use zorgmesh_protocol::batch::SignedBatch;
 use zorgmesh_protocol::codec;
-use zorgmesh_protocol::patient::{Bsn, PatientKey};
+use zorgmesh_protocol::oprf::{
+    self, deal_with_coefficients, patient_input, patient_key_with_whole_key, EvaluationRequest,
+};
+use zorgmesh_protocol::patient::Bsn;
 
+/// The OPRF vectors (SPEC.md, "Patient keys"): key k = 32 bytes of 0x2a reduced mod ℓ,
+/// second coefficient 32 bytes of 0x07 reduced, 2-of-3, blind 32 bytes of 0x05 reduced.
+fn golden_scalar(byte: u8) -> Scalar {
+    Scalar::from_bytes_mod_order([byte; 32])
+}
+const GOLDEN_OPRF_KEY: &str = "50823e70f563057a7df03ae46c366c002a2a2a2a2a2a2a2a2a2a2a2a2a2a2a0a";
+const GOLDEN_OPRF_PUBLIC: &str = "b69cf8ad48046990738802ea560d1000730ad86567aaf1ecaafbb5d32287e17d";
+const GOLDEN_OPRF_INPUT: &str = "7a6f72676d6573682f70617469656e742d6b65792f76320a687474703a2f2f666869722e6e6c2f666869722f4e616d696e6753797374656d2f62736e7c393939393131313230";
+const GOLDEN_OPRF_OUTPUT: &str = "d994d9719e73094e2b7c0587c23b569788f9013a6a407bf58c6599e7c002894a62b6277eaca99b54909ffa10654cfc590e47a530aec2f8798f5500246ac7727a";
 const GOLDEN_PATIENT_KEY_999911120: &str =
-    "2135c0bc97cc7c026ed2a4b7d2d84529da8df252574ca1140b3e4f3f7860df25";
+    "d994d9719e73094e2b7c0587c23b569788f9013a6a407bf58c6599e7c002894a";
+const GOLDEN_SHARES: [&str; 3] = [
+    "6ab54f1ae207fa28ae5a4a48954394f230313131313131313131313131313101",
+    "71bc5621e90e0130b561514f9c4a9bf937383838383838383838383838383808",
+    "78c35d28f0150837bc685856a351a2003f3f3f3f3f3f3f3f3f3f3f3f3f3f3f0f",
+];
+const GOLDEN_BLINDED: &str = "6c9097c42095ee6ea5f70989d02813141d762a1b99968f33da08ee5c65568527";
+const GOLDEN_EVALUATED: [&str; 3] = [
+    "ccd9eee9c8b7086a89cc7b2355317f138981b58e84f8e454910098323d6a5d54",
+    "e67e1ea7595d2d34f96af82cd75b1fbca7128b13c23e0592e2843a4f1aa27b69",
+    "3a21af661d965dcb673efed04a04b5546acf59e6d93803a237b67f65649a3064",
+];
+
+struct OprfVectors {
+    key: String,
+    public: String,
+    input: String,
+    output: String,
+    patient: String,
+    shares: Vec<String>,
+    blinded: String,
+    evaluated: Vec<String>,
+}
+
+fn oprf_vectors() -> OprfVectors {
+    let key = golden_scalar(0x2a);
+    let (commitments, shares) = deal_with_coefficients(&[key, golden_scalar(0x07)], 3);
+    let bsn = Bsn::parse("999911120").unwrap();
+    let input = patient_input(&bsn);
+    let point = oprf::hash_to_group(&input);
+    let output = oprf::finalize(&input, &(key * point));
+    let blinded = golden_scalar(0x05) * point;
+    let request = EvaluationRequest {
+        elements: vec![blinded.compress().to_bytes()],
+    };
+    let mut rng = <rand_chacha::ChaCha20Rng as rand::SeedableRng>::seed_from_u64(0);
+    OprfVectors {
+        key: hex::encode(key.to_bytes()),
+        public: hex::encode(commitments[0]),
+        input: hex::encode(&input),
+        output: hex::encode(output),
+        patient: patient_key_with_whole_key(&key, &bsn).to_hex(),
+        shares: shares
+            .iter()
+            .map(|s| hex::encode(s.secret_bytes()))
+            .collect(),
+        blinded: hex::encode(request.elements[0]),
+        evaluated: shares
+            .iter()
+            .map(|s| hex::encode(oprf::evaluate(s, &request, &mut rng).unwrap().elements[0]))
+            .collect(),
+    }
+}
+
+#[test]
+fn oprf_vectors_hold() {
+    let v = oprf_vectors();
+    assert_eq!(v.key, GOLDEN_OPRF_KEY);
+    assert_eq!(v.public, GOLDEN_OPRF_PUBLIC);
+    assert_eq!(v.input, GOLDEN_OPRF_INPUT);
+    assert_eq!(v.output, GOLDEN_OPRF_OUTPUT);
+    assert_eq!(v.patient, GOLDEN_PATIENT_KEY_999911120);
+    assert_eq!(v.patient, v.output[..64]);
+    assert_eq!(v.shares, GOLDEN_SHARES);
+    assert_eq!(v.blinded, GOLDEN_BLINDED);
+    assert_eq!(v.evaluated, GOLDEN_EVALUATED);
+}
 const GOLDEN_PUBLISHER: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
 const GOLDEN_BODY_HEX: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000000000000000000000000000000000000000000000000000000000000000000f4a9da769b01000002000000000000002135c0bc97cc7c026ed2a4b7d2d84529da8df252574ca1140b3e4f3f7860df25ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c02000000000000000900000000000000436f6e646974696f6e02000000070000000000000050617469656e740100000000a8da769b0100000062112f11dfde138e9cada30f5dfb6afb9b90509b07e1752efab60b5eb8f0c586ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000b000000000000004f62736572766174696f6e0500000000a8da769b01000000";
 const GOLDEN_SIGNATURE_HEX: &str = "bbb274666ab046f42d36278159feb3922d1aeda38c547adb3a2629bd3d903cd82ca616e458abe94825c454a919ebf3c4bb14a79bc0949b96beee181d9626e905";
 const GOLDEN_BATCH_HASH_HEX: &str =
     "7adbcaa91139cb87d85d8a316d16c290cfd459bccd6106bbd552af8eed070433";
-
-#[test]
-fn patient_key_vector() {
-    let key = PatientKey::derive(&common::locator_key(), &Bsn::parse("999911120").unwrap());
-    assert_eq!(key.to_hex(), GOLDEN_PATIENT_KEY_999911120);
-}
 
 #[test]
 fn batch_vector() {
@@ -70,6 +144,17 @@ fn print_vectors_for_spec() {
     println!("body {}", hex::encode(codec::encode(&batch.body)));
     println!("signature {}", hex::encode(batch.signature));
     println!("hash {}", hex::encode(batch.body.hash()));
-    let key = PatientKey::derive(&common::locator_key(), &Bsn::parse("999911120").unwrap());
-    println!("patient {}", key.to_hex());
+    let v = oprf_vectors();
+    println!("GOLDEN_OPRF_KEY_ {}", v.key);
+    println!("GOLDEN_OPRF_PUBLIC_ {}", v.public);
+    println!("GOLDEN_OPRF_INPUT_ {}", v.input);
+    println!("GOLDEN_OPRF_OUTPUT_ {}", v.output);
+    println!("GOLDEN_PATIENT_KEY_ {}", v.patient);
+    for (i, share) in v.shares.iter().enumerate() {
+        println!("GOLDEN_SHARE_{}_ {share}", i + 1);
+    }
+    println!("GOLDEN_BLINDED_ {}", v.blinded);
+    for (i, e) in v.evaluated.iter().enumerate() {
+        println!("GOLDEN_EVAL_{}_ {e}", i + 1);
+    }
 }

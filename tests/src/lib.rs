@@ -62,8 +62,10 @@ pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
                 gossip: loopback(),
                 data: loopback(),
                 host: None,
+                evaluator: false,
             })
             .collect(),
+        evaluator_threshold: None,
     }
 }
 
@@ -118,7 +120,7 @@ impl TestMesh {
             .map(|n| n.gossip_addr.to_string())
             .collect();
         let node = &self.provisioned[i];
-        let mut config = provision::node_config(&node.spec, bootstrap);
+        let mut config = provision::node_config(&node.spec, bootstrap, node.evaluator);
         config.resolve.holder_timeout_ms = self.holder_timeout_ms;
         config.sync.interval_ms = self.sync_interval_ms;
         config.publishing.compact_after_batches = self.compact_after_batches;
@@ -322,4 +324,19 @@ pub fn created_patient_id(response: &Value) -> String {
         .and_then(|l| l.split('/').nth(1))
         .expect("location of the Patient")
         .to_owned()
+}
+
+/// The patient key of `bsn` in the mesh generated under `root`, computed by recombining the
+/// evaluators' shares from the node directories: what t colluding evaluators could do. Tests
+/// use it to check indexes from outside; no node can.
+pub fn patient_key_from_shares(root: &std::path::Path, bsn: &str) -> zorgmesh_protocol::PatientKey {
+    use zorgmesh_protocol::oprf;
+    let signed = zorgmesh_certs::read_evaluator_set(&root.join("ca/evaluators.pem")).unwrap();
+    let set = oprf::EvaluatorSet::from_body(&signed.body).unwrap();
+    let shares: Vec<oprf::KeyShare> = std::fs::read_dir(root.join("nodes"))
+        .unwrap()
+        .filter_map(|dir| zorgmesh_certs::read_key_share(&dir.ok()?.path().join("node.share")).ok())
+        .collect();
+    let key = oprf::recombine_key(&set, &shares).unwrap();
+    oprf::patient_key_with_whole_key(&key, &zorgmesh_protocol::Bsn::parse(bsn).unwrap())
 }

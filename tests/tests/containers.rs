@@ -94,8 +94,10 @@ fn topology(nodes: &[(&str, &str)], subnet_prefix: &str) -> Topology {
                 gossip: listen(9000),
                 data: listen(7000),
                 host: Some(node_ip(subnet_prefix, i)),
+                evaluator: false,
             })
             .collect(),
+        evaluator_threshold: None,
     }
 }
 

@@ -211,7 +211,7 @@ async fn a_batch_from_a_key_without_a_valid_certificate_never_enters_an_index() 
     .unwrap()
     .remove(0);
     let bootstrap = mesh.running().map(|n| n.gossip_addr.to_string()).collect();
-    let mut config = zorgmesh_node::provision::node_config(&rogue.spec, bootstrap);
+    let mut config = zorgmesh_node::provision::node_config(&rogue.spec, bootstrap, rogue.evaluator);
     config.publishing.batch_window_ms = 20;
     config.resolve_paths(&rogue.dir);
     let rogue_node = zorgmesh_node::node::RunningNode::start(config)

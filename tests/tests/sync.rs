@@ -124,8 +124,7 @@ async fn a_retraction_reaches_a_node_that_was_offline() {
 }
 
 fn patient_key(bsn: &str, mesh: &TestMesh) -> zorgmesh_protocol::PatientKey {
-    let key = zorgmesh_certs::read_locator_key(&mesh.root.join("ca/locator.key")).unwrap();
-    zorgmesh_protocol::PatientKey::derive(&key, &zorgmesh_protocol::Bsn::parse(bsn).unwrap())
+    zorgmesh_tests::patient_key_from_shares(&mesh.root, bsn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -40,6 +40,10 @@ pub struct Topology {
     /// Nodes.
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
+    /// Partial evaluations needed for a patient key (the OPRF threshold t). Without it: a
+    /// majority of the evaluators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluator_threshold: Option<u16>,
 }
 
 /// A region of the network.
@@ -77,6 +81,10 @@ pub struct NodeSpec {
     /// they dial the listen IPs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// True if the node holds a share of the network's OPRF key. When no node is marked,
+    /// [`Topology::evaluators`] picks one per region (at least three where there are three).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evaluator: bool,
 }
 
 /// Why a topology file could not be used.
@@ -225,7 +233,61 @@ impl Topology {
                 }
             }
         }
+        let (evaluators, threshold) = self.evaluators();
+        if !self.nodes.is_empty() && (threshold == 0 || usize::from(threshold) > evaluators.len()) {
+            problems.push(format!(
+                "evaluator_threshold = {threshold} with {} evaluator node(s): it must be between 1 and the number of evaluators",
+                evaluators.len()
+            ));
+        }
+        if evaluators.len() > zorgmesh_protocol::oprf::MAX_EVALUATORS {
+            problems.push(format!(
+                "{} evaluators; at most {} are allowed",
+                evaluators.len(),
+                zorgmesh_protocol::oprf::MAX_EVALUATORS
+            ));
+        }
         problems
+    }
+
+    /// The evaluator nodes (by name, in share-index order) and the threshold: the nodes
+    /// marked `evaluator = true`, or else the first node of every region, topped up round
+    /// robin over the regions to three where the mesh has three nodes; the threshold is
+    /// `evaluator_threshold` or a majority.
+    pub fn evaluators(&self) -> (Vec<String>, u16) {
+        let marked: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.evaluator)
+            .map(|n| n.name.clone())
+            .collect();
+        let chosen = if marked.is_empty() {
+            let mut per_region: Vec<Vec<&NodeSpec>> = self
+                .regions
+                .iter()
+                .map(|r| self.nodes_in(&r.name).collect())
+                .collect();
+            per_region.retain(|nodes| !nodes.is_empty());
+            let want = per_region.len().max(3.min(self.nodes.len()));
+            let mut chosen = Vec::new();
+            let mut round = 0;
+            while chosen.len() < want && per_region.iter().any(|n| n.len() > round) {
+                for nodes in &per_region {
+                    if chosen.len() < want {
+                        if let Some(node) = nodes.get(round) {
+                            chosen.push(node.name.clone());
+                        }
+                    }
+                }
+                round += 1;
+            }
+            chosen
+        } else {
+            marked
+        };
+        let n = chosen.len() as u16;
+        let threshold = self.evaluator_threshold.unwrap_or(n / 2 + 1);
+        (chosen, threshold)
     }
 
     /// Nodes of a region.
