@@ -83,12 +83,17 @@ impl TestMesh {
         nodes: &[(&str, &str)],
         running: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_topology(topology(network, nodes), running).await
+    }
+
+    /// Provisions `topology` and starts its first `running` nodes.
+    pub async fn start_topology(topology: Topology, running: usize) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("zorgmesh-test-")
             .tempdir()?;
         let root = dir.path().to_owned();
         let provisioned = provision::generate_material(
-            &topology(network, nodes),
+            &topology,
             &root,
             time::OffsetDateTime::now_utc(),
         )?;

@@ -129,7 +129,10 @@ fn patient_key(bsn: &str, mesh: &TestMesh) -> zorgmesh_protocol::PatientKey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_compacted_log_is_synced_from_its_snapshot_and_continues_after_a_restart() {
-    let mut mesh = TestMesh::start_first("synctest", NODES, 1).await.unwrap();
+    // Node 0 must publish alone, so it is the one evaluator (t = 1) of this mesh.
+    let mut topology = zorgmesh_tests::topology("synctest", NODES);
+    topology.nodes[0].evaluator = true;
+    let mut mesh = TestMesh::start_topology(topology, 1).await.unwrap();
     mesh.compact_after_batches = 2;
     mesh.restart(0).await.unwrap(); // take the setting
     for (i, bsn) in BSNS.iter().enumerate() {
