@@ -92,11 +92,8 @@ impl TestMesh {
             .prefix("zorgmesh-test-")
             .tempdir()?;
         let root = dir.path().to_owned();
-        let provisioned = provision::generate_material(
-            &topology,
-            &root,
-            time::OffsetDateTime::now_utc(),
-        )?;
+        let provisioned =
+            provision::generate_material(&topology, &root, time::OffsetDateTime::now_utc())?;
         let mut mesh = Self {
             _dir: dir,
             root,
