@@ -592,18 +592,26 @@ pub fn recombine_key(set: &EvaluatorSet, shares: &[KeyShare]) -> Result<Scalar, 
         .collect();
     Ok(chosen
         .iter()
+        .zip(lagrange_at_zero(&xs))
+        .map(|(share, lambda)| share.secret * lambda)
+        .sum())
+}
+
+/// Lagrange coefficients at zero for the x-coordinates `xs`: `λ_i = Π_{j≠i} x_j / (x_j − x_i)`.
+fn lagrange_at_zero(xs: &[Scalar]) -> Vec<Scalar> {
+    xs.iter()
         .enumerate()
-        .map(|(i, share)| {
+        .map(|(i, xi)| {
             let (num, den) = xs
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
                 .fold((Scalar::ONE, Scalar::ONE), |(num, den), (_, xj)| {
-                    (num * xj, den * (xj - xs[i]))
+                    (num * xj, den * (xj - xi))
                 });
-            share.secret * num * den.invert()
+            num * den.invert()
         })
-        .sum())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -803,21 +811,7 @@ impl BlindedBatch {
             .iter()
             .map(|p| Scalar::from(u64::from(p.evaluator)))
             .collect();
-        // λ_i = Π_{j≠i} x_j / (x_j − x_i)
-        let lambdas: Vec<Scalar> = xs
-            .iter()
-            .enumerate()
-            .map(|(i, xi)| {
-                let (num, den) = xs
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .fold((Scalar::ONE, Scalar::ONE), |(num, den), (_, xj)| {
-                        (num * xj, den * (xj - xi))
-                    });
-                num * den.invert()
-            })
-            .collect();
+        let lambdas = lagrange_at_zero(&xs);
         let outputs = (0..self.blinded.len())
             .map(|e| {
                 let unblind = self.blinds[e].invert();
