@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use zorgmesh_protocol::oprf::{KeyShare, SignedEvaluatorSet};
+use zorgmesh_protocol::revocation::{Revocation, RevocationListBody, SignedRevocationList};
 
 /// Why trust material could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +117,8 @@ pub fn read_certificate(path: &Path) -> Result<Vec<u8>, FileError> {
 
 /// PEM tag of a signed evaluator set.
 pub const EVALUATOR_SET_PEM_TAG: &str = "ZORGMESH EVALUATOR SET";
+/// PEM tag of a signed revocation list.
+pub const REVOCATION_LIST_PEM_TAG: &str = "ZORGMESH REVOCATION LIST";
 /// PEM tag of an evaluator's OPRF key share.
 pub const KEY_SHARE_PEM_TAG: &str = "ZORGMESH OPRF KEY SHARE";
 
@@ -142,6 +145,33 @@ pub fn read_evaluator_set(path: &Path) -> Result<SignedEvaluatorSet, FileError> 
     let bytes = read_pem(path, EVALUATOR_SET_PEM_TAG)?;
     SignedEvaluatorSet::from_bytes(&bytes)
         .map_err(|e| format_err(path, format!("not an evaluator set: {e}")))
+}
+
+/// Writes a CA-signed revocation list (public) as PEM.
+pub fn write_revocation_list(path: &Path, list: &SignedRevocationList) -> Result<(), FileError> {
+    let text = pem::encode(&pem::Pem::new(REVOCATION_LIST_PEM_TAG, list.to_bytes()));
+    write_public_file(path, text.as_bytes())
+}
+
+/// Reads a revocation list (verify it with [`SignedRevocationList::verify`]).
+pub fn read_revocation_list(path: &Path) -> Result<SignedRevocationList, FileError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_revocation_list(&bytes).map_err(|m| format_err(path, m))
+}
+
+/// Parses a revocation list given as PEM or as its raw encoding (not yet verified).
+pub fn parse_revocation_list(bytes: &[u8]) -> Result<SignedRevocationList, String> {
+    let raw = match pem::parse(bytes) {
+        Ok(parsed) if parsed.tag() == REVOCATION_LIST_PEM_TAG => parsed.into_contents(),
+        Ok(parsed) => {
+            return Err(format!(
+                "holds a {:?}, not a {REVOCATION_LIST_PEM_TAG}",
+                parsed.tag()
+            ))
+        }
+        Err(_) => bytes.to_vec(),
+    };
+    SignedRevocationList::from_bytes(&raw).map_err(|e| format!("not a revocation list: {e}"))
 }
 
 /// Writes an evaluator's key share, owner-only: PEM whose content is the share index
@@ -177,6 +207,9 @@ pub struct CaFiles {
     /// `evaluators.pem`: the CA-signed evaluator set (threshold, evaluators, commitments)
     /// every node needs.
     pub evaluator_set: PathBuf,
+    /// `revocations.pem`: the newest revocation list the CA signed (absent until the first
+    /// `certs revoke`).
+    pub revocations: PathBuf,
     /// `shares/`: evaluators' key shares not yet handed out. `certs issue` moves an
     /// evaluator's share to it; once every evaluator has its share this is empty.
     pub pending_shares: PathBuf,
@@ -189,6 +222,7 @@ impl CaFiles {
             certificate: dir.join("ca.crt"),
             key: dir.join("ca.key"),
             evaluator_set: dir.join("evaluators.pem"),
+            revocations: dir.join("revocations.pem"),
             pending_shares: dir.join("shares"),
         }
     }
@@ -244,6 +278,63 @@ impl CaFiles {
         let key = read_signing_key(&self.key)?;
         let der = read_certificate(&self.certificate)?;
         crate::CertificateAuthority::load(key, der).map_err(|m| format_err(&self.key, m))
+    }
+
+    /// Revokes the node whose certificate is `certificate_der`: signs the successor of the
+    /// held list (or the first list) with it added, writes it to `revocations.pem` and
+    /// returns it.
+    pub fn revoke(
+        &self,
+        certificate_der: &[u8],
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<SignedRevocationList, FileError> {
+        let ca = self.load_authority()?;
+        let anchor = crate::TrustAnchor::from_der(ca.certificate_der())
+            .map_err(|e| format_err(&self.certificate, e.to_string()))?;
+        // An expired certificate can still be revoked (it may be presented with a wrong
+        // clock); only the CA's signature on it is checked.
+        let node = anchor
+            .verify_node_certificate(certificate_der, None)
+            .map_err(|e| {
+                format_err(
+                    &self.certificate,
+                    format!("not a certificate of this network: {e}"),
+                )
+            })?;
+        if reason.len() > zorgmesh_protocol::revocation::MAX_REASON_BYTES {
+            return Err(format_err(
+                &self.revocations,
+                format!(
+                    "the reason is longer than {} bytes",
+                    zorgmesh_protocol::revocation::MAX_REASON_BYTES
+                ),
+            ));
+        }
+        let previous = if self.revocations.exists() {
+            let list = read_revocation_list(&self.revocations)?;
+            list.verify(&anchor.public_key(), anchor.network())
+                .map_err(|e| format_err(&self.revocations, e.to_string()))?;
+            list.body
+        } else {
+            RevocationListBody::empty(anchor.network())
+        };
+        let next = previous.successor(
+            vec![Revocation {
+                node: node.node,
+                name: node.identity.name.clone(),
+                revoked_at_ms: now_ms,
+                not_after: node.not_after,
+                reason: reason.to_owned(),
+            }],
+            now_ms,
+        );
+        if next.revocations.len() > zorgmesh_protocol::revocation::MAX_REVOCATIONS {
+            return Err(format_err(&self.revocations, "the revocation list is full"));
+        }
+        let list = SignedRevocationList::sign(next, ca.key());
+        write_revocation_list(&self.revocations, &list)?;
+        Ok(list)
     }
 
     /// Loads the trust anchor only.

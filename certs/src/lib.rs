@@ -22,8 +22,9 @@ mod verify;
 pub use authority::{CertificateAuthority, IssuedNode};
 pub use evaluators::{deal_evaluator_keys, EvaluatorKeys};
 pub use files::{
-    read_certificate, read_evaluator_set, read_key_share, read_signing_key, write_certificate,
-    write_evaluator_set, write_key_share, write_private_file, write_signing_key, CaFiles,
+    parse_revocation_list, read_certificate, read_evaluator_set, read_key_share,
+    read_revocation_list, read_signing_key, write_certificate, write_evaluator_set,
+    write_key_share, write_private_file, write_revocation_list, write_signing_key, CaFiles,
     FileError, NodeFiles,
 };
 pub use identity::{NodeIdentity, IDENTITY_EXTENSION_OID};

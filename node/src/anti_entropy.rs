@@ -52,6 +52,23 @@ pub async fn sync_with(
     addr: SocketAddr,
 ) -> Result<SyncOutcome, crate::data_plane::FetchError> {
     let mut outcome = SyncOutcome::default();
+    // Revocations first: a newer list changes which publishers count at all.
+    match data_plane
+        .revocations(peer, name, addr, mesh.revocation_sequence())
+        .await
+    {
+        Ok(Some(list)) => {
+            if let Err(reason) = mesh.apply_revocations(list) {
+                tracing::warn!(peer = %name, reason = %reason, "revocation list refused");
+            }
+        }
+        Ok(None) => {}
+        Err(crate::data_plane::FetchError::Remote { code, message }) => {
+            tracing::debug!(peer = %name, ?code, message = %message, "peer sent no revocation list");
+        }
+        Err(e) => return Err(e),
+    }
+    outcome.round_trips += 1;
     for _ in 0..MAX_ROUNDS_PER_SYNC {
         let local = mesh.heads();
         let digest = data_plane.heads_digest(peer, name, addr).await?;
@@ -59,8 +76,10 @@ pub async fn sync_with(
         if digest == heads_digest(&local) {
             return Ok(outcome);
         }
-        let remote = data_plane.heads(peer, name, addr).await?;
+        let mut remote = data_plane.heads(peer, name, addr).await?;
         outcome.round_trips += 1;
+        // A peer that has not yet applied a revocation still lists the revoked publisher.
+        remote.retain(|head| !mesh.is_revoked(&head.publisher));
         let requests = plan_requests(&local, &remote);
         if requests.is_empty() {
             // The peer is behind us, not ahead: nothing to fetch from it.

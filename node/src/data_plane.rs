@@ -458,6 +458,51 @@ impl DataPlane {
         }
     }
 
+    /// A peer's revocation list when it is newer than `have`.
+    pub async fn revocations(
+        &self,
+        peer: NodeId,
+        name: &str,
+        addr: SocketAddr,
+        have: u64,
+    ) -> Result<Option<zorgmesh_protocol::revocation::SignedRevocationList>, FetchError> {
+        let mut frames = self
+            .request(peer, name, addr, &FetchRequest::Revocations { have })
+            .await?;
+        match (frames.pop(), frames.is_empty()) {
+            (None, _) => Ok(None),
+            (Some(FetchFrame::Message { bytes }), true) => {
+                match zorgmesh_protocol::gossip::GossipMessage::from_bytes(&bytes) {
+                    Ok(zorgmesh_protocol::gossip::GossipMessage::Revocations { list }) => {
+                        Ok(Some(list))
+                    }
+                    _ => Err(FetchError::Protocol(
+                        "expected a revocation list message".into(),
+                    )),
+                }
+            }
+            _ => Err(FetchError::Protocol(
+                "expected at most one revocation list".into(),
+            )),
+        }
+    }
+
+    /// Closes cached connections to nodes in `revoked`.
+    pub async fn close_revoked(&self, revoked: &std::collections::BTreeSet<NodeId>) -> usize {
+        let mut cache = self.connections.lock().await;
+        let mut closed = 0;
+        cache.retain(|node, connection| {
+            if revoked.contains(node) {
+                connection.close(3u32.into(), b"revoked");
+                closed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        closed
+    }
+
     /// A peer's heads vector.
     pub async fn heads(
         &self,
@@ -512,8 +557,25 @@ async fn serve_connection(
             return Ok(());
         }
     };
+    let mut revocations = mesh.watch_revocations();
+    if mesh.is_revoked(&peer.node) {
+        tracing::warn!(peer = %peer.identity.name, "data-plane connection from a revoked node refused");
+        connection.close(3u32.into(), b"revoked");
+        return Ok(());
+    }
     loop {
-        let (send, recv) = match connection.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            changed = revocations.changed() => {
+                if changed.is_err() || mesh.is_revoked(&peer.node) {
+                    tracing::warn!(peer = %peer.identity.name, "closing the data-plane connection of a revoked node");
+                    connection.close(3u32.into(), b"revoked");
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let (send, recv) = match accepted {
             Ok(streams) => streams,
             Err(quinn::ConnectionError::ApplicationClosed(_))
             | Err(quinn::ConnectionError::TimedOut) => return Ok(()),
@@ -591,16 +653,34 @@ async fn serve_stream(
                     send_frame(&mut send, &FetchFrame::End { count }).await?;
                 }
                 Err(e) => {
+                    let code = match e {
+                        crate::mesh::BatchRangeError::Gap { .. } => FetchErrorCode::NotFound,
+                        crate::mesh::BatchRangeError::Storage(_) => FetchErrorCode::Internal,
+                    };
                     send_frame(
                         &mut send,
                         &FetchFrame::Error {
-                            code: FetchErrorCode::Internal,
+                            code,
                             message: e.to_string(),
                         },
                     )
                     .await?
                 }
             }
+            send.finish()?;
+            return Ok(());
+        }
+        Ok(FetchRequest::Revocations { have }) => {
+            let newer = mesh
+                .revocation_list()
+                .filter(|list| list.body.sequence > have);
+            let count = u32::from(newer.is_some());
+            if let Some(list) = newer {
+                let bytes =
+                    zorgmesh_protocol::gossip::GossipMessage::Revocations { list }.to_bytes();
+                send_frame(&mut send, &FetchFrame::Message { bytes }).await?;
+            }
+            send_frame(&mut send, &FetchFrame::End { count }).await?;
             send.finish()?;
             return Ok(());
         }

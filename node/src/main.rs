@@ -63,6 +63,22 @@ enum CertsCommand {
     },
     /// Issue a node key and certificate signed by the network CA.
     Issue(IssueArgs),
+    /// Revoke a node's certificate: sign the next revocation list (ca-dir/revocations.pem)
+    /// and, with --publish, hand it to a running node, which spreads it over the mesh.
+    Revoke {
+        /// Directory holding the network's ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The certificate to revoke (PEM), e.g. nodes/<name>/<name>.crt.
+        #[arg(long)]
+        certificate: PathBuf,
+        /// Why (at most 64 bytes), e.g. "key compromised".
+        #[arg(long, default_value = "revoked by the network operator")]
+        reason: String,
+        /// A node's HTTP address (http://host:port) to hand the list to; any node will do.
+        #[arg(long)]
+        publish: Option<String>,
+    },
     /// Show (and verify) a certificate.
     Show {
         /// The certificate (PEM).
@@ -276,6 +292,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 args.days,
                 key_path.display()
             );
+        }
+        Command::Certs(CertsCommand::Revoke {
+            ca_dir,
+            certificate,
+            reason,
+            publish,
+        }) => {
+            let files = CaFiles::in_dir(&ca_dir);
+            let der = read_certificate(&certificate)?;
+            let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
+            let list = files.revoke(&der, &reason, now_ms)?;
+            println!(
+                "revocation list {} written to {}: {} node(s) revoked",
+                list.body.sequence,
+                files.revocations.display(),
+                list.body.revocations.len()
+            );
+            for revocation in &list.body.revocations {
+                println!(
+                    "  {} ({}): {}",
+                    revocation.name, revocation.node, revocation.reason
+                );
+            }
+            match publish {
+                Some(base) => {
+                    let url = format!("{}/admin/revocations", base.trim_end_matches('/'));
+                    let pem = std::fs::read(&files.revocations)?;
+                    let response = reqwest::Client::new()
+                        .post(&url)
+                        .header("content-type", "application/x-pem-file")
+                        .body(pem)
+                        .send()
+                        .await
+                        .with_context(|| format!("cannot reach {url}"))?;
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    if !status.is_success() {
+                        bail!("{url} refused the list ({status}): {text}");
+                    }
+                    println!("published through {url}: {text}");
+                }
+                None => println!(
+                    "hand it to any node: curl --data-binary @{} http://<node>/admin/revocations",
+                    files.revocations.display()
+                ),
+            }
         }
         Command::Certs(CertsCommand::Show { certificate, ca }) => {
             let der = read_certificate(&certificate)?;

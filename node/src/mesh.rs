@@ -8,13 +8,14 @@
 
 use crate::storage::Storage;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::fetch::FetchFrame;
 use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::index::{BatchOutcome, HolderLocation, IndexLimits, SnapshotOutcome};
 use zorgmesh_protocol::record::SignedNodeRecord;
+use zorgmesh_protocol::revocation::SignedRevocationList;
 use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
 
@@ -35,6 +36,44 @@ pub enum Verdict {
     Reject(String),
 }
 
+/// Why a range of a publisher's log cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchRangeError {
+    /// Reading the stored log failed.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The range starts in a compacted prefix that no kept snapshot covers.
+    #[error("batches from {from} are compacted here and no snapshot covers them (oldest kept: {oldest})")]
+    Gap {
+        /// First sequence asked for.
+        from: u64,
+        /// Oldest batch kept.
+        oldest: u64,
+    },
+}
+
+/// What applying a revocation list did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RevocationOutcome {
+    /// The list is newer than the one held and now applies.
+    Applied {
+        /// Its sequence.
+        sequence: u64,
+        /// Nodes this list revoked that the previous one did not.
+        newly_revoked: Vec<NodeId>,
+        /// Live locator entries removed from the index.
+        removed_entries: usize,
+    },
+    /// The node holds this list or a newer one.
+    Stale,
+}
+
+#[derive(Default)]
+struct Revocations {
+    list: Option<SignedRevocationList>,
+    revoked: BTreeSet<NodeId>,
+}
+
 /// The index and its validation.
 pub struct Mesh {
     anchor: TrustAnchor,
@@ -44,6 +83,9 @@ pub struct Mesh {
     certificates: Mutex<HashMap<[u8; 32], VerifiedNode>>,
     storage: Arc<Storage>,
     own: NodeId,
+    revocations: Mutex<Revocations>,
+    revocation_watch: tokio::sync::watch::Sender<u64>,
+    forks_detected: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -78,7 +120,122 @@ impl Mesh {
             certificates: Mutex::new(HashMap::new()),
             storage,
             own: own_certificate.node,
+            revocations: Mutex::new(Revocations::default()),
+            revocation_watch: tokio::sync::watch::channel(0).0,
+            forks_detected: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    fn revocation_state(&self) -> std::sync::MutexGuard<'_, Revocations> {
+        self.revocations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True when the network CA revoked `node`.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revocation_state().revoked.contains(node)
+    }
+
+    /// Every node the held revocation list names.
+    pub fn revoked_nodes(&self) -> BTreeSet<NodeId> {
+        self.revocation_state().revoked.clone()
+    }
+
+    /// The sequence of the held revocation list (0: none).
+    pub fn revocation_sequence(&self) -> u64 {
+        self.revocation_state()
+            .list
+            .as_ref()
+            .map_or(0, |l| l.body.sequence)
+    }
+
+    /// The held revocation list.
+    pub fn revocation_list(&self) -> Option<SignedRevocationList> {
+        self.revocation_state().list.clone()
+    }
+
+    /// Told each time a newer revocation list applies (its sequence).
+    pub fn watch_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocation_watch.subscribe()
+    }
+
+    /// A peer says it holds revocation list `sequence`: when that is newer than ours,
+    /// anti-entropy fetches it at once.
+    pub fn peer_revocation_sequence(&self, sequence: u64) {
+        if sequence > self.revocation_sequence() {
+            self.nudge(None);
+        }
+    }
+
+    /// Older-sequence forks detected so far (a publisher signed two different batches for
+    /// one sequence).
+    pub fn forks_detected(&self) -> usize {
+        self.forks_detected
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks a revocation list (CA signature, network) and, when it is newer than the one
+    /// held, keeps it durably and applies it: the revoked nodes' entries leave the index
+    /// and their stored logs are dropped; watchers close their connections.
+    pub fn apply_revocations(
+        &self,
+        list: SignedRevocationList,
+    ) -> Result<RevocationOutcome, String> {
+        list.verify(&self.anchor.public_key(), self.anchor.network())
+            .map_err(|e| e.to_string())?;
+        let sequence = list.body.sequence;
+        let mut state = self.revocation_state();
+        if sequence <= state.list.as_ref().map_or(0, |l| l.body.sequence) {
+            return Ok(RevocationOutcome::Stale);
+        }
+        // Durable before it takes effect: a restart re-applies it.
+        self.storage
+            .store_revocations(&list.to_bytes())
+            .map_err(|e| format!("cannot keep the revocation list: {e}"))?;
+        let revoked = list.body.revoked_nodes();
+        let newly_revoked: Vec<NodeId> = revoked.difference(&state.revoked).copied().collect();
+        let mut removed_entries = 0;
+        {
+            let mut index = self.index();
+            for node in &newly_revoked {
+                removed_entries += index.revoke_publisher(*node);
+            }
+        }
+        for node in &newly_revoked {
+            if let Err(e) = self.storage.forget_publisher(&node.0) {
+                tracing::error!(error = %e, node = %node, "cannot drop a revoked node's stored log");
+            }
+        }
+        // Lists are cumulative: a node missing from a newer list was dropped from it after
+        // its certificate expired, and stays out of the index.
+        state.revoked.extend(revoked);
+        state.list = Some(list);
+        drop(state);
+        tracing::warn!(sequence, revoked = ?newly_revoked, removed_entries, "revocation list applied");
+        self.revocation_watch.send_replace(sequence);
+        Ok(RevocationOutcome::Applied {
+            sequence,
+            newly_revoked,
+            removed_entries,
+        })
+    }
+
+    /// Admits a peer to the gossip mesh: its certificate (DER) must chain to the network
+    /// CA, be valid now, be for `key` (the key the peer proved in the handshake) and not be
+    /// revoked.
+    pub fn admit_member(&self, der: &[u8], key: &[u8; 32]) -> Result<VerifiedNode, String> {
+        let verified = self
+            .verify_certificate(der)
+            .map_err(|e| format!("certificate refused: {e}"))?;
+        if verified.node.0 != *key {
+            return Err("the certificate is for another key than the one the peer proved".into());
+        }
+        if self.is_revoked(&verified.node) {
+            return Err(format!(
+                "node {} ({}) is revoked by the network CA",
+                verified.identity.name, verified.node
+            ));
+        }
+        Ok(verified)
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, LocatorIndex> {
@@ -118,6 +275,13 @@ impl Mesh {
         let (record, batch) = match message {
             GossipMessage::Batch { record, batch } => (record, Some(batch)),
             GossipMessage::Announce { record } => (record, None),
+            GossipMessage::Revocations { list } => {
+                return match self.apply_revocations(list) {
+                    Ok(RevocationOutcome::Applied { .. }) => Verdict::Accept,
+                    Ok(RevocationOutcome::Stale) => Verdict::Ignore,
+                    Err(reason) => Verdict::Reject(reason),
+                };
+            }
         };
         if let Some(author) = author {
             if author != record.record.node.0 {
@@ -167,6 +331,9 @@ impl Mesh {
         if verified.node != record.record.node {
             return Err("certificate key differs from the record's node".into());
         }
+        if self.is_revoked(&verified.node) {
+            return Err(format!("node {} is revoked", verified.identity.name));
+        }
         let mut index = self.index();
         let known = index.knows_publisher(&verified.node);
         if !index.admit_publisher(verified.publisher_info()) {
@@ -191,16 +358,57 @@ impl Mesh {
         };
         let now_ms = crate::fhir::service::now_ms();
         let publisher = batch.body.publisher;
+        let candidate = batch.clone();
         match index.receive_batch(batch, now_ms) {
+            Ok(BatchOutcome::Duplicate) => {
+                drop(index);
+                match self.older_fork(&candidate) {
+                    Some(reason) => {
+                        self.forks_detected
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::error!(publisher = %publisher, sequence = candidate.body.sequence, "publisher forked its log");
+                        Verdict::Reject(reason)
+                    }
+                    None => Verdict::Ignore,
+                }
+            }
             Ok(BatchOutcome::Applied { .. }) => Verdict::Accept,
             Ok(BatchOutcome::Buffered { .. }) => {
                 self.nudge(Some(publisher));
                 Verdict::Accept
             }
-            Ok(BatchOutcome::Duplicate) => Verdict::Ignore,
             Err(e) if e.is_misbehaviour() => Verdict::Reject(e.to_string()),
             Err(_) => Verdict::Ignore,
         }
+    }
+
+    /// For a batch the index calls a duplicate: the fork reason when this node keeps a
+    /// different batch for the same sequence and the candidate carries the publisher's
+    /// valid signature (a relayed forgery is not the publisher's fork).
+    fn older_fork(&self, candidate: &SignedBatch) -> Option<String> {
+        let (publisher, sequence) = (candidate.body.publisher, candidate.body.sequence);
+        let held = if publisher == self.own {
+            self.storage
+                .own_batch_at(sequence)
+                .ok()
+                .flatten()
+                .and_then(|b| SignedBatch::from_bytes(&b).ok())
+        } else {
+            self.storage
+                .remote_message_at(&publisher.0, sequence)
+                .ok()
+                .flatten()
+                .and_then(|m| match GossipMessage::from_bytes(&m) {
+                    Ok(GossipMessage::Batch { batch, .. }) => Some(batch),
+                    _ => None,
+                })
+        }?;
+        if held.body.hash() == candidate.body.hash() || candidate.verify().is_err() {
+            return None;
+        }
+        Some(format!(
+            "publisher {publisher} forked its log at sequence {sequence} (an accepted, different batch is held)"
+        ))
     }
 
     /// Applies one of this node's own batches to its index.
@@ -218,13 +426,32 @@ impl Mesh {
         &self,
         own_address: &str,
     ) -> Result<(usize, usize), crate::storage::StorageError> {
+        if let Some(bytes) = self.storage.revocations()? {
+            match SignedRevocationList::from_bytes(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|list| self.apply_revocations(list))
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the kept revocation list is unusable; waiting for the mesh to resend it")
+                }
+            }
+        }
         let mut own = 0;
         let own_chunks: Vec<SignedSnapshotChunk> = self
             .storage
             .own_snapshot()?
             .iter()
-            .filter_map(|c| SignedSnapshotChunk::from_bytes(c).ok())
-            .collect();
+            .enumerate()
+            .map(|(part, c)| {
+                SignedSnapshotChunk::from_bytes(c).map_err(|e| {
+                    crate::storage::StorageError::Corrupt {
+                        key: format!("own_snapshot/{part}"),
+                        message: format!("this node's log snapshot cannot be read: {e}"),
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if !own_chunks.is_empty() {
             let now_ms = crate::fhir::service::now_ms();
             if let Err(e) = self.index().install_snapshot(&own_chunks, now_ms) {
@@ -240,10 +467,17 @@ impl Mesh {
                         continue;
                     }
                 }
-                let decoded: Vec<SignedSnapshotChunk> = chunks
+                let decoded: Result<Vec<SignedSnapshotChunk>, _> = chunks
                     .iter()
-                    .filter_map(|c| SignedSnapshotChunk::from_bytes(c).ok())
+                    .map(|c| SignedSnapshotChunk::from_bytes(c))
                     .collect();
+                let decoded = match decoded {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        tracing::error!(publisher = %record.record.node, error = %e, "a kept snapshot cannot be read; it is left out and will be fetched again from peers");
+                        continue;
+                    }
+                };
                 if let Err(e) = self
                     .index()
                     .install_snapshot(&decoded, crate::fhir::service::now_ms())
@@ -264,13 +498,20 @@ impl Mesh {
         let mut remote = 0;
         for bytes in self.storage.remote_messages() {
             let bytes = bytes?;
-            let Ok(GossipMessage::Batch { record, batch }) = GossipMessage::from_bytes(&bytes)
-            else {
-                tracing::error!("stored gossip message is corrupt");
-                continue;
-            };
-            if self.admit(&record, batch) == Verdict::Accept {
-                remote += 1;
+            match GossipMessage::from_bytes(&bytes) {
+                Ok(GossipMessage::Batch { record, batch }) => {
+                    if self.admit(&record, batch) == Verdict::Accept {
+                        remote += 1;
+                    }
+                }
+                // A publisher's newest record is kept beside its batches.
+                Ok(GossipMessage::Announce { record }) => {
+                    if let Err(reason) = self.admit_record(&record) {
+                        tracing::debug!(reason = %reason, "stored node record no longer admitted");
+                    }
+                }
+                Ok(GossipMessage::Revocations { .. }) => {}
+                Err(e) => tracing::error!(error = %e, "stored gossip message is corrupt"),
             }
         }
         Ok((own, remote))
@@ -326,7 +567,7 @@ impl Mesh {
         publisher: &NodeId,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<FetchFrame>, crate::storage::StorageError> {
+    ) -> Result<Vec<FetchFrame>, BatchRangeError> {
         let own = *publisher == self.own;
         let (oldest, snapshot) = if own {
             let record = self
@@ -364,6 +605,10 @@ impl Mesh {
                 );
                 from = covered + 1;
             }
+        }
+        // Never serve a range with a gap: what starts after `from` cannot be applied.
+        if let Some(oldest) = oldest.filter(|oldest| from < *oldest) {
+            return Err(BatchRangeError::Gap { from, oldest });
         }
         let messages = if own {
             let record = self

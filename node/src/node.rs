@@ -47,7 +47,25 @@ pub struct RunningNode {
     /// Anti-entropy counters.
     pub sync_stats: Arc<SyncStats>,
     shutdown: watch::Sender<bool>,
+    /// Why the node must stop on its own (its certificate was revoked or expired).
+    fatal: mpsc::Receiver<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How often the node checks its own certificate's expiry.
+const CERTIFICATE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// Warn this long before the node certificate expires.
+pub const EXPIRY_WARNING_DAYS: i64 = 30;
+
+/// What the node says about its own certificate.
+pub fn certificate_status(not_after: i64, now_secs: i64) -> serde_json::Value {
+    let days_left = (not_after - now_secs).div_euclid(86_400);
+    serde_json::json!({
+        "not_after": not_after,
+        "days_left": days_left,
+        "expiring_soon": days_left < EXPIRY_WARNING_DAYS,
+        "expired": now_secs > not_after,
+    })
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -91,6 +109,7 @@ pub struct KeyStatus {
 /// counters, and on an evaluator its evaluation audit.
 pub fn status_document(
     name: &str,
+    not_after: i64,
     mesh: &Mesh,
     gossip: &GossipStatus,
     sync: &SyncStats,
@@ -110,6 +129,12 @@ pub fn status_document(
         .collect();
     serde_json::json!({
         "node": name,
+        "certificate": certificate_status(not_after, (crate::fhir::service::now_ms() / 1000) as i64),
+        "revocations": {
+            "sequence": mesh.revocation_sequence(),
+            "revoked_nodes": mesh.revoked_nodes().len(),
+        },
+        "forks_detected": mesh.forks_detected(),
         "live_entries": mesh.live_entries(),
         "own_log_batches": mesh.own_log_len(),
         "heads": heads,
@@ -118,6 +143,7 @@ pub fn status_document(
             "topic_peers": gossip.topic_peers.load(Relaxed),
             "accepted": gossip.accepted.load(Relaxed),
             "rejected": gossip.rejected.load(Relaxed),
+            "refused_connections": gossip.refused_connections.load(Relaxed),
         },
         "sync": {
             "rounds": sync.rounds.load(Relaxed),
@@ -210,6 +236,12 @@ impl RunningNode {
         ));
         let (own, remote) = mesh.restore(&advertised)?;
         mesh.set_own_address(&advertised);
+        if mesh.is_revoked(&identity.node) {
+            anyhow::bail!(
+                "the network CA revoked this node's certificate ({}): it may not rejoin the mesh; ask the CA for a new certificate for a new key",
+                trust.node_certificate.display()
+            );
+        }
         tracing::info!(node = %config.name, own_batches = own, remote_batches = remote, "index restored");
 
         let publisher = Publisher::new(
@@ -231,6 +263,7 @@ impl RunningNode {
         let gossip = gossip::start(
             GossipSettings {
                 key: key.clone(),
+                certificate_der: certificate_der.clone(),
                 network: anchor.network().to_owned(),
                 listen: config.gossip_listen,
                 bootstrap,
@@ -245,6 +278,59 @@ impl RunningNode {
         let spawn = |future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
             tokio::spawn(future.instrument(span.clone()))
         };
+
+        // Trust watcher: spread and enforce each newer revocation list; stop the node when
+        // its own certificate is revoked or expires.
+        let (fatal_tx, fatal) = mpsc::channel::<String>(1);
+        {
+            let mesh = mesh.clone();
+            let data_plane = data_plane.clone();
+            let publish = gossip.publish.clone();
+            let own = identity.node;
+            let not_after = identity.not_after;
+            let mut revocations = mesh.watch_revocations();
+            let mut shutdown = shutdown_rx.clone();
+            tasks.push(spawn(Box::pin(async move {
+                let mut check = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
+                let mut warned = false;
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        changed = revocations.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            let revoked = mesh.revoked_nodes();
+                            let closed = data_plane.close_revoked(&revoked).await;
+                            if closed > 0 {
+                                tracing::warn!(closed, "closed data-plane connections to revoked nodes");
+                            }
+                            if let Some(list) = mesh.revocation_list() {
+                                let message = GossipMessage::Revocations { list };
+                                let _ = publish.try_send(message.to_bytes());
+                            }
+                            if revoked.contains(&own) {
+                                let reason = "the network CA revoked this node's certificate: it may no longer take part in the mesh; ask the CA for a new certificate for a new key ('zorgmesh certs issue') and start the node with it".to_owned();
+                                tracing::error!("{reason}");
+                                let _ = fatal_tx.try_send(reason);
+                            }
+                        }
+                        _ = check.tick() => {
+                            let now = (crate::fhir::service::now_ms() / 1000) as i64;
+                            let status = certificate_status(not_after, now);
+                            if status["expired"] == true {
+                                let reason = format!("this node's certificate expired (notAfter {not_after} s since the epoch): peers refuse it now; run 'zorgmesh certs rotate' with the CA, or issue a new certificate, and restart");
+                                tracing::error!("{reason}");
+                                let _ = fatal_tx.try_send(reason);
+                            } else if status["expiring_soon"] == true && !warned {
+                                warned = true;
+                                tracing::warn!(days_left = %status["days_left"], "this node's certificate expires soon: run 'zorgmesh certs rotate' with the CA");
+                            }
+                        }
+                    }
+                }
+            })));
+        }
 
         // Publisher → own index + gossip.
         let (outbox, mut batches) = mpsc::channel(OUTBOX_DEPTH);
@@ -370,13 +456,21 @@ impl RunningNode {
                 let gossip_status = gossip.status.clone();
                 let sync_stats = sync_stats.clone();
                 let name = config.name.clone();
+                let not_after = identity.not_after;
                 let key_status = KeyStatus {
                     keys: patient_keys.clone(),
                     pending: pending_keys.clone(),
                     evaluator: evaluator.clone(),
                 };
                 std::sync::Arc::new(move || {
-                    status_document(&name, &mesh, &gossip_status, &sync_stats, &key_status)
+                    status_document(
+                        &name,
+                        not_after,
+                        &mesh,
+                        &gossip_status,
+                        &sync_stats,
+                        &key_status,
+                    )
                 })
             },
         };
@@ -399,6 +493,7 @@ impl RunningNode {
             gossip_status: gossip.status,
             sync_stats,
             shutdown,
+            fatal,
             tasks,
         })
     }
@@ -411,6 +506,11 @@ impl RunningNode {
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.identity.identity.name
+    }
+
+    /// Waits until the node must stop on its own (revoked or expired certificate) and says why.
+    pub async fn fatal(&mut self) -> Option<String> {
+        self.fatal.recv().await
     }
 
     /// Stops every task and waits for them, releasing ports and the data directory.
@@ -428,12 +528,17 @@ impl RunningNode {
     pub async fn run_until_ctrl_c(self) -> anyhow::Result<()> {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result?,
-            _ = terminate.recv() => {}
-        }
+        let mut node = self;
+        let fatal = tokio::select! {
+            result = tokio::signal::ctrl_c() => { result?; None }
+            _ = terminate.recv() => None,
+            reason = node.fatal.recv() => reason,
+        };
         tracing::info!("shutting down");
-        self.shutdown().await;
-        Ok(())
+        node.shutdown().await;
+        match fatal {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => Ok(()),
+        }
     }
 }

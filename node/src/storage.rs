@@ -183,6 +183,8 @@ pub struct Storage {
     remote_log: sled::Tree,
     remote_snapshots: sled::Tree,
     oprf_audit: sled::Tree,
+    /// Trust material learned from the mesh (the newest revocation list).
+    trust: sled::Tree,
     writer: Mutex<()>,
     pending_keys: tokio::sync::Notify,
 }
@@ -400,6 +402,7 @@ impl Storage {
             remote_log: db.open_tree("remote_log")?,
             remote_snapshots: db.open_tree("remote_snapshots")?,
             oprf_audit: db.open_tree("oprf_audit")?,
+            trust: db.open_tree("trust")?,
             db,
             writer: Mutex::new(()),
             pending_keys: tokio::sync::Notify::new(),
@@ -923,6 +926,52 @@ impl Storage {
             }
         }
         Ok(record.map(|r| (r, chunks)))
+    }
+
+    /// The stored accepted gossip message of `publisher` at `sequence`, if still kept.
+    pub fn remote_message_at(
+        &self,
+        publisher: &[u8; 32],
+        sequence: u64,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let key = [&publisher[..], &sequence.to_be_bytes()].concat();
+        Ok(self.remote_log.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// This node's own batch at `sequence`, if still kept (not compacted).
+    pub fn own_batch_at(&self, sequence: u64) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .own_log
+            .get(sequence.to_be_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Drops everything kept of a revoked publisher: its batches, its announcement and its
+    /// snapshot.
+    pub fn forget_publisher(&self, publisher: &[u8; 32]) -> Result<(), StorageError> {
+        let mut log = sled::Batch::default();
+        for item in self.remote_log.scan_prefix(publisher) {
+            log.remove(item?.0);
+        }
+        self.remote_log.apply_batch(log)?;
+        let mut snapshots = sled::Batch::default();
+        for item in self.remote_snapshots.scan_prefix(publisher) {
+            snapshots.remove(item?.0);
+        }
+        self.remote_snapshots.apply_batch(snapshots)?;
+        Ok(())
+    }
+
+    /// Durably keeps the newest revocation list (encoded), replacing the one held.
+    pub fn store_revocations(&self, list: &[u8]) -> Result<(), StorageError> {
+        self.trust.insert(b"revocations", list)?;
+        self.trust.flush()?;
+        Ok(())
+    }
+
+    /// The revocation list kept, if any (encoded).
+    pub fn revocations(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.trust.get(b"revocations")?.map(|v| v.to_vec()))
     }
 
     /// Flushes everything to disk.

@@ -14,6 +14,34 @@ pub const BATCH_SIGNATURE_DOMAIN: &[u8] = b"zorgmesh/locator-batch/v1\n";
 pub const BATCH_HASH_DOMAIN: &[u8] = b"zorgmesh/locator-batch-hash/v1\n";
 /// Most entries one batch may carry.
 pub const MAX_ENTRIES_PER_BATCH: usize = 4096;
+/// Bytes of entries a batch or snapshot chunk may carry: [`MAX_BATCH_BYTES`] less room for
+/// the fixed fields and the signature. Publishers cut by this as well as by entry count.
+pub const MAX_ENTRY_BYTES: usize = MAX_BATCH_BYTES - 256;
+
+/// Splits `entries` (in order) into runs of at most [`MAX_ENTRIES_PER_BATCH`] entries and
+/// [`MAX_ENTRY_BYTES`] encoded bytes each; never returns an empty run.
+pub fn runs_within_limits(
+    entries: Vec<LocatorEntry>,
+    max_entries: usize,
+) -> Vec<Vec<LocatorEntry>> {
+    let max_entries = max_entries.clamp(1, MAX_ENTRIES_PER_BATCH);
+    let mut runs = Vec::new();
+    let mut run: Vec<LocatorEntry> = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        let size = entry.encoded_len();
+        if !run.is_empty() && (run.len() >= max_entries || bytes + size > MAX_ENTRY_BYTES) {
+            runs.push(std::mem::take(&mut run));
+            bytes = 0;
+        }
+        bytes += size;
+        run.push(entry);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
 /// Largest encoded signed batch.
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// Sequence number of a publisher's first batch.

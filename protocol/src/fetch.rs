@@ -38,6 +38,12 @@ pub enum FetchRequest {
     Batches(RangeRequest),
     /// Tag 4: evaluate blinded elements with the server's OPRF key share (evaluators only).
     Evaluate(EvaluationRequest),
+    /// Tag 5: the server's revocation list if it is newer than `have` (the requester's
+    /// sequence): one `Message` frame with a `GossipMessage::Revocations`, then `End`.
+    Revocations {
+        /// The highest list sequence the requester holds (0: none).
+        have: u64,
+    },
 }
 
 /// Why a holder refused or failed a request. Tags are stable.

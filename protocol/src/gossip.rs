@@ -3,6 +3,7 @@
 use crate::batch::{SignedBatch, MAX_BATCH_BYTES};
 use crate::codec::{self, DecodeError};
 use crate::record::{SignedNodeRecord, MAX_CERTIFICATE_BYTES};
+use crate::revocation::SignedRevocationList;
 
 /// Every versioned protocol id zorgmesh speaks, newest first per family. A retired id is
 /// never reused for something else.
@@ -38,6 +39,12 @@ pub enum GossipMessage {
         /// The signed record.
         record: SignedNodeRecord,
     },
+    /// Tag 2: the network CA's newest revocation list, relayed by any node that has it.
+    /// The message's gossip author is the relaying node, not the CA.
+    Revocations {
+        /// The CA-signed list.
+        list: SignedRevocationList,
+    },
 }
 
 impl GossipMessage {
@@ -53,6 +60,15 @@ impl GossipMessage {
             GossipMessage::Batch { record, batch } => {
                 record.record.validate()?;
                 batch.body.validate()?;
+                // The batch's own limit holds inside the message too: whatever is left
+                // after the tag and the record is the batch.
+                let batch_bytes = bytes.len() - 4 - codec::encode(record).len();
+                if batch_bytes > MAX_BATCH_BYTES {
+                    return Err(DecodeError::TooLarge {
+                        actual: batch_bytes,
+                        limit: MAX_BATCH_BYTES,
+                    });
+                }
                 if record.record.node != batch.body.publisher {
                     return Err(DecodeError::Invalid(
                         "the node record and the batch name different nodes".into(),
@@ -60,6 +76,7 @@ impl GossipMessage {
                 }
             }
             GossipMessage::Announce { record } => record.record.validate()?,
+            GossipMessage::Revocations { list } => list.body.validate()?,
         }
         Ok(message)
     }

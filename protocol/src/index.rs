@@ -123,6 +123,7 @@ pub struct LocatorIndex {
     patients: HashMap<PatientKey, BTreeMap<NodeId, LocatorEntry>>,
     by_publisher: HashMap<NodeId, std::collections::HashSet<PatientKey>>,
     live_entries: usize,
+    revoked: std::collections::HashSet<NodeId>,
 }
 
 /// What installing a snapshot did.
@@ -148,8 +149,11 @@ impl LocatorIndex {
     }
 
     /// Records a publisher whose certificate chain the caller has verified. Returns false
-    /// when the index is full and the publisher is new.
+    /// when the index is full and the publisher is new, or when the publisher is revoked.
     pub fn admit_publisher(&mut self, info: PublisherInfo) -> bool {
+        if self.revoked.contains(&info.node) {
+            return false;
+        }
         if let Some(state) = self.publishers.get_mut(&info.node) {
             state.info = info;
             return true;
@@ -169,6 +173,34 @@ impl LocatorIndex {
             },
         );
         true
+    }
+
+    /// Removes a revoked publisher: its entries leave the index, its buffered batches are
+    /// dropped, and it is never admitted again (a node that comes back does so under a new
+    /// key). Returns the number of live entries removed.
+    pub fn revoke_publisher(&mut self, node: NodeId) -> usize {
+        self.revoked.insert(node);
+        self.publishers.remove(&node);
+        let mut removed = 0;
+        for patient in self.by_publisher.remove(&node).unwrap_or_default() {
+            if let Some(holders) = self.patients.get_mut(&patient) {
+                if let Some(entry) = holders.remove(&node) {
+                    if !entry.retracted {
+                        removed += 1;
+                    }
+                }
+                if holders.is_empty() {
+                    self.patients.remove(&patient);
+                }
+            }
+        }
+        self.live_entries -= removed;
+        removed
+    }
+
+    /// True when the publisher was revoked.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked.contains(node)
     }
 
     /// True when the publisher has been admitted.

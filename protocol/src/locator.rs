@@ -68,6 +68,16 @@ impl LocatorEntry {
         self.counts.iter().map(|c| u64::from(c.count)).sum()
     }
 
+    /// Length of this entry's encoding, computed without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        let counts: usize = self
+            .counts
+            .iter()
+            .map(|c| 8 + c.resource_type.len() + 4)
+            .sum();
+        32 + 32 + 8 + counts + 8 + 1
+    }
+
     /// Checks the canonical-form rules that the decoder cannot express.
     pub fn validate(&self) -> Result<(), DecodeError> {
         if self.counts.len() > MAX_COUNTS_PER_ENTRY {

@@ -1,7 +1,9 @@
 //! A node's own publisher log: stages locator entries and cuts signed batches by size or
 //! time window, so that one signature covers many entries.
 
-use crate::batch::{BatchBody, SignedBatch, FIRST_SEQUENCE, GENESIS_HASH, MAX_ENTRIES_PER_BATCH};
+use crate::batch::{
+    BatchBody, SignedBatch, FIRST_SEQUENCE, GENESIS_HASH, MAX_ENTRIES_PER_BATCH, MAX_ENTRY_BYTES,
+};
 use crate::locator::{LocatorEntry, NodeId};
 use crate::patient::PatientKey;
 use ed25519_dalek::SigningKey;
@@ -104,11 +106,19 @@ impl PublisherLog {
     }
 
     fn cut(&mut self, now_ms: u64, key: &SigningKey) -> SignedBatch {
-        let take = self.staged.len().min(self.policy.max_entries);
-        let mut entries = Vec::with_capacity(take);
-        while entries.len() < take {
-            let (_, entry) = self.staged.pop_first().expect("counted above");
-            entries.push(entry);
+        // Cut by entry count and by encoded size, so a batch never exceeds MAX_BATCH_BYTES.
+        let max_entries = self.policy.max_entries.clamp(1, MAX_ENTRIES_PER_BATCH);
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        while let Some(entry) = self.staged.first_entry() {
+            let size = entry.get().encoded_len();
+            if !entries.is_empty()
+                && (entries.len() >= max_entries || bytes + size > MAX_ENTRY_BYTES)
+            {
+                break;
+            }
+            bytes += size;
+            entries.push(entry.remove());
         }
         self.oldest_staged_at_ms = if self.staged.is_empty() {
             None

@@ -2,8 +2,8 @@
 //! its live entries at a sequence number; peers that are further behind than the oldest
 //! batch kept sync from the snapshot plus the tail.
 //!
-//! A snapshot is cut into chunks of at most [`MAX_ENTRIES_PER_BATCH`] entries so that every
-//! decode stays bounded. Each chunk is signed on its own over
+//! A snapshot is cut into chunks of at most [`MAX_ENTRIES_PER_BATCH`] entries and
+//! [`MAX_CHUNK_BYTES`] encoded bytes, so that every decode stays bounded. Each chunk is signed on its own over
 //! `SNAPSHOT_SIGNATURE_DOMAIN || encode(SnapshotChunkBody)`; a receiver installs a snapshot
 //! only when it holds every part `0..parts` and all of them name the same publisher,
 //! sequence and head hash.
@@ -122,13 +122,11 @@ pub fn cut_snapshot(
     let publisher = NodeId(key.verifying_key().to_bytes());
     entries.retain(|e| !e.retracted);
     entries.sort_by_key(|e| e.patient);
+    // Cut by entry count and by encoded size: every chunk stays within MAX_CHUNK_BYTES.
     let chunks: Vec<Vec<LocatorEntry>> = if entries.is_empty() {
         vec![Vec::new()]
     } else {
-        entries
-            .chunks(MAX_ENTRIES_PER_BATCH)
-            .map(<[LocatorEntry]>::to_vec)
-            .collect()
+        crate::batch::runs_within_limits(entries, MAX_ENTRIES_PER_BATCH)
     };
     let parts = chunks.len() as u32;
     chunks

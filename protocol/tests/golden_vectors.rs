@@ -158,3 +158,55 @@ fn print_vectors_for_spec() {
         println!("GOLDEN_EVAL_{}_ {e}", i + 1);
     }
 }
+
+/// The revocation-list vector (SPEC.md, "Revocation lists"): CA secret key 32 bytes of 0x09,
+/// network "zorgnet", sequence 1, one revocation of the batch publisher (key 0x07…).
+fn golden_revocation_list() -> zorgmesh_protocol::revocation::SignedRevocationList {
+    use zorgmesh_protocol::revocation::{Revocation, RevocationListBody, SignedRevocationList};
+    let ca = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let body = RevocationListBody {
+        version: 1,
+        network: "zorgnet".into(),
+        sequence: 1,
+        issued_at_ms: 1_767_225_600_000,
+        revocations: vec![Revocation {
+            node: common::node_id(&common::publisher_key()),
+            name: "zuid-b".into(),
+            revoked_at_ms: 1_767_225_600_000,
+            not_after: 1_798_761_600,
+            reason: "key compromised".into(),
+        }],
+    };
+    SignedRevocationList::sign(body, &ca)
+}
+const GOLDEN_CA_PUBLIC: &str = "fd1724385aa0c75b64fb78cd602fa1d991fdebf76b13c58ed702eac835e9f618";
+const GOLDEN_REVOCATION_LIST: &str = "0107000000000000007a6f72676e6574010000000000000000a8da769b0100000100000000000000ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c06000000000000007a7569642d6200a8da769b01000080ec366b000000000f000000000000006b657920636f6d70726f6d697365648f48e5497800ef01b04cdf580cd1f1d094d0d502e916b9be6fead0f5dca7d38409cd51869b24eaa2e8d0482b5dd8f56f64a59637c495d4c53df26cf0a10e8f0f";
+const GOLDEN_MEMBER_HELLO: &str = "050000000000000030030201000100000000000000";
+const GOLDEN_MEMBER_REFUSED: &str =
+    "01000000130000000000000063657274696669636174652072656675736564";
+
+#[test]
+fn revocation_list_and_membership_vectors() {
+    use zorgmesh_protocol::membership::{MemberAnswer, MemberHello};
+    let list = golden_revocation_list();
+    let ca = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let ca_public = ca.verifying_key().to_bytes();
+    let hello = MemberHello {
+        certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        revocation_sequence: 1,
+    };
+    let refused = MemberAnswer::refused("certificate refused");
+    println!("ca public: {}", hex::encode(ca_public));
+    println!("revocation list: {}", hex::encode(list.to_bytes()));
+    println!("hello: {}", hex::encode(hello.to_bytes()));
+    println!("refused: {}", hex::encode(refused.to_bytes()));
+    assert_eq!(hex::encode(ca_public), GOLDEN_CA_PUBLIC);
+    assert_eq!(hex::encode(list.to_bytes()), GOLDEN_REVOCATION_LIST);
+    let decoded = zorgmesh_protocol::revocation::SignedRevocationList::from_bytes(
+        &hex::decode(GOLDEN_REVOCATION_LIST).unwrap(),
+    )
+    .unwrap();
+    decoded.verify(&ca_public, "zorgnet").unwrap();
+    assert_eq!(hex::encode(hello.to_bytes()), GOLDEN_MEMBER_HELLO);
+    assert_eq!(hex::encode(refused.to_bytes()), GOLDEN_MEMBER_REFUSED);
+}

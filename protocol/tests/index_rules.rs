@@ -221,3 +221,25 @@ fn a_snapshot_replaces_the_log_prefix_and_the_chain_continues_after_it() {
     bigger.install_snapshot(&parts, 10).unwrap();
     assert_eq!(bigger.live_entries(), 5000);
 }
+
+#[test]
+fn a_revoked_publisher_leaves_the_index_and_stays_out() {
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    let mut batches = three_batches();
+    let last = batches.pop().unwrap();
+    for batch in batches {
+        index.receive_batch(batch, 10).unwrap();
+    }
+    assert_eq!(index.live_entries(), 2);
+    assert_eq!(index.revoke_publisher(common::node_id(&key)), 2);
+    assert_eq!(index.live_entries(), 0);
+    assert_eq!(index.patient_count(), 0);
+    assert!(index.publisher_heads().is_empty());
+    assert!(!index.admit_publisher(common::publisher_info(&key)));
+    assert_eq!(
+        index.receive_batch(last, 10),
+        Err(BatchRejection::UnknownPublisher(common::node_id(&key)))
+    );
+}

@@ -114,6 +114,21 @@ impl TestMesh {
         Ok(mesh)
     }
 
+    /// The network CA's directory (ca.crt, ca.key, evaluators.pem, revocations.pem).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+
+    /// Node `i`'s directory (node.crt, node.key, ...).
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.provisioned[i].dir.clone()
+    }
+
+    /// Node `i`'s key (whether it runs or not).
+    pub fn node_id(&self, i: usize) -> zorgmesh_protocol::NodeId {
+        self.provisioned[i].node_id
+    }
+
     fn config(&self, i: usize) -> NodeConfig {
         let bootstrap = self
             .nodes

@@ -198,9 +198,9 @@ async fn data_index_and_log_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_from_a_key_without_a_valid_certificate_never_enters_an_index() {
+async fn a_node_certified_by_another_ca_is_refused_at_the_connection_and_hears_nothing() {
     let mesh = TestMesh::start("testnet", &NODES[..3]).await.unwrap();
-    // A rogue node of the same network name, certified by another CA, joins the gossip mesh.
+    // A rogue node of the same network name, certified by another CA, dials every node.
     let rogue_mesh_dir = tempfile::tempdir().unwrap();
     let rogue_topology = zorgmesh_tests::topology("testnet", &[("rogue", "zuid")]);
     let rogue = zorgmesh_node::provision::generate_material(
@@ -218,53 +218,58 @@ async fn a_batch_from_a_key_without_a_valid_certificate_never_enters_an_index() 
         .await
         .unwrap();
     let rogue_id = rogue_node.identity.node;
-    assert!(
-        wait_until(Duration::from_secs(30), || rogue_node
-            .gossip_status
-            .topic_peers
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 3)
-        .await
-    );
-
-    // The rogue publishes locator batches until a legitimate node has judged one (an event
-    // to wait for: its message may race the mesh forming); a fresh patient each round, so
-    // each round is a new batch. Bounded: five rounds of up to 6 s.
-    let client = reqwest::Client::new();
-    let rejected = || {
+    let refused = || {
         mesh.running()
             .map(|n| {
                 n.gossip_status
-                    .rejected
+                    .refused_connections
                     .load(std::sync::atomic::Ordering::Relaxed)
             })
             .sum::<usize>()
     };
-    let rogue_bsns = ["123456782", "100000009", "100000010", "100000022", BSN];
-    let mut seen = false;
-    for bsn in rogue_bsns {
-        let response = client
-            .post(rogue_node.base_url())
-            .header("content-type", "application/fhir+json")
-            .body(patient_bundle(bsn, "rogue", 1).to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-        if wait_until(Duration::from_secs(6), || rejected() >= 1).await {
-            seen = true;
-            break;
-        }
-    }
-    assert!(seen, "no node saw a rogue message");
+    // Every member refuses the rogue's dial in the membership handshake.
+    assert!(
+        wait_until(Duration::from_secs(30), || refused() >= 3).await,
+        "members refused {} connections",
+        refused()
+    );
+    // The rogue writes; members write. Nothing crosses either way.
+    let client = reqwest::Client::new();
+    let response = client
+        .post(rogue_node.base_url())
+        .header("content-type", "application/fhir+json")
+        .body(patient_bundle(BSN, "rogue", 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
     mesh.post_bundle(0, &patient_bundle(OTHER_BSN, "legit", 1))
         .await
         .unwrap();
     mesh.wait_for_entries(1).await.unwrap();
+    assert_eq!(
+        rogue_node
+            .gossip_status
+            .connected_peers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        rogue_node
+            .gossip_status
+            .topic_peers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     for node in mesh.running() {
         assert!(
             !node.mesh.knows_publisher(&rogue_id),
             "{} admitted the rogue",
+            node.name()
+        );
+        assert!(
+            !rogue_node.mesh.knows_publisher(&node.identity.node),
+            "the rogue learned of {}",
             node.name()
         );
         assert_eq!(node.mesh.live_entries(), 1, "{}", node.name());

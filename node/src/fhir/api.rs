@@ -47,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .route("/admin/status", get(status))
+        .route(
+            "/admin/revocations",
+            post(post_revocations).get(get_revocations),
+        )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
@@ -306,6 +310,83 @@ async fn status(State(state): State<ApiState>) -> Response {
         (state.status)().to_string(),
     )
         .into_response()
+}
+
+/// Largest revocation list body (PEM of a full list).
+const MAX_REVOCATION_BODY: usize = 2 * 1024 * 1024;
+
+fn admin_json(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /admin/revocations`: a CA-signed revocation list (PEM or raw). Only the CA's
+/// signature gives it force, so whoever hands it in needs no other right.
+async fn post_revocations(State(state): State<ApiState>, body: Body) -> Response {
+    let bytes = match axum::body::to_bytes(body, MAX_REVOCATION_BODY).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return admin_json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": format!("revocation list body unreadable or over {MAX_REVOCATION_BODY} bytes: {e}")}),
+            )
+        }
+    };
+    let list = match zorgmesh_certs::parse_revocation_list(&bytes) {
+        Ok(list) => list,
+        Err(e) => return admin_json(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+    };
+    let mesh = state.dossier.mesh.clone();
+    let applied = tokio::task::spawn_blocking(move || mesh.apply_revocations(list)).await;
+    match applied {
+        Ok(Ok(crate::mesh::RevocationOutcome::Applied {
+            sequence,
+            newly_revoked,
+            removed_entries,
+        })) => admin_json(
+            StatusCode::OK,
+            &json!({
+                "applied": true,
+                "sequence": sequence,
+                "newly_revoked": newly_revoked.iter().map(|n| n.to_hex()).collect::<Vec<_>>(),
+                "removed_entries": removed_entries,
+            }),
+        ),
+        Ok(Ok(crate::mesh::RevocationOutcome::Stale)) => admin_json(
+            StatusCode::OK,
+            &json!({
+                "applied": false,
+                "reason": "this node already holds this list or a newer one",
+                "sequence": state.dossier.mesh.revocation_sequence(),
+            }),
+        ),
+        Ok(Err(e)) => admin_json(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+        Err(e) => admin_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `GET /admin/revocations`: the revocation list this node applies.
+async fn get_revocations(State(state): State<ApiState>) -> Response {
+    let list = state.dossier.mesh.revocation_list();
+    admin_json(
+        StatusCode::OK,
+        &json!({
+            "sequence": list.as_ref().map_or(0, |l| l.body.sequence),
+            "revoked": list.iter().flat_map(|l| l.body.revocations.iter()).map(|r| json!({
+                "node": r.node.to_hex(),
+                "name": r.name,
+                "revoked_at_ms": r.revoked_at_ms,
+                "reason": r.reason,
+            })).collect::<Vec<_>>(),
+        }),
+    )
 }
 
 async fn unknown_route() -> Response {

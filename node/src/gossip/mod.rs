@@ -1,9 +1,16 @@
-//! The gossip mesh: libp2p gossipsub over TCP + noise + yamux, with identify and ping.
+//! The gossip mesh: libp2p gossipsub over TCP + members-only noise + yamux, with identify
+//! and ping.
+//!
+//! Only members hear the mesh: every connection runs [`membership::MemberSecurity`], which
+//! refuses a peer without a current certificate from the network CA before any topic
+//! traffic.
 //!
 //! The node's libp2p identity is its ed25519 certificate key. All locator batches travel on
 //! one national topic (see docs/ARCHITECTURE.md). Every message is validated by
 //! [`crate::mesh::Mesh::handle_gossip`] before gossipsub forwards it; rejections lower the
 //! sender's peer score, and a peer below the graylist threshold is ignored.
+
+pub mod membership;
 
 use crate::mesh::{Mesh, Verdict};
 use ed25519_dalek::SigningKey;
@@ -13,7 +20,8 @@ use libp2p::gossipsub::{
     TopicScoreParams, ValidationMode,
 };
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, identity, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use membership::MemberSecurity;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -45,6 +53,8 @@ pub struct GossipStatus {
     pub rejected: AtomicUsize,
     /// Messages accepted.
     pub accepted: AtomicUsize,
+    /// Connections refused by the membership handshake (either side refused).
+    pub refused_connections: AtomicUsize,
 }
 
 /// Converts the node's ed25519 key into its libp2p identity.
@@ -75,6 +85,8 @@ pub fn multiaddr(addr: SocketAddr, peer: Option<PeerId>) -> Multiaddr {
 pub struct GossipSettings {
     /// The node key (libp2p identity).
     pub key: SigningKey,
+    /// The node's certificate (DER), shown to peers in the membership handshake.
+    pub certificate_der: Vec<u8>,
     /// Network name (part of the topic).
     pub network: String,
     /// TCP listen address.
@@ -85,14 +97,19 @@ pub struct GossipSettings {
     pub announce_now: mpsc::Sender<()>,
 }
 
-fn build_swarm(settings: &GossipSettings, topic: &IdentTopic) -> anyhow::Result<Swarm<Behaviour>> {
+fn build_swarm(
+    settings: &GossipSettings,
+    topic: &IdentTopic,
+    mesh: &Arc<Mesh>,
+) -> anyhow::Result<Swarm<Behaviour>> {
     let keypair = libp2p_keypair(&settings.key);
+    let certificate = settings.certificate_der.clone();
     let topic_hash = topic.hash();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            noise::Config::new,
+            |key: &identity::Keypair| MemberSecurity::new(key, certificate, mesh.clone()),
             yamux::Config::default,
         )?
         .with_behaviour(|key| {
@@ -167,7 +184,7 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Gossip> {
     let topic = IdentTopic::new(zorgmesh_protocol::gossip::locator_topic(&settings.network));
-    let mut swarm = build_swarm(&settings, &topic)?;
+    let mut swarm = build_swarm(&settings, &topic, &mesh)?;
     swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
     swarm.listen_on(multiaddr(settings.listen, None))?;
     let (publish, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -213,6 +230,7 @@ async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut bound = Some(bound);
+    let mut revocations = mesh.watch_revocations();
     let mut unpublished: VecDeque<Vec<u8>> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ticks: u64 = 0;
@@ -235,6 +253,12 @@ async fn run(
                     flush(&mut swarm, &topic, &mut unpublished);
                 }
             },
+            changed = revocations.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                cut_off_revoked(&mut swarm, &mesh);
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 flush(&mut swarm, &topic, &mut unpublished);
@@ -269,6 +293,13 @@ async fn run(
                     update_counts(&swarm, &topic, &status);
                 }
                 SwarmEvent::ConnectionClosed { .. } => update_counts(&swarm, &topic, &status),
+                SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                    status.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer_addr = %send_back_addr, error = %error, "incoming gossip connection not admitted");
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    tracing::debug!(peer = ?peer_id, error = %error, "gossip dial failed");
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => match event {
                     gossipsub::Event::Message { propagation_source, message_id, message } => {
                         let author = message.source.and_then(|p| author_key(&p));
@@ -302,6 +333,24 @@ async fn run(
     }
 }
 
+/// Disconnects every connected peer whose key is revoked and blacklists it in gossipsub,
+/// so nothing from it is accepted or forwarded even before the connection is gone. The
+/// membership handshake refuses it from then on.
+fn cut_off_revoked(swarm: &mut Swarm<Behaviour>, mesh: &Mesh) {
+    let revoked: Vec<PeerId> = swarm
+        .connected_peers()
+        .filter(|peer| {
+            author_key(peer).is_some_and(|key| mesh.is_revoked(&zorgmesh_protocol::NodeId(key)))
+        })
+        .copied()
+        .collect();
+    for peer in revoked {
+        tracing::warn!(%peer, "disconnecting a revoked node from gossip");
+        swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+        let _ = swarm.disconnect_peer_id(peer);
+    }
+}
+
 fn bootstrap_peer(addr: &Multiaddr) -> Option<PeerId> {
     addr.iter().find_map(|p| match p {
         libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
@@ -309,7 +358,7 @@ fn bootstrap_peer(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-fn author_key(peer: &PeerId) -> Option<[u8; 32]> {
+pub(crate) fn author_key(peer: &PeerId) -> Option<[u8; 32]> {
     // Ed25519 peer ids embed the public key (identity multihash).
     let public =
         identity::PublicKey::try_decode_protobuf(peer_identity_bytes(peer)?.as_slice()).ok()?;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the outside clients the tests drive (py-libp2p, pinned) into a virtual environment
+# at target/outside-clients. Idempotent: a complete environment is left as it is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/outside-clients
+requirements="libp2p==0.8.1"
+stamp="$venv/.installed"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$requirements" ]; then
+  echo "outside clients present in $venv"
+  exit 0
+fi
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check $requirements
+"$venv/bin/python" -c 'import libp2p, trio, multiaddr' 
+echo "$requirements" > "$stamp"
+echo "outside clients installed in $venv"
