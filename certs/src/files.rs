@@ -81,11 +81,15 @@ pub fn write_public_file(path: &Path, contents: &[u8]) -> Result<(), FileError> 
     write_atomic(path, contents, 0o644)
 }
 
-/// Writes an ed25519 key as PKCS#8 PEM, owner-only.
+/// Writes an ed25519 key as PKCS#8 v1 PEM (RFC 8410, without the optional public key, the
+/// form OpenSSL reads: `openssl pkey -in node.key`), owner-only.
 pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), FileError> {
-    let pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| format_err(path, e.to_string()))?;
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(Default::default())
+    .map_err(|e| format_err(path, e.to_string()))?;
     write_private_file(path, pem.as_bytes())
 }
 

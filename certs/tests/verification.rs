@@ -201,3 +201,55 @@ fn super_ca_public_key() -> [u8; 32] {
         .unwrap()
         .public_key()
 }
+
+#[test]
+fn key_and_certificate_files_are_read_by_openssl() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let key_path = dir.path().join("node.key");
+    let cert_path = dir.path().join("node.crt");
+    zorgmesh_certs::write_signing_key(&key_path, &key).unwrap();
+    let ca = ca(1, "testnet");
+    let der = ca
+        .issue(&identity(), &key, now(), now() + Duration::days(1))
+        .unwrap();
+    zorgmesh_certs::write_certificate(&cert_path, &der).unwrap();
+    assert_eq!(
+        zorgmesh_certs::read_signing_key(&key_path)
+            .unwrap()
+            .to_bytes(),
+        key.to_bytes()
+    );
+    let openssl = |args: &[&str]| std::process::Command::new("openssl").args(args).output();
+    let Ok(key_out) = openssl(&[
+        "pkey",
+        "-in",
+        key_path.to_str().unwrap(),
+        "-pubout",
+        "-outform",
+        "DER",
+    ]) else {
+        eprintln!("SKIPPED the OpenSSL half: no openssl binary");
+        return;
+    };
+    assert!(
+        key_out.status.success(),
+        "openssl cannot read the key: {key_out:?}"
+    );
+    // The SPKI OpenSSL derives ends with the node's public key.
+    assert!(key_out.stdout.ends_with(key.verifying_key().as_bytes()));
+    let cert_out = openssl(&[
+        "x509",
+        "-in",
+        cert_path.to_str().unwrap(),
+        "-noout",
+        "-ext",
+        "subjectAltName",
+    ])
+    .unwrap();
+    assert!(
+        cert_out.status.success(),
+        "openssl cannot read the certificate: {cert_out:?}"
+    );
+    assert!(String::from_utf8_lossy(&cert_out.stdout).contains("DNS:umcg.node.zorgmesh"));
+}

@@ -158,11 +158,11 @@ impl Mesh {
         self.revocation_watch.subscribe()
     }
 
-    /// A peer says it holds revocation list `sequence`: when that is newer than ours,
-    /// anti-entropy fetches it at once.
-    pub fn peer_revocation_sequence(&self, sequence: u64) {
+    /// Peer `peer` says it holds revocation list `sequence`: when that is newer than ours,
+    /// anti-entropy syncs with that peer at once (its first question is the list).
+    pub fn peer_revocation_sequence(&self, peer: NodeId, sequence: u64) {
         if sequence > self.revocation_sequence() {
-            self.nudge(None);
+            self.nudge(Some(peer));
         }
     }
 

@@ -341,10 +341,21 @@ impl Cluster {
     /// Waits until every node's index equals every other's and holds `entries` live
     /// entries (when given). Returns how long it took.
     async fn converge(&self, entries: Option<u64>, bound: Duration) -> Duration {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.converge_nodes(&all, entries, bound).await
+    }
+
+    /// [`Cluster::converge`] over the nodes `which` only.
+    async fn converge_nodes(
+        &self,
+        which: &[usize],
+        entries: Option<u64>,
+        bound: Duration,
+    ) -> Duration {
         let started = Instant::now();
         loop {
             let mut statuses = Vec::new();
-            for i in 0..self.nodes.len() {
+            for &i in which {
                 statuses.push(self.status(i).await);
             }
             let all: Option<Vec<Value>> = statuses.into_iter().collect();
@@ -384,7 +395,6 @@ impl Cluster {
         self.provisioned[i].dir.join("data")
     }
 
-    #[allow(dead_code)]
     fn root(&self) -> &Path {
         self.dir.path()
     }
@@ -459,11 +469,52 @@ async fn partition_then_heal_converges() {
         .await;
     expected.push((shared, vec!["noord-b", "zuid-a"]));
 
+    // During the partition the CA revokes noord-c; only the noord side hears of it.
+    let revoked = cluster.index_of("noord-c");
+    let ca = zorgmesh_certs::CaFiles::in_dir(&cluster.root().join("ca"));
+    let der = zorgmesh_certs::read_certificate(&cluster.provisioned[revoked].dir.join("node.crt"))
+        .unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    ca.revoke(&der, "key compromised", now_ms).unwrap();
+    let answer: Value = cluster
+        .http
+        .post(format!("{}/admin/revocations", cluster.base(0).await))
+        .body(std::fs::read(&ca.revocations).unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["applied"], true, "{answer}");
+    expected.retain(|(_, holders)| holders != &vec!["noord-c"]);
+
     for &i in &zuid {
         cluster.reconnect(i);
     }
-    let took = cluster.converge(Some(7), CONVERGENCE_BOUND).await;
-    println!("partition healed: converged in {:.1} s", took.as_secs_f64());
+    let healed = Instant::now();
+    let others: Vec<usize> = (0..cluster.nodes.len()).filter(|i| *i != revoked).collect();
+    // Every other node, zuid included, applies the list and drops noord-c's entry.
+    let took = cluster
+        .converge_nodes(&others, Some(6), CONVERGENCE_BOUND)
+        .await;
+    for &i in &others {
+        let status = cluster.status(i).await.unwrap();
+        assert_eq!(status["revocations"]["sequence"], 1, "{}", status["node"]);
+        assert!(
+            status["heads"].get("noord-c").is_none(),
+            "{}",
+            status["node"]
+        );
+    }
+    println!(
+        "partition healed: converged in {:.1} s, noord-c's revocation everywhere {:.1} s after the heal",
+        took.as_secs_f64(),
+        healed.elapsed().as_secs_f64()
+    );
     for (b, holders) in &expected {
         for resolver in [0, zuid[1]] {
             assert_complete(&cluster.dossier(resolver, b).await, holders);

@@ -87,9 +87,9 @@ impl MemberSecurity {
     /// Checks a peer's hello against the noise-proven `peer`.
     fn judge(&self, hello: &MemberHello, peer: &PeerId) -> Result<(), String> {
         let key = super::author_key(peer).ok_or("peer id is not an ed25519 key")?;
-        self.mesh.admit_member(&hello.certificate_der, &key)?;
+        let member = self.mesh.admit_member(&hello.certificate_der, &key)?;
         self.mesh
-            .peer_revocation_sequence(hello.revocation_sequence);
+            .peer_revocation_sequence(member.node, hello.revocation_sequence);
         Ok(())
     }
 }
