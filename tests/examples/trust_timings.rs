@@ -1,0 +1,136 @@
+//! Figures for issue 6 that need a running mesh (release build recommended):
+//!
+//! - **initial load**: one holder ingests `--patients` new patients (transaction bundles of
+//!   2,500) with 2-of-3 evaluators on other nodes; measured until every key is derived and the
+//!   whole index holds every entry. Keys are derived off the write path in batches of 1,024.
+//! - **revocation**: on a `--nodes` mesh, the CA revokes one node and hands the list to one
+//!   other; measured until every other index has dropped the revoked node's entries and no
+//!   node is connected to it any more.
+//!
+//! Run: `cargo run --release -p zorgmesh-tests --example trust_timings -- --nodes 10 --patients 100000`
+
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use zorgmesh_tests::{patient_bundle, wait_until, TestMesh};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .unwrap_or(default)
+}
+
+fn bsn(n: u32) -> String {
+    (n..)
+        .find_map(zorgmesh_protocol::Bsn::from_first_eight)
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let nodes = arg("--nodes", 10).max(4);
+    let patients = arg("--patients", 100_000) as u32;
+    let names: Vec<(String, &str)> = (0..nodes)
+        .map(|i| (format!("node-{i}"), if i % 2 == 0 { "noord" } else { "zuid" }))
+        .collect();
+    let refs: Vec<(&str, &str)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+    let mut topology = zorgmesh_tests::topology("timings", &refs);
+    // Evaluators on nodes 1..=3; the holder (node 0) is not one of them.
+    for (i, node) in topology.nodes.iter_mut().enumerate() {
+        node.evaluator = (1..=3).contains(&i);
+    }
+    topology.evaluator_threshold = Some(2);
+    let mut mesh = TestMesh::start_topology(topology, nodes).await?;
+    mesh.http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    println!("{nodes}-node mesh up; evaluators node-1..node-3 (2 of 3)");
+
+    // Initial load.
+    const PER_BUNDLE: u32 = 2_500;
+    let started = Instant::now();
+    let mut posted = 0;
+    while posted < patients {
+        let count = PER_BUNDLE.min(patients - posted);
+        let entries: Vec<Value> = (posted..posted + count)
+            .map(|n| {
+                json!({"fullUrl": format!("urn:uuid:00000000-0000-4000-8000-{n:012}"),
+                       "resource": {"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn(10_000_000 + n * 20)}]},
+                       "request": {"method": "POST", "url": "Patient"}})
+            })
+            .collect();
+        mesh.post_bundle(0, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+            .await?;
+        posted += count;
+    }
+    let ingested = started.elapsed();
+    let loaded = wait_until(Duration::from_secs(900), || {
+        mesh.running().all(|n| n.mesh.live_entries() == patients as usize)
+    })
+    .await;
+    anyhow::ensure!(loaded, "the index did not reach {patients} entries");
+    let total = started.elapsed();
+    println!(
+        "initial load: {patients} patients ingested in {:.1} s; every key derived and every index complete after {:.1} s ({:.0} keys/s)",
+        ingested.as_secs_f64(),
+        total.as_secs_f64(),
+        f64::from(patients) / total.as_secs_f64()
+    );
+
+    // Revocation of the last node, which holds one patient.
+    let revoked = nodes - 1;
+    mesh.post_bundle(revoked, &patient_bundle("999911120", "revoked", 1))
+        .await?;
+    let expected = patients as usize + 1;
+    anyhow::ensure!(
+        wait_until(Duration::from_secs(60), || mesh
+            .running()
+            .all(|n| n.mesh.live_entries() == expected))
+        .await,
+        "the revoked node's entry did not spread"
+    );
+    let ca = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir());
+    let der = zorgmesh_certs::read_certificate(&mesh.node_dir(revoked).join("node.crt"))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    ca.revoke(&der, "timing run", now_ms)?;
+    let pem = std::fs::read(&ca.revocations)?;
+    let revoked_id = mesh.node_id(revoked);
+    let started = Instant::now();
+    let response = mesh
+        .http
+        .post(format!("http://{}/admin/revocations", mesh.node(0).http_addr))
+        .body(pem)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "list refused");
+    let others: Vec<usize> = (0..nodes).filter(|i| *i != revoked).collect();
+    let gone = wait_until(Duration::from_secs(60), || {
+        others.iter().all(|i| {
+            let node = mesh.node(*i);
+            !node.mesh.knows_publisher(&revoked_id) && node.mesh.live_entries() == patients as usize
+        })
+    })
+    .await;
+    let entries_gone = started.elapsed();
+    let cut = wait_until(Duration::from_secs(60), || {
+        mesh.node(revoked).gossip_status.connected_peers.load(Relaxed) == 0
+    })
+    .await;
+    let gossip_cut = started.elapsed();
+    anyhow::ensure!(gone && cut, "the revocation did not take effect within 60 s");
+    println!(
+        "revocation on {nodes} nodes: entries gone from every other index after {:.0} ms; gossip cut after {:.0} ms",
+        entries_gone.as_secs_f64() * 1000.0,
+        gossip_cut.as_secs_f64() * 1000.0
+    );
+    mesh.stop(revoked).await;
+    mesh.shutdown().await;
+    Ok(())
+}
