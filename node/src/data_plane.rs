@@ -63,6 +63,17 @@ pub enum FetchError {
     },
 }
 
+/// What a holder sends with a patient's resources so that the resolver can check them
+/// against the holder's locator entry: the salt of its holding commitment, and how many of
+/// the resources (from the first) the commitment covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holding {
+    /// The commitment's salt.
+    pub salt: [u8; 32],
+    /// Compartment resources sent first.
+    pub members: u32,
+}
+
 /// TLS material of a node.
 #[derive(Clone)]
 pub struct TlsIdentity {
@@ -393,14 +404,15 @@ impl DataPlane {
         }
     }
 
-    /// Fetches every resource `holder` has for `patient`.
+    /// Fetches every resource `holder` has for `patient`, with the holder's proof material
+    /// for checking them against its locator entry (see [`Holding`]).
     pub async fn fetch_patient(
         &self,
         holder: NodeId,
         holder_name: &str,
         addr: SocketAddr,
         patient: PatientKey,
-    ) -> Result<Vec<serde_json::Value>, FetchError> {
+    ) -> Result<(Vec<serde_json::Value>, Option<Holding>), FetchError> {
         let frames = self
             .request(
                 holder,
@@ -409,14 +421,21 @@ impl DataPlane {
                 &FetchRequest::PatientResources { patient },
             )
             .await?;
-        frames
-            .into_iter()
-            .map(|f| match f {
-                FetchFrame::Resource { json } => serde_json::from_slice(&json)
-                    .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}"))),
-                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
-            })
-            .collect()
+        let mut resources = Vec::with_capacity(frames.len());
+        let mut holding = None;
+        for frame in frames {
+            match frame {
+                FetchFrame::Resource { json } => resources.push(
+                    serde_json::from_slice(&json)
+                        .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}")))?,
+                ),
+                FetchFrame::Holding { salt, members } if holding.is_none() => {
+                    holding = Some(Holding { salt, members })
+                }
+                other => return Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
+            }
+        }
+        Ok((resources, holding))
     }
 
     /// Asks evaluator `peer` for its partial evaluation of `request`.
@@ -726,14 +745,22 @@ async fn serve_stream(
     };
     let storage_fhir = fhir.clone();
     let resources =
-        tokio::task::spawn_blocking(move || storage_fhir.everything_for_key(&patient)).await?;
+        tokio::task::spawn_blocking(move || storage_fhir.holding_for_key(&patient)).await?;
     match resources {
-        Ok(resources) => {
+        Ok((resources, members, salt)) => {
             tracing::info!(requester = %requester, patient = ?patient, resources = resources.len(), "served patient resources");
             for resource in &resources {
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;
             }
+            send_frame(
+                &mut send,
+                &FetchFrame::Holding {
+                    salt,
+                    members: members as u32,
+                },
+            )
+            .await?;
             send_frame(
                 &mut send,
                 &FetchFrame::End {

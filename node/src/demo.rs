@@ -338,11 +338,12 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if !summary.unreachable.is_empty() || got != expected {
+        if !summary.unreachable.is_empty() || !summary.unverified.is_empty() || got != expected {
             bail!(
-                "dossier of ***{} is incomplete: expected holders {expected:?}, got {got:?}, unreachable {:?}",
+                "dossier of ***{} is incomplete: expected holders {expected:?}, got {got:?}, unreachable {:?}, not matching their locator entry {:?}",
                 &patient.bsn.as_str()[6..],
-                summary.unreachable
+                summary.unreachable,
+                summary.unverified
             );
         }
     }
@@ -450,6 +451,8 @@ pub struct DossierSummary {
     pub origins: BTreeSet<String>,
     /// Names of holders reported unreachable.
     pub unreachable: Vec<String>,
+    /// Names of holders whose answer did not match their locator entry's commitment.
+    pub unverified: Vec<String>,
 }
 
 /// Reads a `$dossier` Bundle.
@@ -459,10 +462,11 @@ pub fn summarise(bundle: &Value) -> DossierSummary {
         let resource = &entry["resource"];
         if entry["search"]["mode"] == "outcome" {
             for issue in resource["issue"].as_array().into_iter().flatten() {
-                if issue["code"] == "incomplete" {
-                    if let Some(name) = issue["details"]["coding"][0]["code"].as_str() {
-                        summary.unreachable.push(name.to_owned());
-                    }
+                let name = issue["details"]["coding"][0]["code"].as_str();
+                match (issue["code"].as_str(), name) {
+                    (Some("incomplete"), Some(name)) => summary.unreachable.push(name.to_owned()),
+                    (Some("conflict"), Some(name)) => summary.unverified.push(name.to_owned()),
+                    _ => {}
                 }
             }
             continue;

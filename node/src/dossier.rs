@@ -10,7 +10,7 @@
 //! `incomplete`. Copies of one shared resource held by several nodes are merged into one
 //! entry that carries every origin.
 
-use crate::data_plane::DataPlane;
+use crate::data_plane::{DataPlane, Holding};
 use crate::fhir::{FhirError, FhirService};
 use crate::mesh::Mesh;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -20,9 +20,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use zorgmesh_protocol::index::HolderLocation;
+use zorgmesh_protocol::locator::{category_names, holding_commitment, HeldResource};
 use zorgmesh_protocol::patient::BSN_SYSTEM;
 use zorgmesh_protocol::resolve::{HolderState, ResolutionPlan};
-use zorgmesh_protocol::{Bsn, NodeId, PatientKey};
+use zorgmesh_protocol::{Bsn, LocatorEntry, NodeId, PatientKey};
 
 /// `meta.tag` system naming the node a resource came from.
 pub const ORIGIN_SYSTEM: &str = "urn:zorgmesh:origin-node";
@@ -115,13 +116,20 @@ impl DossierResolver {
             fetches.push(async move {
                 let node = holder.info.node;
                 let result = if node == me {
-                    fhir.everything_for_key(&patient).map_err(|e| e.diagnostics)
+                    fhir.everything_for_key(&patient)
+                        .map(|resources| (resources, None))
+                        .map_err(|e| e.diagnostics)
                 } else {
                     match holder.data_address.as_deref() {
                         Some(address) => match crate::data_plane::resolve_address(address).await {
                             Ok(addr) => data_plane
                                 .fetch_patient(node, &holder.info.name, addr, patient)
                                 .await
+                                .map(|(resources, holding)| {
+                                    let mismatch =
+                                        holding_mismatch(&holder.entry, &resources, holding);
+                                    (resources, mismatch)
+                                })
                                 .map_err(|e| e.to_string()),
                             Err(e) => Err(e.to_string()),
                         },
@@ -132,14 +140,18 @@ impl DossierResolver {
             });
         }
         let mut results: HashMap<NodeId, Vec<Value>> = HashMap::new();
+        let mut mismatches: HashMap<NodeId, String> = HashMap::new();
         while !plan.is_finished() {
             let deadline = plan.next_deadline().unwrap_or(0);
             let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
             tokio::select! {
                 Some((node, result)) = fetches.next() => match result {
-                    Ok(resources) => {
+                    Ok((resources, mismatch)) => {
                         if plan.answered(&node, resources.len(), crate::fhir::service::now_ms()) {
                             results.insert(node, resources);
+                            if let Some(mismatch) = mismatch {
+                                mismatches.insert(node, mismatch);
+                            }
                         }
                     }
                     Err(reason) => plan.failed(&node, reason),
@@ -149,13 +161,19 @@ impl DossierResolver {
                 }
             }
         }
-        self.assemble(&plan, results, started.elapsed().as_millis() as u64)
+        self.assemble(
+            &plan,
+            results,
+            &mismatches,
+            started.elapsed().as_millis() as u64,
+        )
     }
 
     fn assemble(
         &self,
         plan: &ResolutionPlan,
         mut results: HashMap<NodeId, Vec<Value>>,
+        mismatches: &HashMap<NodeId, String>,
         elapsed_ms: u64,
     ) -> Value {
         let mut merged: Vec<Value> = Vec::new();
@@ -165,6 +183,9 @@ impl DossierResolver {
             let info = &holder.location.info;
             match &holder.state {
                 HolderState::Answered { .. } => {
+                    if let Some(reason) = mismatches.get(&info.node) {
+                        issues.push(unverified_issue(&holder.location, reason));
+                    }
                     for mut resource in results.remove(&info.node).unwrap_or_default() {
                         let key = merge_key(&resource);
                         if let Some(&at) = by_key.get(&key) {
@@ -244,10 +265,62 @@ fn unreachable_issue(holder: &HolderLocation, reason: &str) -> Value {
             "text": format!("holder {} ({}, region {}) is unreachable", holder.info.name, holder.info.organisation_name, holder.info.region),
         },
         "diagnostics": format!(
-            "holder {} is unreachable: {reason}; the dossier lacks its {} resource(s)",
+            "holder {} is unreachable: {reason}; the dossier lacks its data ({})",
             holder.info.name,
-            holder.entry.total()
+            category_names(holder.entry.categories).join(", ")
         ),
+    })
+}
+
+fn unverified_issue(holder: &HolderLocation, reason: &str) -> Value {
+    json!({
+        "severity": "warning",
+        "code": "conflict",
+        "details": {
+            "coding": [{"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}],
+            "text": format!("the answer of holder {} does not match its locator entry", holder.info.name),
+        },
+        "diagnostics": format!("holder {}: {reason}", holder.info.name),
+    })
+}
+
+/// Checks a holder's answer against its locator entry: the compartment resources it sent
+/// (the first `members`) must give the entry's holding commitment under the salt it sent.
+/// Returns why not, or `None` when the answer is exactly what the entry announced.
+pub fn holding_mismatch(
+    entry: &LocatorEntry,
+    resources: &[Value],
+    holding: Option<Holding>,
+) -> Option<String> {
+    let Some(Holding { salt, members }) = holding else {
+        return Some("the holder sent no holding proof".into());
+    };
+    let Some(compartment) = resources.get(..members as usize) else {
+        return Some(format!(
+            "the holder claims {members} compartment resources but sent {}",
+            resources.len()
+        ));
+    };
+    let mut held = Vec::with_capacity(compartment.len());
+    for resource in compartment {
+        let version = resource["meta"]["versionId"]
+            .as_str()
+            .and_then(|v| v.parse::<u64>().ok());
+        let (Some(resource_type), Some(id), Some(version)) = (
+            resource["resourceType"].as_str(),
+            resource["id"].as_str(),
+            version,
+        ) else {
+            return Some("a resource lacks its type, id or numeric meta.versionId".into());
+        };
+        held.push(HeldResource {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            version,
+        });
+    }
+    (holding_commitment(&salt, &held) != entry.commitment).then(|| {
+        "the resources sent do not give the commitment in its locator entry: its data changed since the entry was published, or it withheld some".into()
     })
 }
 
@@ -295,4 +368,63 @@ fn add_origin(resource: &mut Value, network: &str, holder: &HolderLocation, firs
     let tags = tags.as_array_mut().expect("array");
     tags.push(json!({"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}));
     tags.push(json!({"system": URA_SYSTEM, "code": holder.info.organisation_ura, "display": holder.info.organisation_name}));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zorgmesh_protocol::locator::category;
+
+    fn resource(resource_type: &str, id: &str, version: u64) -> Value {
+        json!({"resourceType": resource_type, "id": id, "meta": {"versionId": version.to_string()}})
+    }
+
+    #[test]
+    fn an_answer_is_checked_against_the_holding_commitment() {
+        let salt = [9u8; 32];
+        let compartment = vec![
+            resource("Patient", "p1", 2),
+            resource("Observation", "o1", 1),
+            resource("Observation", "o2", 1),
+        ];
+        let held: Vec<HeldResource> = compartment
+            .iter()
+            .map(|r| HeldResource {
+                resource_type: r["resourceType"].as_str().unwrap().into(),
+                id: r["id"].as_str().unwrap().into(),
+                version: r["meta"]["versionId"].as_str().unwrap().parse().unwrap(),
+            })
+            .collect();
+        let entry = LocatorEntry {
+            patient: PatientKey([1; 32]),
+            holder: NodeId([2; 32]),
+            categories: category::ADMINISTRATIVE | category::OBSERVATIONS,
+            commitment: holding_commitment(&salt, &held),
+            updated_at_ms: 1,
+            retracted: false,
+        };
+        // A referenced Organization after the compartment is not covered.
+        let mut answer = compartment.clone();
+        answer.push(resource("Organization", "org", 7));
+        let holding = Some(Holding { salt, members: 3 });
+        assert_eq!(holding_mismatch(&entry, &answer, holding), None);
+        // One withheld, one at another version, a wrong salt, no proof: all detected.
+        assert!(
+            holding_mismatch(&entry, &answer[1..], Some(Holding { salt, members: 2 })).is_some()
+        );
+        let mut stale = answer.clone();
+        stale[1] = resource("Observation", "o1", 2);
+        assert!(holding_mismatch(&entry, &stale, holding).is_some());
+        assert!(holding_mismatch(
+            &entry,
+            &answer,
+            Some(Holding {
+                salt: [0; 32],
+                members: 3
+            })
+        )
+        .is_some());
+        assert!(holding_mismatch(&entry, &answer, None).is_some());
+        assert!(holding_mismatch(&entry, &answer, Some(Holding { salt, members: 9 })).is_some());
+    }
 }

@@ -9,9 +9,8 @@ use ed25519_dalek::SigningKey;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Mutex, Notify};
-use zorgmesh_protocol::{
-    BatchPolicy, LocatorEntry, NodeId, PatientKey, PublisherLog, ResourceCount, SignedBatch,
-};
+use zorgmesh_protocol::locator::{category_of, holding_commitment};
+use zorgmesh_protocol::{BatchPolicy, LocatorEntry, NodeId, PatientKey, PublisherLog, SignedBatch};
 
 /// Publishes this node's locator entries.
 #[derive(Clone)]
@@ -35,10 +34,10 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-/// The current locator entry of a patient on this node: resource counts per type of the
-/// patient's compartment (its Patient records and what references them), read from the
-/// storage's link keys without reading any resource, so that recomputing after each write
-/// stays cheap. Retracted when nothing is left.
+/// The current locator entry of a patient on this node: the data categories of the
+/// patient's compartment (its Patient records and what references them) and the holding
+/// commitment to exactly those resources and versions, read from the storage's link and
+/// history keys without reading any resource. Retracted when nothing is left.
 pub fn entry_for(
     storage: &Storage,
     node: NodeId,
@@ -46,21 +45,20 @@ pub fn entry_for(
     now_ms: u64,
 ) -> Result<LocatorEntry, crate::fhir::FhirError> {
     let patients = storage.patients_with_key(&patient)?;
-    let counts: Vec<ResourceCount> = storage
-        .compartment_counts(&patients)?
-        .into_iter()
-        .filter(|(_, count)| *count > 0)
-        .take(zorgmesh_protocol::locator::MAX_COUNTS_PER_ENTRY)
-        .map(|(resource_type, count)| ResourceCount {
-            resource_type,
-            count,
-        })
-        .collect();
+    let held = storage.holdings(&patients)?;
+    let retracted = held.is_empty();
     Ok(LocatorEntry {
         patient,
         holder: node,
-        retracted: counts.is_empty(),
-        counts,
+        categories: held
+            .iter()
+            .fold(0, |bits, r| bits | category_of(&r.resource_type)),
+        commitment: if retracted {
+            [0; 32]
+        } else {
+            holding_commitment(&storage.holding_salt(&patient), &held)
+        },
+        retracted,
         updated_at_ms: now_ms,
     })
 }

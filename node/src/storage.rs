@@ -33,6 +33,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Mutex;
+use zorgmesh_protocol::locator::HeldResource;
 use zorgmesh_protocol::{Bsn, PatientKey};
 
 /// Why a storage operation failed.
@@ -183,8 +184,11 @@ pub struct Storage {
     remote_log: sled::Tree,
     remote_snapshots: sled::Tree,
     oprf_audit: sled::Tree,
-    /// Trust material learned from the mesh (the newest revocation list).
+    /// Trust material learned from the mesh (the newest revocation list) and this node's
+    /// holding secret.
     trust: sled::Tree,
+    /// The secret behind the salts of this node's holding commitments (never leaves it).
+    holding_secret: ring::hmac::Key,
     writer: Mutex<()>,
     pending_keys: tokio::sync::Notify,
 }
@@ -395,6 +399,17 @@ impl Storage {
     /// Opens (or creates) the storage in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         let db = sled::Config::new().path(dir).open()?;
+        let trust = db.open_tree("trust")?;
+        let secret = match trust.get(b"holding-secret")? {
+            Some(secret) => secret.to_vec(),
+            None => {
+                let mut secret = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                trust.insert(b"holding-secret", &secret)?;
+                trust.flush()?;
+                secret.to_vec()
+            }
+        };
         Ok(Self {
             fhir: db.open_tree("fhir")?,
             own_log: db.open_tree("own_log")?,
@@ -402,7 +417,8 @@ impl Storage {
             remote_log: db.open_tree("remote_log")?,
             remote_snapshots: db.open_tree("remote_snapshots")?,
             oprf_audit: db.open_tree("oprf_audit")?,
-            trust: db.open_tree("trust")?,
+            trust,
+            holding_secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
             db,
             writer: Mutex::new(()),
             pending_keys: tokio::sync::Notify::new(),
@@ -669,28 +685,63 @@ impl Storage {
         Ok(out)
     }
 
-    /// Resources per type in the compartments of `patient_ids` (each current Patient counts
-    /// once), from the link keys alone: no resource is read.
-    pub fn compartment_counts(
-        &self,
-        patient_ids: &[String],
-    ) -> Result<BTreeMap<String, u32>, StorageError> {
-        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    /// The salt of this node's holding commitment for a patient: HMAC-SHA256 under the
+    /// node's holding secret over `"zorgmesh/holding-salt/v1\n" || key`.
+    pub fn holding_salt(&self, key: &PatientKey) -> [u8; 32] {
+        let mut context = ring::hmac::Context::with_key(&self.holding_secret);
+        context.update(b"zorgmesh/holding-salt/v1\n");
+        context.update(&key.0);
+        context
+            .sign()
+            .as_ref()
+            .try_into()
+            .expect("HMAC-SHA256 is 32 bytes")
+    }
+
+    /// The current version of a resource, from its newest history key (no record is read).
+    fn current_version(&self, resource_type: &str, id: &str) -> Result<Option<u64>, StorageError> {
+        let prefix = [
+            b"h\0",
+            resource_type.as_bytes(),
+            &[SEP],
+            id.as_bytes(),
+            &[SEP],
+        ]
+        .concat();
+        let Some(item) = self.fhir.scan_prefix(&prefix).next_back() else {
+            return Ok(None);
+        };
+        let (key, _) = item?;
+        Ok(<[u8; 8]>::try_from(&key[prefix.len()..])
+            .ok()
+            .map(u64::from_be_bytes))
+    }
+
+    /// What the holding commitment of `patient_ids` covers: each current Patient and every
+    /// resource linked to its compartment, each once, with its current version.
+    pub fn holdings(&self, patient_ids: &[String]) -> Result<Vec<HeldResource>, StorageError> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
         for pid in patient_ids {
+            let mut members = Vec::new();
             if self.current("Patient", pid)?.is_some_and(|r| !r.deleted) {
-                *counts.entry("Patient".to_owned()).or_default() += 1;
+                members.push(("Patient".to_owned(), pid.clone()));
             }
-            let prefix = link_prefix(pid);
-            for item in self.fhir.scan_prefix(&prefix) {
-                let (key, _) = item?;
-                let rest = &key[prefix.len()..];
-                let resource_type = rest.split(|b| *b == SEP).next().unwrap_or_default();
-                *counts
-                    .entry(String::from_utf8_lossy(resource_type).into_owned())
-                    .or_default() += 1;
+            members.extend(self.compartment(pid)?);
+            for (resource_type, id) in members {
+                if !seen.insert((resource_type.clone(), id.clone())) {
+                    continue;
+                }
+                if let Some(version) = self.current_version(&resource_type, &id)? {
+                    out.push(HeldResource {
+                        resource_type,
+                        id,
+                        version,
+                    });
+                }
             }
         }
-        Ok(counts)
+        Ok(out)
     }
 
     /// Local Patient ids that carry the BSN behind `key`.

@@ -134,7 +134,7 @@ async fn a_certified_client_fetches_the_patients_resources() {
     let holder = holder(&ca).await;
     let client =
         DataPlane::bind(&identity(&ca, "client", 20), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let resources = client
+    let (resources, holding) = client
         .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
         .await
         .unwrap();
@@ -143,8 +143,17 @@ async fn a_certified_client_fetches_the_patients_resources() {
         .map(|r| r["resourceType"].as_str().unwrap())
         .collect();
     assert_eq!(types, ["Patient", "Observation"]);
+    // The holding proof matches the entry the holder would publish for the patient.
+    let entry =
+        zorgmesh_node::publishing::entry_for(&holder.storage, NodeId([0; 32]), holder.patient, 1)
+            .unwrap();
+    assert_eq!(holding.map(|h| h.members), Some(2));
+    assert_eq!(
+        zorgmesh_node::dossier::holding_mismatch(&entry, &resources, holding),
+        None
+    );
     // Unknown patient: an empty, complete answer.
-    let none = client
+    let (none, _) = client
         .fetch_patient(holder.node, "holder", holder.addr, PatientKey([9; 32]))
         .await
         .unwrap();

@@ -105,6 +105,16 @@ pub enum FetchFrame {
     },
     /// Tag 7: an evaluator's answer to `Evaluate` (then `End` with count 0).
     Evaluated(PartialEvaluation),
+    /// Tag 8: after the `Resource` frames of a `PatientResources` answer, what the resolver
+    /// needs to check them against the holder's locator entry: the first `members`
+    /// resources are the patient's compartment that the entry's holding commitment covers
+    /// (the rest are resources they reference), and `salt` is the commitment's salt.
+    Holding {
+        /// The salt of [`crate::locator::holding_commitment`].
+        salt: [u8; 32],
+        /// How many of the resources sent, from the first, the commitment covers.
+        members: u32,
+    },
 }
 
 impl FetchRequest {

@@ -58,8 +58,6 @@ impl GossipMessage {
         let message: Self = codec::decode(bytes, MAX_GOSSIP_BYTES)?;
         match &message {
             GossipMessage::Batch { record, batch } => {
-                record.record.validate()?;
-                batch.body.validate()?;
                 // The batch's own limit holds inside the message too: whatever is left
                 // after the tag and the record is the batch.
                 let batch_bytes = bytes.len() - 4 - codec::encode(record).len();
@@ -69,6 +67,8 @@ impl GossipMessage {
                         limit: MAX_BATCH_BYTES,
                     });
                 }
+                record.record.validate()?;
+                batch.body.validate()?;
                 if record.record.node != batch.body.publisher {
                     return Err(DecodeError::Invalid(
                         "the node record and the batch name different nodes".into(),

@@ -42,6 +42,6 @@ pub mod sync;
 pub use batch::{BatchBody, SignedBatch};
 pub use identity::{NodeRole, PublisherInfo};
 pub use index::LocatorIndex;
-pub use locator::{LocatorEntry, NodeId, ResourceCount};
+pub use locator::{LocatorEntry, NodeId};
 pub use patient::{Bsn, PatientKey};
 pub use publisher::{BatchPolicy, PublisherLog};

@@ -178,11 +178,14 @@ pub struct DleqProof {
 }
 
 /// RFC 9497 `ComputeComposites`: `M = Σ d_i C_i`, `Z = Σ d_i D_i` (or `k · M` when the
-/// prover knows `k`).
+/// prover knows `k`). `cs_bytes` and `ds_bytes` are the elements' encodings, which every
+/// caller already has: compressing a point costs an inverse square root, so it is not redone.
 fn composites(
     public: &RistrettoPoint,
     cs: &[RistrettoPoint],
+    cs_bytes: &[[u8; 32]],
     ds: &[RistrettoPoint],
+    ds_bytes: &[[u8; 32]],
     key: Option<&Scalar>,
 ) -> (RistrettoPoint, RistrettoPoint) {
     let bm = public.compress().to_bytes();
@@ -194,9 +197,9 @@ fn composites(
     h.update(i2osp2(seed_dst.len()));
     h.update(&seed_dst);
     let seed: [u8; 64] = h.finalize().into();
-    let weights: Vec<Scalar> = cs
+    let weights: Vec<Scalar> = cs_bytes
         .iter()
-        .zip(ds)
+        .zip(ds_bytes)
         .enumerate()
         .map(|(i, (c, d))| {
             hash_to_scalar(&[
@@ -204,9 +207,9 @@ fn composites(
                 &seed,
                 &i2osp2(i),
                 &i2osp2(32),
-                &c.compress().to_bytes(),
+                c,
                 &i2osp2(32),
-                &d.compress().to_bytes(),
+                d,
                 b"Composite",
             ])
         })
@@ -256,11 +259,11 @@ fn random_nonzero_scalar<R: RngCore + CryptoRng>(rng: &mut R) -> Scalar {
 fn generate_proof<R: RngCore + CryptoRng>(
     key: &Scalar,
     public: &RistrettoPoint,
-    cs: &[RistrettoPoint],
-    ds: &[RistrettoPoint],
+    (cs, cs_bytes): (&[RistrettoPoint], &[[u8; 32]]),
+    ds_bytes: &[[u8; 32]],
     rng: &mut R,
 ) -> DleqProof {
-    let (m, z) = composites(public, cs, ds, Some(key));
+    let (m, z) = composites(public, cs, cs_bytes, &[], ds_bytes, Some(key));
     let r = random_nonzero_scalar(rng);
     let t2 = &r * RISTRETTO_BASEPOINT_TABLE;
     let t3 = r * m;
@@ -274,13 +277,13 @@ fn generate_proof<R: RngCore + CryptoRng>(
 
 fn verify_proof(
     public: &RistrettoPoint,
-    cs: &[RistrettoPoint],
-    ds: &[RistrettoPoint],
+    (cs, cs_bytes): (&[RistrettoPoint], &[[u8; 32]]),
+    (ds, ds_bytes): (&[RistrettoPoint], &[[u8; 32]]),
     proof: &DleqProof,
 ) -> Result<bool, OprfError> {
     let c = decode_scalar(&proof.c, "proof challenge")?;
     let s = decode_scalar(&proof.s, "proof response")?;
-    let (m, z) = composites(public, cs, ds, None);
+    let (m, z) = composites(public, cs, cs_bytes, ds, ds_bytes, None);
     let t2 = RistrettoPoint::vartime_double_scalar_mul_basepoint(&c, public, &s);
     let t3 = RistrettoPoint::vartime_multiscalar_mul([s, c], [m, z]);
     Ok(challenge(public, &m, &z, &t2, &t3) == c)
@@ -654,12 +657,21 @@ pub fn evaluate<R: RngCore + CryptoRng>(
         .enumerate()
         .map(|(i, e)| decode_element(e, i))
         .collect::<Result<Vec<_>, _>>()?;
-    let evaluated: Vec<RistrettoPoint> = blinded.iter().map(|b| share.secret * b).collect();
+    let evaluated: Vec<[u8; 32]> = blinded
+        .iter()
+        .map(|b| (share.secret * b).compress().to_bytes())
+        .collect();
     let public = &share.secret * RISTRETTO_BASEPOINT_TABLE;
-    let proof = generate_proof(&share.secret, &public, &blinded, &evaluated, rng);
+    let proof = generate_proof(
+        &share.secret,
+        &public,
+        (&blinded, &request.elements),
+        &evaluated,
+        rng,
+    );
     Ok(PartialEvaluation {
         evaluator: share.index,
-        elements: evaluated.iter().map(|p| p.compress().to_bytes()).collect(),
+        elements: evaluated,
         proof,
     })
 }
@@ -681,8 +693,10 @@ impl VerifiedPartial {
 /// The requester's side of one exchange: the inputs, their blinds and blinded elements.
 pub struct BlindedBatch {
     inputs: Vec<Vec<u8>>,
-    blinds: Vec<Scalar>,
+    /// The inverses of the blinds `r_i`.
+    unblinds: Vec<Scalar>,
     blinded: Vec<RistrettoPoint>,
+    blinded_bytes: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for BlindedBatch {
@@ -715,21 +729,22 @@ impl BlindedBatch {
             blinded.push(r * hash_to_group(input));
             blinds.push(r);
         }
+        let blinded_bytes = blinded.iter().map(|b| b.compress().to_bytes()).collect();
+        // The unblinding factors, inverted together (one inversion for the whole batch).
+        let mut unblinds = blinds;
+        Scalar::batch_invert(&mut unblinds);
         Ok(Self {
             inputs,
-            blinds,
+            unblinds,
             blinded,
+            blinded_bytes,
         })
     }
 
     /// The request to send to every evaluator.
     pub fn request(&self) -> EvaluationRequest {
         EvaluationRequest {
-            elements: self
-                .blinded
-                .iter()
-                .map(|b| b.compress().to_bytes())
-                .collect(),
+            elements: self.blinded_bytes.clone(),
         }
     }
 
@@ -757,7 +772,12 @@ impl BlindedBatch {
             .enumerate()
             .map(|(i, e)| decode_element(e, i))
             .collect::<Result<Vec<_>, _>>()?;
-        if !verify_proof(public, &self.blinded, &elements, &answer.proof)? {
+        if !verify_proof(
+            public,
+            (&self.blinded, &self.blinded_bytes),
+            (&elements, &answer.elements),
+            &answer.proof,
+        )? {
             return Err(OprfError::BadProof {
                 evaluator: answer.evaluator,
             });
@@ -814,7 +834,7 @@ impl BlindedBatch {
         let lambdas = lagrange_at_zero(&xs);
         let outputs = (0..self.blinded.len())
             .map(|e| {
-                let unblind = self.blinds[e].invert();
+                let unblind = self.unblinds[e];
                 let scalars: Vec<Scalar> = lambdas.iter().map(|l| l * unblind).collect();
                 let points: Vec<RistrettoPoint> = chosen.iter().map(|p| p.elements[e]).collect();
                 let unblinded = RistrettoPoint::vartime_multiscalar_mul(&scalars, &points);

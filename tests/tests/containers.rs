@@ -418,6 +418,11 @@ fn assert_complete(summary: &zorgmesh_node::demo::DossierSummary, holders: &[&st
         "unreachable holders: {:?}",
         summary.unreachable
     );
+    assert!(
+        summary.unverified.is_empty(),
+        "answers that do not match their locator entry: {:?}",
+        summary.unverified
+    );
     let origins: Vec<&str> = summary.origins.iter().map(String::as_str).collect();
     let mut expected = holders.to_vec();
     expected.sort_unstable();

@@ -98,6 +98,7 @@ async fn a_dossier_is_exactly_the_union_of_its_holders_and_survives_a_stopped_ho
     );
     let summary = summarise(&dossier);
     assert!(summary.unreachable.is_empty());
+    assert!(summary.unverified.is_empty(), "{:?}", summary.unverified);
     // Per type: 3 Patients, 3 Conditions, 6 Observations, 3 own Organizations + 1 shared, merged.
     let per_type: BTreeMap<&str, usize> = summary
         .per_type
@@ -143,6 +144,7 @@ async fn a_dossier_is_exactly_the_union_of_its_holders_and_survives_a_stopped_ho
     mesh.restart(1).await.unwrap();
     let dossier = mesh.dossier(3, BSN).await.unwrap();
     assert!(summarise(&dossier).unreachable.is_empty());
+    assert!(summarise(&dossier).unverified.is_empty());
     assert_eq!(dossier_rows(&dossier), expected);
     mesh.shutdown().await;
 }

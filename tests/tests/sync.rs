@@ -120,6 +120,7 @@ async fn a_retraction_reaches_a_node_that_was_offline() {
         ["noord-a"]
     );
     assert!(summary.unreachable.is_empty());
+    assert!(summary.unverified.is_empty(), "{:?}", summary.unverified);
     mesh.shutdown().await;
 }
 

@@ -236,11 +236,32 @@ impl FhirService {
         let patients = self.storage.patients_with_key(key)?;
         self.everything_of(&patients)
     }
+
+    /// What a holder serves for a patient key: the resources, how many of them (from the
+    /// first) its holding commitment covers, and the commitment's salt.
+    pub fn holding_for_key(
+        &self,
+        key: &zorgmesh_protocol::PatientKey,
+    ) -> Result<(Vec<Value>, usize, [u8; 32]), FhirError> {
+        let patients = self.storage.patients_with_key(key)?;
+        let (resources, members) = everything_with_members(&self.storage, &patients)?;
+        Ok((resources, members, self.storage.holding_salt(key)))
+    }
 }
 
 /// The resources of the local patients `patient_ids`: each Patient, its compartment, and
 /// the resources they reference (one hop), each once.
 pub fn everything_in(storage: &Storage, patient_ids: &[String]) -> Result<Vec<Value>, FhirError> {
+    Ok(everything_with_members(storage, patient_ids)?.0)
+}
+
+/// Like [`everything_in`], also saying how many resources, from the first, are members of
+/// the patients' compartments (what a locator entry's holding commitment covers); the rest
+/// are resources they reference.
+pub fn everything_with_members(
+    storage: &Storage,
+    patient_ids: &[String],
+) -> Result<(Vec<Value>, usize), FhirError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut referenced = Vec::new();
@@ -261,6 +282,7 @@ pub fn everything_in(storage: &Storage, patient_ids: &[String]) -> Result<Vec<Va
             }
         }
     }
+    let members = out.len();
     for (resource_type, id) in referenced {
         if seen.insert((resource_type.clone(), id.clone())) {
             if let Some(resource) = storage.read(&resource_type, &id)? {
@@ -268,7 +290,7 @@ pub fn everything_in(storage: &Storage, patient_ids: &[String]) -> Result<Vec<Va
             }
         }
     }
-    Ok(out)
+    Ok((out, members))
 }
 
 fn versioned(resource_type: &str, id: &str, record: VersionRecord) -> Result<Versioned, FhirError> {
