@@ -286,7 +286,7 @@ impl CaFiles {
 
     /// Revokes the node whose certificate is `certificate_der`: signs the successor of the
     /// held list (or the first list) with it added, writes it to `revocations.pem` and
-    /// returns it.
+    /// returns it. A node the held list already revokes leaves the list as it is.
     pub fn revoke(
         &self,
         certificate_der: &[u8],
@@ -319,6 +319,10 @@ impl CaFiles {
             let list = read_revocation_list(&self.revocations)?;
             list.verify(&anchor.public_key(), anchor.network())
                 .map_err(|e| format_err(&self.revocations, e.to_string()))?;
+            // Already revoked: the list in force stands (hand it out again if needed).
+            if list.body.revoked_nodes().contains(&node.node) {
+                return Ok(list);
+            }
             list.body
         } else {
             RevocationListBody::empty(anchor.network())

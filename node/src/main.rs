@@ -304,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let now_ms = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64;
             let list = files.revoke(&der, &reason, now_ms)?;
             println!(
-                "revocation list {} written to {}: {} node(s) revoked",
+                "revocation list {} ({}): {} node(s) revoked",
                 list.body.sequence,
                 files.revocations.display(),
                 list.body.revocations.len()

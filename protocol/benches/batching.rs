@@ -9,8 +9,7 @@ use ed25519_dalek::SigningKey;
 use zorgmesh_protocol::index::IndexLimits;
 use zorgmesh_protocol::publisher::{BatchPolicy, PublisherLog};
 use zorgmesh_protocol::{
-    LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo, ResourceCount,
-    SignedBatch,
+    LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo, SignedBatch,
 };
 
 const ENTRIES: usize = 1024;
@@ -21,20 +20,10 @@ fn entry(key: &SigningKey, i: usize) -> LocatorEntry {
     LocatorEntry {
         patient: PatientKey(patient),
         holder: NodeId(key.verifying_key().to_bytes()),
-        counts: vec![
-            ResourceCount {
-                resource_type: "Condition".into(),
-                count: 3,
-            },
-            ResourceCount {
-                resource_type: "Observation".into(),
-                count: 40,
-            },
-            ResourceCount {
-                resource_type: "Patient".into(),
-                count: 1,
-            },
-        ],
+        categories: zorgmesh_protocol::locator::category::ADMINISTRATIVE
+            | zorgmesh_protocol::locator::category::PROBLEMS
+            | zorgmesh_protocol::locator::category::OBSERVATIONS,
+        commitment: [7; 32],
         updated_at_ms: 1_767_225_600_000,
         retracted: false,
     }

@@ -16,9 +16,7 @@ use zorgmesh_protocol::index::IndexLimits;
 use zorgmesh_protocol::publisher::{BatchPolicy, PublisherLog};
 use zorgmesh_protocol::record::NodeRecord;
 use zorgmesh_protocol::sync::{heads_digest, heads_vector, plan_requests, PublisherHead};
-use zorgmesh_protocol::{
-    LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo, ResourceCount,
-};
+use zorgmesh_protocol::{LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo};
 
 const PUBLISHERS: usize = 1000;
 const ENTRIES_PER_BATCH: usize = 100;
@@ -86,20 +84,10 @@ fn main() {
                 LocatorEntry {
                     patient: PatientKey(patient),
                     holder: node,
-                    counts: vec![
-                        ResourceCount {
-                            resource_type: "Condition".into(),
-                            count: 2,
-                        },
-                        ResourceCount {
-                            resource_type: "Observation".into(),
-                            count: 31,
-                        },
-                        ResourceCount {
-                            resource_type: "Patient".into(),
-                            count: 1,
-                        },
-                    ],
+                    categories: zorgmesh_protocol::locator::category::ADMINISTRATIVE
+                        | zorgmesh_protocol::locator::category::PROBLEMS
+                        | zorgmesh_protocol::locator::category::OBSERVATIONS,
+                    commitment: [7; 32],
                     updated_at_ms: 1,
                     retracted: false,
                 },

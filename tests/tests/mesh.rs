@@ -281,3 +281,76 @@ async fn a_node_certified_by_another_ca_is_refused_at_the_connection_and_hears_n
     rogue_node.shutdown().await;
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_batch_for_an_older_sequence_is_detected_as_a_fork() {
+    use zorgmesh_node::mesh::Verdict;
+    use zorgmesh_protocol::batch::{BatchBody, GENESIS_HASH};
+    use zorgmesh_protocol::fetch::FetchFrame;
+    use zorgmesh_protocol::gossip::GossipMessage;
+    use zorgmesh_protocol::locator::{category, LocatorEntry};
+    use zorgmesh_protocol::record::NodeRecord;
+
+    let mesh = TestMesh::start("testnet", &NODES[..2]).await.unwrap();
+    // Three batches from noord-a, one at a time.
+    for (n, bsn) in [BSN, OTHER_BSN, "123456782"].iter().enumerate() {
+        mesh.post_bundle(0, &patient_bundle(bsn, "noord-a", 1))
+            .await
+            .unwrap();
+        mesh.wait_for_entries(n + 1).await.unwrap();
+    }
+    let publisher = mesh.node(0).identity.node;
+    let receiver = &mesh.node(1).mesh;
+    assert!(receiver.heads()[&publisher] >= 3);
+
+    // The very batch 1 again: a duplicate, ignored.
+    let frames = receiver.batch_frames(&publisher, 1, 1).unwrap();
+    let [FetchFrame::Message { bytes: original }] = frames.as_slice() else {
+        panic!("expected batch 1 as one message, got {frames:?}");
+    };
+    assert_eq!(
+        receiver.handle_gossip(original, Some(publisher.0)),
+        Verdict::Ignore
+    );
+
+    // A different batch 1 signed by the publisher's own key: a fork, two heads back.
+    let key = zorgmesh_certs::read_signing_key(&mesh.node_dir(0).join("node.key")).unwrap();
+    let certificate_der =
+        zorgmesh_certs::read_certificate(&mesh.node_dir(0).join("node.crt")).unwrap();
+    let forged = BatchBody {
+        publisher,
+        sequence: 1,
+        previous_hash: GENESIS_HASH,
+        created_at_ms: 1,
+        entries: vec![LocatorEntry {
+            patient: zorgmesh_protocol::PatientKey([3; 32]),
+            holder: publisher,
+            categories: category::ADMINISTRATIVE,
+            commitment: [5; 32],
+            updated_at_ms: 1,
+            retracted: false,
+        }],
+    }
+    .sign(&key);
+    let record = NodeRecord {
+        node: publisher,
+        certificate_der,
+        data_address: "127.0.0.1:1".into(),
+        issued_at_ms: 1,
+    }
+    .sign(&key);
+    let message = GossipMessage::Batch {
+        record,
+        batch: forged,
+    }
+    .to_bytes();
+    let verdict = receiver.handle_gossip(&message, Some(publisher.0));
+    assert!(
+        matches!(&verdict, Verdict::Reject(reason) if reason.contains("forked")),
+        "{verdict:?}"
+    );
+    assert_eq!(receiver.forks_detected(), 1);
+    // The index is untouched.
+    assert_eq!(receiver.live_entries(), 3);
+    mesh.shutdown().await;
+}
