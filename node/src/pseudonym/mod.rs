@@ -28,6 +28,8 @@ use zorgmesh_protocol::{Bsn, PatientKey};
 
 /// Patients read from storage per round of the key deriver.
 const DERIVE_BATCH: usize = 4 * MAX_ELEMENTS_PER_REQUEST;
+/// Evaluation requests one derivation keeps in flight.
+const REQUESTS_IN_FLIGHT: usize = 2;
 
 /// Why patient keys could not be derived.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ pub enum KeyError {
     /// The OPRF itself failed (a bug or a bad input).
     #[error("OPRF: {0}")]
     Oprf(#[from] oprf::OprfError),
+    /// A worker thread failed.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 fn describe(missing: &[(String, String)]) -> String {
@@ -118,26 +123,45 @@ impl PatientKeys {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Two requests in flight: while the evaluators work on one, this node blinds or
+        // combines the other.
+        let derived: Vec<Result<Vec<(Bsn, PatientKey)>, KeyError>> = futures::stream::iter(
+            unique
+                .chunks(MAX_ELEMENTS_PER_REQUEST)
+                .map(<[Bsn]>::to_vec)
+                .collect::<Vec<_>>(),
+        )
+        .map(|chunk| self.derive_chunk(chunk))
+        .buffered(REQUESTS_IN_FLIGHT)
+        .collect()
+        .await;
         let mut keys = BTreeMap::new();
-        for chunk in unique.chunks(MAX_ELEMENTS_PER_REQUEST) {
-            let batch = BlindedBatch::blind(
-                chunk.iter().map(oprf::patient_input).collect(),
-                &mut rand::rngs::OsRng,
-            )?;
-            let derived = self.exchange(&batch).await.inspect_err(|_| {
-                self.stats.failures.fetch_add(1, Ordering::Relaxed);
-            })?;
-            self.stats
-                .derived
-                .fetch_add(derived.len() as u64, Ordering::Relaxed);
-            keys.extend(chunk.iter().cloned().zip(derived));
+        for chunk in derived {
+            keys.extend(chunk?);
         }
         Ok(keys)
     }
 
+    async fn derive_chunk(&self, chunk: Vec<Bsn>) -> Result<Vec<(Bsn, PatientKey)>, KeyError> {
+        // The group arithmetic runs on blocking threads, never on the async workers.
+        let inputs: Vec<Vec<u8>> = chunk.iter().map(oprf::patient_input).collect();
+        let batch = tokio::task::spawn_blocking(move || {
+            BlindedBatch::blind(inputs, &mut rand::rngs::OsRng)
+        })
+        .await
+        .map_err(|e| KeyError::Internal(e.to_string()))??;
+        let derived = self.exchange(Arc::new(batch)).await.inspect_err(|_| {
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        })?;
+        self.stats
+            .derived
+            .fetch_add(derived.len() as u64, Ordering::Relaxed);
+        Ok(chunk.into_iter().zip(derived).collect())
+    }
+
     /// Asks evaluators (this node first when it is one, the others in random order) until
     /// `t` verified partials are in, at most `t` at a time.
-    async fn exchange(&self, batch: &BlindedBatch) -> Result<Vec<PatientKey>, KeyError> {
+    async fn exchange(&self, batch: Arc<BlindedBatch>) -> Result<Vec<PatientKey>, KeyError> {
         let request = batch.request();
         let threshold = self.set.threshold();
         let mut candidates: Vec<String> = self
@@ -158,17 +182,30 @@ impl PatientKeys {
             while verified.len() + in_flight.len() < threshold {
                 let Some(name) = candidates.next() else { break };
                 let request = &request;
+                let batch = batch.clone();
                 in_flight.push(async move {
                     let answer = tokio::time::timeout(self.timeout, self.ask(&name, request))
                         .await
                         .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
-                    (name, answer)
+                    // Proofs are checked as answers arrive, each on a blocking thread.
+                    let verified = match answer {
+                        Ok(answer) => {
+                            let set = self.set.clone();
+                            tokio::task::spawn_blocking(move || {
+                                batch.verify(&set, &answer).map_err(|e| e.to_string())
+                            })
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    (name, verified)
                 });
             }
             let Some((name, answer)) = in_flight.next().await else {
                 break;
             };
-            match answer.and_then(|a| batch.verify(&self.set, &a).map_err(|e| e.to_string())) {
+            match answer {
                 Ok(partial) => verified.push(partial),
                 Err(why) => {
                     tracing::warn!(evaluator = %name, error = %why, "evaluator failed a patient-key request");
@@ -186,7 +223,12 @@ impl PatientKeys {
                 missing,
             });
         }
-        Ok(batch.combine(&self.set, &verified)?)
+        let set = self.set.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || batch.combine(&set, &verified))
+                .await
+                .map_err(|e| KeyError::Internal(e.to_string()))??,
+        )
     }
 
     async fn ask(
@@ -196,7 +238,12 @@ impl PatientKeys {
     ) -> Result<PartialEvaluation, String> {
         if name == self.own_name {
             if let Some(own) = &self.own_share {
-                return own.evaluate_local(request).map_err(|e| e.to_string());
+                let (own, request) = (own.clone(), request.clone());
+                return tokio::task::spawn_blocking(move || {
+                    own.evaluate_local(&request).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
             }
         }
         let (node, address) = self
