@@ -291,9 +291,21 @@ impl RunningNode {
             let mut revocations = mesh.watch_revocations();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(spawn(Box::pin(async move {
-                let mut check = tokio::time::interval(CERTIFICATE_CHECK_INTERVAL);
                 let mut warned = false;
+                let mut stopping = false;
+                let mut first = true;
                 loop {
+                    // Check every minute, and right after the certificate's notAfter.
+                    let now = (crate::fhir::service::now_ms() / 1000) as i64;
+                    let until_expiry = Duration::from_secs((not_after - now + 1).max(0) as u64);
+                    let next_check = if first {
+                        Duration::ZERO
+                    } else if stopping {
+                        CERTIFICATE_CHECK_INTERVAL
+                    } else {
+                        until_expiry.min(CERTIFICATE_CHECK_INTERVAL)
+                    };
+                    first = false;
                     tokio::select! {
                         _ = shutdown.changed() => break,
                         changed = revocations.changed() => {
@@ -315,16 +327,17 @@ impl RunningNode {
                                 let _ = fatal_tx.try_send(reason);
                             }
                         }
-                        _ = check.tick() => {
+                        _ = tokio::time::sleep(next_check) => {
                             let now = (crate::fhir::service::now_ms() / 1000) as i64;
                             let status = certificate_status(not_after, now);
-                            if status["expired"] == true {
-                                let reason = format!("this node's certificate expired (notAfter {not_after} s since the epoch): peers refuse it now; run 'zorgmesh certs rotate' with the CA, or issue a new certificate, and restart");
+                            if status["expired"] == true && !stopping {
+                                stopping = true;
+                                let reason = format!("this node's certificate expired (notAfter {not_after} s since the epoch): peers refuse it now; have the network CA issue a new certificate ('zorgmesh certs issue') and restart the node with it");
                                 tracing::error!("{reason}");
                                 let _ = fatal_tx.try_send(reason);
                             } else if status["expiring_soon"] == true && !warned {
                                 warned = true;
-                                tracing::warn!(days_left = %status["days_left"], "this node's certificate expires soon: run 'zorgmesh certs rotate' with the CA");
+                                tracing::warn!(days_left = %status["days_left"], "this node's certificate expires soon: have the network CA issue a new one ('zorgmesh certs issue') before it does");
                             }
                         }
                     }

@@ -129,6 +129,11 @@ impl TestMesh {
         self.provisioned[i].node_id
     }
 
+    /// Node `i` if it runs.
+    pub fn node_mut(&mut self, i: usize) -> Option<&mut RunningNode> {
+        self.nodes.get_mut(i).and_then(Option::as_mut)
+    }
+
     fn config(&self, i: usize) -> NodeConfig {
         let bootstrap = self
             .nodes

@@ -234,3 +234,49 @@ async fn a_revoked_node_is_cut_off_and_its_entries_leave_every_index() {
     assert!(!mesh.node(1).mesh.knows_publisher(&revoked_id));
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_warns_before_its_certificate_expires_and_stops_when_it_has() {
+    let mut mesh = TestMesh::start_first("testnet", &NODES[..2], 1)
+        .await
+        .unwrap();
+    // Node 1 gets a certificate that expires in 3 s.
+    let ca = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir())
+        .load_authority()
+        .unwrap();
+    let dir = mesh.node_dir(1);
+    let key = zorgmesh_certs::read_signing_key(&dir.join("node.key")).unwrap();
+    let old = zorgmesh_certs::read_certificate(&dir.join("node.crt")).unwrap();
+    let anchor = zorgmesh_certs::TrustAnchor::from_der(ca.certificate_der()).unwrap();
+    let identity = anchor.verify_node_certificate(&old, None).unwrap().identity;
+    let now = time::OffsetDateTime::now_utc();
+    let short = ca
+        .issue(
+            &identity,
+            &key,
+            now - time::Duration::minutes(5),
+            now + time::Duration::seconds(3),
+        )
+        .unwrap();
+    std::fs::remove_file(dir.join("node.crt")).unwrap();
+    zorgmesh_certs::write_certificate(&dir.join("node.crt"), &short).unwrap();
+    mesh.start_node(1).await.unwrap();
+
+    let (status, body) = mesh.get(1, "../admin/status").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["certificate"]["expiring_soon"], true, "{body}");
+    assert_eq!(body["certificate"]["expired"], false);
+
+    let node = mesh.node_mut(1).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(30), node.fatal())
+        .await
+        .expect("the node noticed its expired certificate within 30 s")
+        .expect("a reason");
+    assert!(reason.contains("expired"), "{reason}");
+    assert!(
+        reason.contains("certs rotate") || reason.contains("issue"),
+        "{reason}"
+    );
+    mesh.stop(1).await;
+    mesh.shutdown().await;
+}
