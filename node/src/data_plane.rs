@@ -1,7 +1,7 @@
 //! The data plane: QUIC (quinn) with TLS 1.3 mutual authentication. Both sides present
 //! their node certificate and verify the other's chain to the network CA; the client also
 //! checks that the server's key is the holder it meant to reach. Requests and responses
-//! are `zorgmesh/fetch/1` frames (see `zorgmesh_protocol::fetch`), every one bounded.
+//! are `zorgmesh/fetch/2` frames (see `zorgmesh_protocol::fetch`), every one bounded.
 
 use crate::fhir::FhirService;
 use crate::mesh::Mesh;

@@ -1,4 +1,4 @@
-//! The data-plane protocol (`zorgmesh/fetch/1` over QUIC): one request per bidirectional
+//! The data-plane protocol (`zorgmesh/fetch/2` over QUIC): one request per bidirectional
 //! stream, answered by a stream of frames. It carries patient data (tag 0), index
 //! anti-entropy (tags 1-3, see [`crate::sync`]) and threshold-OPRF evaluations (tag 4, see
 //! [`crate::oprf`]).
@@ -14,7 +14,7 @@ use crate::patient::PatientKey;
 use crate::sync::{PublisherHead, RangeRequest};
 
 /// ALPN protocol id of the data plane.
-pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/1";
+pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/2";
 /// Largest request frame (an evaluation request of 1024 elements is 32,780 bytes).
 pub const MAX_REQUEST_BYTES: usize = 36 * 1024;
 /// Largest response frame (one resource; the API accepts resources up to 8 MiB).
