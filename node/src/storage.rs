@@ -74,14 +74,21 @@ const SEP: u8 = 0;
 fn resource_key(resource_type: &str, id: &str) -> Vec<u8> {
     [b"r\0", resource_type.as_bytes(), &[SEP], id.as_bytes()].concat()
 }
-fn history_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+/// `h\0<type>\0<id>\0`: every version key of a resource starts so.
+fn history_prefix(resource_type: &str, id: &str) -> Vec<u8> {
     [
         b"h\0",
         resource_type.as_bytes(),
         &[SEP],
         id.as_bytes(),
         &[SEP],
-        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+fn history_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+    [
+        history_prefix(resource_type, id),
+        version.to_be_bytes().to_vec(),
     ]
     .concat()
 }
@@ -634,14 +641,7 @@ impl Storage {
         resource_type: &str,
         id: &str,
     ) -> Result<Vec<VersionRecord>, StorageError> {
-        let prefix = [
-            b"h\0",
-            resource_type.as_bytes(),
-            &[SEP],
-            id.as_bytes(),
-            &[SEP],
-        ]
-        .concat();
+        let prefix = history_prefix(resource_type, id);
         let mut out = Vec::new();
         for item in self.fhir.scan_prefix(&prefix) {
             let (key, bytes) = item?;
@@ -700,14 +700,7 @@ impl Storage {
 
     /// The current version of a resource, from its newest history key (no record is read).
     fn current_version(&self, resource_type: &str, id: &str) -> Result<Option<u64>, StorageError> {
-        let prefix = [
-            b"h\0",
-            resource_type.as_bytes(),
-            &[SEP],
-            id.as_bytes(),
-            &[SEP],
-        ]
-        .concat();
+        let prefix = history_prefix(resource_type, id);
         let Some(item) = self.fhir.scan_prefix(&prefix).next_back() else {
             return Ok(None);
         };
