@@ -106,13 +106,8 @@ async fn main() -> anyhow::Result<()> {
         .await,
         "the revoked node's entry did not spread"
     );
-    let ca = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir());
-    let der = zorgmesh_certs::read_certificate(&mesh.node_dir(revoked).join("node.crt"))?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64;
-    ca.revoke(&der, "timing run", now_ms)?;
-    let pem = std::fs::read(&ca.revocations)?;
+    let (_, pem) =
+        zorgmesh_tests::revoke_node(&mesh.ca_dir(), &mesh.node_dir(revoked), "timing run")?;
     let revoked_id = mesh.node_id(revoked);
     let started = Instant::now();
     let response = mesh

@@ -292,6 +292,24 @@ impl TestMesh {
     }
 }
 
+/// Revokes the node whose files are in `node_dir` with the CA in `ca_dir`, as
+/// `zorgmesh certs revoke` does: returns the new list and its PEM (what a node's
+/// `POST /admin/revocations` takes).
+pub fn revoke_node(
+    ca_dir: &std::path::Path,
+    node_dir: &std::path::Path,
+    reason: &str,
+) -> anyhow::Result<(zorgmesh_protocol::revocation::SignedRevocationList, Vec<u8>)> {
+    let ca = zorgmesh_certs::CaFiles::in_dir(ca_dir);
+    let der = zorgmesh_certs::read_certificate(&node_dir.join("node.crt"))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let list = ca.revoke(&der, reason, now_ms)?;
+    let pem = std::fs::read(&ca.revocations)?;
+    Ok((list, pem))
+}
+
 /// A small transaction Bundle for one patient at one institution: the Patient (with BSN), a
 /// shared Organization (same id and URA everywhere), an own Organization, `observations`
 /// Observations and one Condition.

@@ -476,18 +476,16 @@ async fn partition_then_heal_converges() {
 
     // During the partition the CA revokes noord-c; only the noord side hears of it.
     let revoked = cluster.index_of("noord-c");
-    let ca = zorgmesh_certs::CaFiles::in_dir(&cluster.root().join("ca"));
-    let der = zorgmesh_certs::read_certificate(&cluster.provisioned[revoked].dir.join("node.crt"))
-        .unwrap();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    ca.revoke(&der, "key compromised", now_ms).unwrap();
+    let (_, pem) = zorgmesh_tests::revoke_node(
+        &cluster.root().join("ca"),
+        &cluster.provisioned[revoked].dir,
+        "key compromised",
+    )
+    .unwrap();
     let answer: Value = cluster
         .http
         .post(format!("{}/admin/revocations", cluster.base(0).await))
-        .body(std::fs::read(&ca.revocations).unwrap())
+        .body(pem)
         .send()
         .await
         .unwrap()

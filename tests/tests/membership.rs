@@ -154,16 +154,12 @@ async fn a_revoked_node_is_cut_off_and_its_entries_leave_every_index() {
     mesh.wait_for_entries(2).await.unwrap();
 
     // The CA revokes zuid-b; the list is handed to noord-a only.
-    let ca = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir());
-    let der = zorgmesh_certs::read_certificate(&mesh.node_dir(REVOKED).join("node.crt")).unwrap();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let list = ca.revoke(&der, "key compromised", now_ms).unwrap();
+    let (list, pem) =
+        zorgmesh_tests::revoke_node(&mesh.ca_dir(), &mesh.node_dir(REVOKED), "key compromised")
+            .unwrap();
     assert_eq!(list.body.sequence, 1);
     let started = Instant::now();
-    let answer = post_revocations(&mesh, 0, std::fs::read(&ca.revocations).unwrap()).await;
+    let answer = post_revocations(&mesh, 0, pem).await;
     assert_eq!(answer["applied"], true);
     assert_eq!(answer["removed_entries"], 1);
 
