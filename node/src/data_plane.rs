@@ -83,22 +83,26 @@ pub struct TlsIdentity {
     pub certificate_der: Vec<u8>,
     /// This node's key.
     pub key: SigningKey,
+    /// A secret that outlives key rotations and restarts (kept in the node's storage), from
+    /// which the QUIC stateless-reset and connection-ID keys are derived.
+    pub endpoint_secret: [u8; 32],
 }
 
-/// The QUIC stateless-reset key, derived from the node key so that a restarted node can
-/// reset connections its previous process left open: peers learn at once that a crashed
-/// node's connections are gone instead of waiting for an idle timeout.
-fn reset_key(key: &SigningKey) -> ring::hmac::Key {
-    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+/// The QUIC stateless-reset key, derived from the node's endpoint secret so that a
+/// restarted node (also after a key rotation) can reset connections its previous process
+/// left open: peers learn at once that a crashed node's connections are gone instead of
+/// waiting for an idle timeout.
+fn reset_key(secret: &[u8; 32]) -> ring::hmac::Key {
+    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&derive, b"zorgmesh/quic-reset-key/v1");
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, tag.as_ref())
 }
 
-/// The key of the connection-ID generator, derived from the node key: a restarted node
-/// recognises its previous process's connection IDs as its own, which is what lets it answer
-/// them with a stateless reset.
-fn cid_key(key: &SigningKey) -> u64 {
-    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
+/// The key of the connection-ID generator, derived from the endpoint secret: a restarted
+/// node recognises its previous process's connection IDs as its own, which is what lets it
+/// answer them with a stateless reset.
+fn cid_key(secret: &[u8; 32]) -> u64 {
+    let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&derive, b"zorgmesh/quic-cid-key/v1");
     u64::from_le_bytes(tag.as_ref()[..8].try_into().expect("32-byte tag"))
 }
@@ -196,6 +200,8 @@ pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
 #[derive(Clone)]
 pub struct DataPlane {
     endpoint: quinn::Endpoint,
+    /// The client side's certificate and key (replaced by a key rotation).
+    client_config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
     anchor: TrustAnchor,
     connections: Arc<tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>>,
 }
@@ -212,20 +218,20 @@ impl DataPlane {
         let (server, client) = quic_configs(identity)?;
         let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot bind the QUIC data plane on {listen}: {e}"))?;
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(&identity.key)));
-        let cid_key = cid_key(&identity.key);
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(&identity.endpoint_secret)));
+        let cid_key = cid_key(&identity.endpoint_secret);
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
-        let mut endpoint = quinn::Endpoint::new(
+        let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server),
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        endpoint.set_default_client_config(client);
         Ok(Self {
             endpoint,
+            client_config: Arc::new(std::sync::RwLock::new(client)),
             anchor: identity.anchor.clone(),
             connections: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
         })
@@ -294,9 +300,14 @@ impl DataPlane {
                 }
             }
         }
+        let client_config = self
+            .client_config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let connecting = self
             .endpoint
-            .connect(addr, &zorgmesh_certs::node_dns_name(name))
+            .connect_with(client_config, addr, &zorgmesh_certs::node_dns_name(name))
             .map_err(|e| FetchError::Connect {
                 addr,
                 message: e.to_string(),
@@ -306,10 +317,14 @@ impl DataPlane {
             message: e.to_string(),
         })?;
         let peer = peer_certificate(&connection, &self.anchor).map_err(FetchError::Identity)?;
-        if peer.node != holder {
+        // The node is its name, which the network CA binds to each of the node's keys in
+        // turn: a holder that rotated its key answers with the new certificate while this
+        // node may not have seen the hand-over yet. (rustls checked the name against the
+        // TLS server name already; the check here says so in the error.)
+        if peer.identity.name != name {
             connection.close(1u32.into(), b"wrong node");
             return Err(FetchError::Identity(format!(
-                "{addr} answered as {} ({}), not as the holder we asked for",
+                "{addr} answered as {} ({}), not as the holder we asked for ({name})",
                 peer.identity.name, peer.node
             )));
         }
@@ -506,12 +521,23 @@ impl DataPlane {
         }
     }
 
-    /// Closes cached connections to nodes in `revoked`.
+    /// Switches this node's certificate and key for new connections, both ways (a key
+    /// rotation). Connections already open keep the certificate they were made with.
+    pub fn set_identity(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
+        let (server, client) = quic_configs(identity)?;
+        self.endpoint.set_server_config(Some(server));
+        *self.client_config.write().unwrap_or_else(|e| e.into_inner()) = client;
+        Ok(())
+    }
+
+    /// Closes cached connections to nodes whose certificate key is in `revoked`.
     pub async fn close_revoked(&self, revoked: &std::collections::BTreeSet<NodeId>) -> usize {
         let mut cache = self.connections.lock().await;
         let mut closed = 0;
+        let anchor = self.anchor.clone();
         cache.retain(|node, connection| {
-            if revoked.contains(node) {
+            let key = peer_certificate(connection, &anchor).map_or(*node, |peer| peer.node);
+            if revoked.contains(&key) {
                 connection.close(3u32.into(), b"revoked");
                 closed += 1;
                 false

@@ -160,8 +160,8 @@ pub fn converged(nodes: &[RunningNode]) -> bool {
         .iter()
         .map(|n| {
             (
-                n.identity.node,
-                n.mesh.heads().get(&n.identity.node).copied().unwrap_or(0),
+                n.mesh.own(),
+                n.mesh.heads().get(&n.mesh.own()).copied().unwrap_or(0),
             )
         })
         .collect();

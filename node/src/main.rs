@@ -79,6 +79,25 @@ enum CertsCommand {
         #[arg(long)]
         publish: Option<String>,
     },
+    /// Roll a node to a new key: the CA issues a certificate for the same node and a new
+    /// key, written beside the node's files as <name>.next.key and <name>.next.crt; with
+    /// --activate, the running node hands its log over to the new key and switches to it
+    /// without stopping (POST /admin/rotate).
+    Rotate {
+        /// Directory holding the network's ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// The node's current certificate (PEM), e.g. nodes/<name>/<name>.crt; the new files
+        /// go beside it.
+        #[arg(long)]
+        certificate: PathBuf,
+        /// Validity of the new certificate in days.
+        #[arg(long, default_value_t = provision::NODE_CERT_DAYS)]
+        days: i64,
+        /// The node's HTTP address (http://host:port) to activate the new key on now.
+        #[arg(long)]
+        activate: Option<String>,
+    },
     /// Show (and verify) a certificate.
     Show {
         /// The certificate (PEM).
@@ -336,6 +355,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => println!(
                     "hand it to any node: curl --data-binary @{} http://<node>/admin/revocations",
                     files.revocations.display()
+                ),
+            }
+        }
+        Command::Certs(CertsCommand::Rotate {
+            ca_dir,
+            certificate,
+            days,
+            activate,
+        }) => {
+            let key_files = zorgmesh_node::rotation::issue_next(&ca_dir, &certificate, days)?;
+            let next_cert = key_files.next_certificate();
+            let next_key = key_files.next_key();
+            let key = zorgmesh_certs::read_signing_key(&next_key)?;
+            let verified = zorgmesh_certs::CaFiles::in_dir(&ca_dir)
+                .load_anchor()?
+                .verify_node_certificate(&read_certificate(&next_cert)?, None)?;
+            println!(
+                "issued {} for node {:?} with a new key ({}), valid {days} days; key in {} (owner-only)",
+                next_cert.display(),
+                verified.identity.name,
+                zorgmesh_protocol::NodeId(key.verifying_key().to_bytes()),
+                next_key.display()
+            );
+            match activate {
+                Some(base) => {
+                    let url = format!("{}/admin/rotate", base.trim_end_matches('/'));
+                    let response = reqwest::Client::new()
+                        .post(&url)
+                        .send()
+                        .await
+                        .with_context(|| format!("cannot reach {url}"))?;
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    if !status.is_success() {
+                        bail!("{url} did not rotate ({status}): {text}");
+                    }
+                    println!("activated through {url}: {text}");
+                    println!(
+                        "once peers have caught up, revoke the old certificate: zorgmesh certs revoke --ca-dir {} --certificate {}",
+                        ca_dir.display(),
+                        key_files.retired_certificate().display()
+                    );
+                }
+                None => println!(
+                    "activate it on the running node: curl -X POST http://<node>/admin/rotate"
                 ),
             }
         }

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::fetch::FetchFrame;
 use zorgmesh_protocol::gossip::GossipMessage;
-use zorgmesh_protocol::index::{BatchOutcome, HolderLocation, IndexLimits, SnapshotOutcome};
+use zorgmesh_protocol::handover::{HandOverBody, SignedHandOver};
+use zorgmesh_protocol::index::{
+    AdmitError, BatchOutcome, ChainStanding, HolderLocation, IndexLimits, SnapshotOutcome,
+};
 use zorgmesh_protocol::record::SignedNodeRecord;
 use zorgmesh_protocol::revocation::SignedRevocationList;
 use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
@@ -101,17 +104,28 @@ fn unix_now() -> i64 {
 }
 
 impl Mesh {
-    /// A mesh view for node `own`, whose verified certificate is `own_certificate`.
+    /// A mesh view for this node, whose verified certificate (of its key in force) is
+    /// `own_certificate` and whose log was handed over along `own_handovers` (empty when it
+    /// still signs with its first key).
     /// `sync_nudge` is told when a gap shows up (naming the publisher) or a new publisher
     /// announces itself, so that anti-entropy runs at once instead of at its next tick.
     pub fn new(
         anchor: TrustAnchor,
         storage: Arc<Storage>,
         own_certificate: &VerifiedNode,
+        own_handovers: &[SignedHandOver],
         sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
     ) -> Self {
         let mut index = LocatorIndex::new(IndexLimits::default());
-        index.admit_publisher(own_certificate.publisher_info());
+        let own = own_handovers
+            .first()
+            .map_or(own_certificate.node, |h| h.body.log);
+        let mut info = own_certificate.publisher_info();
+        info.node = own;
+        let chain: Vec<HandOverBody> = own_handovers.iter().map(|h| h.body.clone()).collect();
+        if let Err(e) = index.admit_log(info, &chain) {
+            tracing::error!(error = %e, "own log refused by own index");
+        }
         Self {
             anchor,
             own_record: Mutex::new(None),
@@ -119,7 +133,7 @@ impl Mesh {
             index: Mutex::new(index),
             certificates: Mutex::new(HashMap::new()),
             storage,
-            own: own_certificate.node,
+            own,
             revocations: Mutex::new(Revocations::default()),
             revocation_watch: tokio::sync::watch::channel(0).0,
             forks_detected: std::sync::atomic::AtomicUsize::new(0),
@@ -194,15 +208,24 @@ impl Mesh {
         let revoked = list.body.revoked_nodes();
         let newly_revoked: Vec<NodeId> = revoked.difference(&state.revoked).copied().collect();
         let mut removed_entries = 0;
+        let mut revoked_logs = Vec::new();
         {
+            // A revoked key that is a log's key in force takes the log with it; a key that
+            // handed its log over to a successor leaves the log alone.
             let mut index = self.index();
             for node in &newly_revoked {
-                removed_entries += index.revoke_publisher(*node);
+                if let Some((log, removed)) = index.revoke_key(*node) {
+                    removed_entries += removed;
+                    revoked_logs.push(log);
+                }
             }
         }
-        for node in &newly_revoked {
-            if let Err(e) = self.storage.forget_publisher(&node.0) {
-                tracing::error!(error = %e, node = %node, "cannot drop a revoked node's stored log");
+        for log in &revoked_logs {
+            if *log == self.own {
+                continue;
+            }
+            if let Err(e) = self.storage.forget_publisher(&log.0) {
+                tracing::error!(error = %e, node = %log, "cannot drop a revoked node's stored log");
             }
         }
         // Lists are cumulative: a node missing from a newer list was dropped from it after
@@ -242,20 +265,18 @@ impl Mesh {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn verify_certificate(&self, der: &[u8]) -> Result<VerifiedNode, String> {
+    /// A certificate issued by the network CA, whatever its validity period (cached).
+    fn verify_certificate_issued(&self, der: &[u8]) -> Result<VerifiedNode, String> {
         let digest: [u8; 32] = Sha256::digest(der).into();
-        let now = unix_now();
         {
             let cache = self.certificates.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(verified) = cache.get(&digest) {
-                if now <= verified.not_after && now >= verified.not_before {
-                    return Ok(verified.clone());
-                }
+                return Ok(verified.clone());
             }
         }
         let verified = self
             .anchor
-            .verify_node_certificate(der, Some(now))
+            .verify_node_certificate(der, None)
             .map_err(|e| e.to_string())?;
         let mut cache = self.certificates.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED_CERTIFICATES {
@@ -263,6 +284,49 @@ impl Mesh {
         }
         cache.insert(digest, verified.clone());
         Ok(verified)
+    }
+
+    /// A certificate issued by the network CA and valid now.
+    fn verify_certificate(&self, der: &[u8]) -> Result<VerifiedNode, String> {
+        let verified = self.verify_certificate_issued(der)?;
+        let now = unix_now();
+        if now > verified.not_after {
+            return Err(format!(
+                "the certificate of {} expired ({} s since the epoch)",
+                verified.identity.name, verified.not_after
+            ));
+        }
+        if now < verified.not_before {
+            return Err(format!(
+                "the certificate of {} is not valid yet",
+                verified.identity.name
+            ));
+        }
+        Ok(verified)
+    }
+
+    /// Checks a record's hand-over chain against the network CA: each hand-over's
+    /// certificate is the CA's, for the hand-over's new key, for node `name`.
+    fn verify_handover_certificates(
+        &self,
+        chain: &[SignedHandOver],
+        name: &str,
+    ) -> Result<(), String> {
+        for handover in chain {
+            let certificate = self
+                .verify_certificate_issued(&handover.body.new_certificate_der)
+                .map_err(|e| format!("hand-over certificate refused: {e}"))?;
+            if certificate.node != handover.body.new_key {
+                return Err("a hand-over's certificate is for another key than its new key".into());
+            }
+            if certificate.identity.name != name {
+                return Err(format!(
+                    "a hand-over moves the log of {name} to a certificate for {}",
+                    certificate.identity.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Validates and applies one gossip message. `author` is the gossip message's signed
@@ -284,8 +348,8 @@ impl Mesh {
             }
         };
         if let Some(author) = author {
-            if author != record.record.node.0 {
-                return Verdict::Reject("gossip author is not the record's node".into());
+            if author != record.record.signer().0 {
+                return Verdict::Reject("gossip author is not the record's signer".into());
             }
         }
         let Some(batch) = batch else {
@@ -318,35 +382,64 @@ impl Mesh {
 
     /// Verifies a node record and its certificate, admits the node and takes its address.
     /// Returns the index guard and whether the record was newer than the one held.
+    ///
+    /// A record signed by a key that has since handed its log over (*stale*) still lets
+    /// its batch through to the index, which verifies the batch under the key in force at
+    /// its sequence; the stale record's certificate (which may have expired or been revoked
+    /// since) and address are not taken.
     fn admit_record(
         &self,
         record: &SignedNodeRecord,
     ) -> Result<(std::sync::MutexGuard<'_, LocatorIndex>, bool), String> {
-        if !record.verify() {
-            return Err("node record signature does not verify".into());
-        }
-        let verified = self
-            .verify_certificate(&record.record.certificate_der)
+        let log = record.record.node;
+        let signer = record.verify(self.anchor.network())?;
+        let certificate = self
+            .verify_certificate_issued(&record.record.certificate_der)
             .map_err(|e| format!("publisher certificate refused: {e}"))?;
-        if verified.node != record.record.node {
-            return Err("certificate key differs from the record's node".into());
+        if certificate.node != signer {
+            return Err("the record's certificate is for another key than the one that signed it".into());
         }
-        if self.is_revoked(&verified.node) {
-            return Err(format!("node {} is revoked", verified.identity.name));
+        self.verify_handover_certificates(&record.record.handovers, &certificate.identity.name)?;
+        let chain: Vec<HandOverBody> = record
+            .record
+            .handovers
+            .iter()
+            .map(|h| h.body.clone())
+            .collect();
+        let held = self.index().handovers(&log).len();
+        let known = self.index().knows_publisher(&log);
+        let current = !known || chain.len() >= held;
+        if current {
+            // The key in force must hold a certificate valid now and not be revoked.
+            self.verify_certificate(&record.record.certificate_der)
+                .map_err(|e| format!("publisher certificate refused: {e}"))?;
+            if self.is_revoked(&signer) {
+                return Err(format!("node {} is revoked", certificate.identity.name));
+            }
         }
+        let mut info = certificate.publisher_info();
+        info.node = log;
         let mut index = self.index();
-        let known = index.knows_publisher(&verified.node);
-        if !index.admit_publisher(verified.publisher_info()) {
-            return Err(INDEX_FULL.into());
-        }
+        let standing = match index.admit_log(info, &chain) {
+            Ok(standing) => standing,
+            Err(AdmitError::Full) => return Err(INDEX_FULL.into()),
+            Err(e @ AdmitError::HandOverConflict { .. }) => {
+                self.forks_detected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(publisher = %log, error = %e, "conflicting hand-overs");
+                return Err(e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         if !known {
-            self.nudge(Some(verified.node));
+            self.nudge(Some(log));
         }
-        let newer = index.update_address(
-            &verified.node,
-            &record.record.data_address,
-            record.record.issued_at_ms,
-        );
+        let newer = standing == ChainStanding::Current
+            && index.update_address(
+                &log,
+                &record.record.data_address,
+                record.record.issued_at_ms,
+            );
         Ok((index, newer))
     }
 
@@ -403,12 +496,29 @@ impl Mesh {
                     _ => None,
                 })
         }?;
-        if held.body.hash() == candidate.body.hash() || candidate.verify().is_err() {
+        let key = self.index().key_at(&publisher, sequence)?;
+        if held.body.hash() == candidate.body.hash() || candidate.verify_by(&key).is_err() {
             return None;
         }
         Some(format!(
             "publisher {publisher} forked its log at sequence {sequence} (an accepted, different batch is held)"
         ))
+    }
+
+    /// Takes this node's own hand-over to a new key (with its whole chain, oldest first) into
+    /// its index: its batches from the hand-over on verify under the new key.
+    pub fn hand_over_own(
+        &self,
+        chain: &[SignedHandOver],
+        new_certificate: &VerifiedNode,
+    ) -> Result<(), String> {
+        let mut info = new_certificate.publisher_info();
+        info.node = self.own;
+        let bodies: Vec<HandOverBody> = chain.iter().map(|h| h.body.clone()).collect();
+        self.index()
+            .admit_log(info, &bodies)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Applies one of this node's own batches to its index.
@@ -530,6 +640,11 @@ impl Mesh {
     /// Live locator entries in the index.
     pub fn live_entries(&self) -> usize {
         self.index().live_entries()
+    }
+
+    /// The key a publisher's log is signed with now (its first key unless handed over).
+    pub fn key_in_force(&self, publisher: &NodeId) -> Option<NodeId> {
+        self.index().current_key(publisher)
     }
 
     /// Whether the index knows a publisher.
@@ -690,7 +805,7 @@ impl Mesh {
     /// head replaces the batches up to it. Returns the sequence the snapshot covers.
     pub async fn compact_own_log(
         &self,
-        key: &ed25519_dalek::SigningKey,
+        keys: &crate::rotation::NodeKeys,
     ) -> Result<Option<u64>, crate::storage::StorageError> {
         let (head, head_hash, entries) = {
             let index = self.index();
@@ -704,8 +819,11 @@ impl Mesh {
         let Some(head_hash) = head_hash.filter(|_| head > 0) else {
             return Ok(None);
         };
-        let chunks: Vec<Vec<u8>> = zorgmesh_protocol::snapshot::cut_snapshot(
-            key,
+        // Read after the head: a key in force at or after the head signs the snapshot.
+        let key = keys.current().key.clone();
+        let chunks: Vec<Vec<u8>> = zorgmesh_protocol::snapshot::cut_snapshot_of(
+            self.own,
+            &key,
             head,
             head_hash,
             entries,

@@ -12,6 +12,7 @@ use crate::mesh::Mesh;
 use crate::pseudonym::evaluator::Evaluator;
 use crate::pseudonym::PatientKeys;
 use crate::publishing::Publisher;
+use crate::rotation::{KeyFiles, NodeKeys, Rotator};
 use crate::storage::Storage;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
-use zorgmesh_certs::{read_certificate, read_signing_key, TrustAnchor, VerifiedNode};
+use zorgmesh_certs::{read_certificate, TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::record::NodeRecord;
 use zorgmesh_protocol::{BatchPolicy, NodeId};
@@ -109,13 +110,15 @@ pub struct KeyStatus {
 /// counters, and on an evaluator its evaluation audit.
 pub fn status_document(
     name: &str,
-    not_after: i64,
+    signing: &crate::rotation::NodeKeys,
     mesh: &Mesh,
     gossip: &GossipStatus,
     sync: &SyncStats,
     keys: &KeyStatus,
 ) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
+    let active = signing.current();
+    let not_after = active.certificate.not_after;
     let names: std::collections::HashMap<NodeId, String> = mesh.publishers().into_iter().collect();
     let heads: serde_json::Map<String, serde_json::Value> = mesh
         .heads()
@@ -130,6 +133,12 @@ pub fn status_document(
     serde_json::json!({
         "node": name,
         "certificate": certificate_status(not_after, (crate::fhir::service::now_ms() / 1000) as i64),
+        "signing_key": {
+            "log": signing.log().to_hex(),
+            "key_in_force": active.id().to_hex(),
+            "handovers": active.handovers.len(),
+            "from_sequence": active.handovers.last().map(|h| h.body.from_sequence),
+        },
         "revocations": {
             "sequence": mesh.revocation_sequence(),
             "revoked_nodes": mesh.revoked_nodes().len(),
@@ -178,19 +187,20 @@ impl RunningNode {
                 trust.ca_certificate.display()
             )
         })?;
-        let certificate_der = read_certificate(&trust.node_certificate)?;
-        let key = read_signing_key(&trust.node_key)?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        let storage = Arc::new(open_storage(&config).await?);
         let now = (crate::fhir::service::now_ms() / 1000) as i64;
-        let identity = anchor
-            .verify_node_certificate(&certificate_der, Some(now))
-            .with_context(|| format!("node certificate {}", trust.node_certificate.display()))?;
-        if identity.node != NodeId(key.verifying_key().to_bytes()) {
-            anyhow::bail!(
-                "{} does not belong to the certificate {}",
-                trust.node_key.display(),
-                trust.node_certificate.display()
-            );
-        }
+        let key_files = KeyFiles {
+            key: trust.node_key.clone(),
+            certificate: trust.node_certificate.clone(),
+        };
+        let active = crate::rotation::load_own_keys(&key_files, &anchor, &storage, now)?;
+        let identity = active.certificate.clone();
+        let key = active.key.clone();
+        let certificate_der = active.certificate_der.clone();
+        let handovers = active.handovers.clone();
+        let keys = Arc::new(NodeKeys::new(active));
         if identity.identity.name != config.name {
             anyhow::bail!(
                 "config name {:?} differs from the certificate's node name {:?}",
@@ -198,10 +208,7 @@ impl RunningNode {
                 identity.identity.name
             );
         }
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
         let (evaluator_set, own_share) = crate::pseudonym::load_trust(&config, &anchor)?;
-        let storage = Arc::new(open_storage(&config).await?);
         let evaluator = own_share.map(|share| {
             Arc::new(Evaluator::new(
                 share,
@@ -218,6 +225,7 @@ impl RunningNode {
                 anchor: anchor.clone(),
                 certificate_der: certificate_der.clone(),
                 key: key.clone(),
+                endpoint_secret: storage.endpoint_secret(),
             },
             config.data_listen,
         )?;
@@ -232,6 +240,7 @@ impl RunningNode {
             anchor.clone(),
             storage.clone(),
             &identity,
+            &handovers,
             Some(sync_nudge),
         ));
         let (own, remote) = mesh.restore(&advertised)?;
@@ -246,7 +255,7 @@ impl RunningNode {
 
         let publisher = Publisher::new(
             storage.clone(),
-            key.clone(),
+            keys.clone(),
             BatchPolicy {
                 max_entries: config.publishing.batch_max_entries,
                 window_ms: config.publishing.batch_window_ms,
@@ -267,7 +276,7 @@ impl RunningNode {
                 network: anchor.network().to_owned(),
                 listen: config.gossip_listen,
                 bootstrap,
-                announce_now,
+                announce_now: announce_now.clone(),
             },
             mesh.clone(),
             shutdown_rx.clone(),
@@ -286,8 +295,7 @@ impl RunningNode {
             let mesh = mesh.clone();
             let data_plane = data_plane.clone();
             let publish = gossip.publish.clone();
-            let own = identity.node;
-            let not_after = identity.not_after;
+            let keys = keys.clone();
             let mut revocations = mesh.watch_revocations();
             let mut shutdown = shutdown_rx.clone();
             tasks.push(spawn(Box::pin(async move {
@@ -295,6 +303,10 @@ impl RunningNode {
                 let mut stopping = false;
                 let mut first = true;
                 loop {
+                    // The key in force (a rotation replaces it).
+                    let active = keys.current();
+                    let own = active.id();
+                    let not_after = active.certificate.not_after;
                     // Check every minute, and right after the certificate's notAfter.
                     let now = (crate::fhir::service::now_ms() / 1000) as i64;
                     let until_expiry = Duration::from_secs((not_after - now + 1).max(0) as u64);
@@ -350,23 +362,24 @@ impl RunningNode {
         tasks.push(tokio::spawn(
             publisher.clone().run(outbox, shutdown_rx.clone()),
         ));
-        let record_key = key.clone();
-        let record_cert = certificate_der.clone();
+        let record_keys = keys.clone();
         let forward_mesh = mesh.clone();
         let publish = gossip.publish.clone();
         let record_address = advertised.clone();
         let make_record = move || {
+            let active = record_keys.current();
             NodeRecord {
-                node: NodeId(record_key.verifying_key().to_bytes()),
-                certificate_der: record_cert.clone(),
+                node: record_keys.log(),
+                handovers: active.handovers.clone(),
+                certificate_der: active.certificate_der.clone(),
                 data_address: record_address.clone(),
                 issued_at_ms: crate::fhir::service::now_ms(),
             }
-            .sign(&record_key)
+            .sign(&active.key)
         };
         let own_address = advertised.clone();
         let compact_storage = storage.clone();
-        let compact_key = key.clone();
+        let compact_keys = keys.clone();
         let compact_after = config.publishing.compact_after_batches;
         let mut announce_shutdown = shutdown_rx.clone();
         tasks.push(spawn(Box::pin(async move {
@@ -387,7 +400,7 @@ impl RunningNode {
                         Some(batch) => {
                             forward_mesh.apply_own(batch.clone(), &own_address);
                             if compact_storage.own_log_len() > compact_after {
-                                match forward_mesh.compact_own_log(&compact_key).await {
+                                match forward_mesh.compact_own_log(&compact_keys).await {
                                     Ok(Some(upto)) => tracing::info!(upto, "own log compacted into a snapshot"),
                                     Ok(None) => {}
                                     Err(e) => tracing::error!(error = %e, "log compaction failed"),
@@ -456,7 +469,7 @@ impl RunningNode {
             fhir: fhir.clone(),
             dossier: DossierResolver {
                 mesh: mesh.clone(),
-                data_plane,
+                data_plane: data_plane.clone(),
                 fhir,
                 keys: patient_keys.clone(),
                 network: anchor.network().to_owned(),
@@ -464,12 +477,24 @@ impl RunningNode {
             },
             base: format!("http://{http_addr}/fhir"),
             node_name: config.name.clone(),
+            rotator: Some(Arc::new(Rotator {
+                keys: keys.clone(),
+                files: key_files.clone(),
+                anchor: anchor.clone(),
+                storage: storage.clone(),
+                publisher: publisher.clone(),
+                mesh: mesh.clone(),
+                data_plane: data_plane.clone(),
+                gossip_rekey: gossip.rekey.clone(),
+                announce_now: announce_now.clone(),
+                running: tokio::sync::Mutex::new(()),
+            })),
             status: {
                 let mesh = mesh.clone();
                 let gossip_status = gossip.status.clone();
                 let sync_stats = sync_stats.clone();
                 let name = config.name.clone();
-                let not_after = identity.not_after;
+                let signing = keys.clone();
                 let key_status = KeyStatus {
                     keys: patient_keys.clone(),
                     pending: pending_keys.clone(),
@@ -478,7 +503,7 @@ impl RunningNode {
                 std::sync::Arc::new(move || {
                     status_document(
                         &name,
-                        not_after,
+                        &signing,
                         &mesh,
                         &gossip_status,
                         &sync_stats,

@@ -4,8 +4,8 @@
 //! *before* it leaves the node (so a restart never signs a second batch with the same
 //! sequence number), clears the patients' dirty marks, and hands the batch on.
 
+use crate::rotation::NodeKeys;
 use crate::storage::Storage;
-use ed25519_dalek::SigningKey;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Mutex, Notify};
@@ -21,8 +21,11 @@ pub struct Publisher {
 struct Inner {
     storage: Arc<Storage>,
     node: NodeId,
-    key: SigningKey,
+    keys: Arc<NodeKeys>,
     log: Mutex<PublisherLog>,
+    /// Held while a batch is signed and persisted, and while the key changes: a hand-over
+    /// names the last batch the old key signed, which is durable by then.
+    signing: Mutex<()>,
     wake: Notify,
 }
 
@@ -64,13 +67,14 @@ pub fn entry_for(
 }
 
 impl Publisher {
-    /// A publisher that continues the log stored in `storage`.
+    /// A publisher that continues the log stored in `storage`, signing with the key in
+    /// force in `keys`.
     pub fn new(
         storage: Arc<Storage>,
-        key: SigningKey,
+        keys: Arc<NodeKeys>,
         policy: BatchPolicy,
     ) -> Result<Self, crate::storage::StorageError> {
-        let node = NodeId(key.verifying_key().to_bytes());
+        let node = keys.log();
         let mut head = storage
             .own_snapshot()?
             .first()
@@ -86,8 +90,9 @@ impl Publisher {
                 log: Mutex::new(PublisherLog::new(node, policy, head)),
                 storage,
                 node,
-                key,
+                keys,
                 wake: Notify::new(),
+                signing: Mutex::new(()),
             }),
         })
     }
@@ -108,6 +113,18 @@ impl Publisher {
         }
         drop(log);
         self.inner.wake.notify_one();
+    }
+
+    /// Runs `change` with signing paused, giving it the next sequence and the hash of the
+    /// last batch signed (and persisted): a key hand-over happens inside, so that no batch
+    /// is signed between naming the hand-over point and switching the key.
+    pub async fn with_signing_paused<R>(&self, change: impl FnOnce(u64, [u8; 32]) -> R) -> R {
+        let _signing = self.inner.signing.lock().await;
+        let (next, head) = {
+            let log = self.inner.log.lock().await;
+            (log.next_sequence(), log.head_hash())
+        };
+        change(next, head)
     }
 
     /// Stages every patient whose entry was changed but not yet published (after a restart).
@@ -142,7 +159,9 @@ impl Publisher {
             }
             loop {
                 let now = crate::fhir::service::now_ms();
-                let batch = self.inner.log.lock().await.poll(now, &self.inner.key);
+                let signing = self.inner.signing.lock().await;
+                let key = self.inner.keys.current().key.clone();
+                let batch = self.inner.log.lock().await.poll(now, &key);
                 let Some(batch) = batch else { break };
                 let covered: Vec<(PatientKey, u64)> = batch
                     .body
@@ -160,6 +179,7 @@ impl Publisher {
                     tracing::error!(error = %e, "cannot persist own batch; publishing stops");
                     return;
                 }
+                drop(signing);
                 tracing::debug!(
                     sequence = batch.body.sequence,
                     entries = batch.body.entries.len(),
@@ -172,7 +192,9 @@ impl Publisher {
         }
         // Flush what is staged so that a clean shutdown loses nothing (dirty marks cover a crash).
         let now = crate::fhir::service::now_ms();
-        let batch = self.inner.log.lock().await.flush(now, &self.inner.key);
+        let _signing = self.inner.signing.lock().await;
+        let key = self.inner.keys.current().key.clone();
+        let batch = self.inner.log.lock().await.flush(now, &key);
         if let Some(batch) = batch {
             let covered: Vec<(PatientKey, u64)> = batch
                 .body

@@ -685,6 +685,18 @@ impl Storage {
         Ok(out)
     }
 
+    /// The node's QUIC endpoint secret (stateless-reset and connection-ID keys): derived
+    /// from the holding secret, so it outlives key rotations.
+    pub fn endpoint_secret(&self) -> [u8; 32] {
+        let mut context = ring::hmac::Context::with_key(&self.holding_secret);
+        context.update(b"zorgmesh/quic-endpoint-secret/v1\n");
+        context
+            .sign()
+            .as_ref()
+            .try_into()
+            .expect("HMAC-SHA256 is 32 bytes")
+    }
+
     /// The salt of this node's holding commitment for a patient: HMAC-SHA256 under the
     /// node's holding secret over `"zorgmesh/holding-salt/v1\n" || key`.
     pub fn holding_salt(&self, key: &PatientKey) -> [u8; 32] {
@@ -1016,6 +1028,19 @@ impl Storage {
     /// The revocation list kept, if any (encoded).
     pub fn revocations(&self) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.trust.get(b"revocations")?.map(|v| v.to_vec()))
+    }
+
+    /// Keeps this node's hand-over chain (encoded `Vec<SignedHandOver>`) durably: from
+    /// the moment it is kept, the node signs with the new key.
+    pub fn store_own_handovers(&self, chain: &[u8]) -> Result<(), StorageError> {
+        self.trust.insert(b"own-handovers", chain)?;
+        self.trust.flush()?;
+        Ok(())
+    }
+
+    /// This node's kept hand-over chain.
+    pub fn own_handovers(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.trust.get(b"own-handovers")?.map(|v| v.to_vec()))
     }
 
     /// Flushes everything to disk.

@@ -45,6 +45,7 @@ fn identity(ca: &CertificateAuthority, name: &str, seed: u8) -> TlsIdentity {
         anchor: TrustAnchor::from_der(ca.certificate_der()).unwrap(),
         certificate_der,
         key,
+        endpoint_secret: [seed; 32],
     }
 }
 
@@ -70,16 +71,24 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
     let dir = tempfile::tempdir().unwrap();
     let storage = Arc::new(Storage::open(dir.path()).unwrap());
     let tls = identity(ca, "holder", 10);
-    let publisher =
-        Publisher::new(storage.clone(), tls.key.clone(), BatchPolicy::default()).unwrap();
     let verified = tls
         .anchor
         .verify_node_certificate(&tls.certificate_der, None)
         .unwrap();
+    let keys = Arc::new(zorgmesh_node::rotation::NodeKeys::new(
+        zorgmesh_node::rotation::ActiveKey {
+            key: tls.key.clone(),
+            certificate_der: tls.certificate_der.clone(),
+            certificate: verified.clone(),
+            handovers: Vec::new(),
+        },
+    ));
+    let publisher = Publisher::new(storage.clone(), keys, BatchPolicy::default()).unwrap();
     let mesh = Arc::new(zorgmesh_node::mesh::Mesh::new(
         tls.anchor.clone(),
         storage.clone(),
         &verified,
+        &[],
         None,
     ));
     let fhir = FhirService::new(storage.clone(), publisher);

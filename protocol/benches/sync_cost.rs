@@ -62,6 +62,7 @@ fn main() {
         let key = SigningKey::from_bytes(&seed);
         let node = NodeId(key.verifying_key().to_bytes());
         let record = NodeRecord {
+            handovers: Vec::new(),
             node,
             certificate_der: vec![0x30; 600],
             data_address: format!("node-{p}.zorgmesh:7000"),
@@ -200,7 +201,7 @@ fn main() {
             else {
                 unreachable!()
             };
-            assert!(record.verify());
+            assert!(record.verify("bench").is_ok());
             applied_entries += batch.body.entries.len();
             b.receive_batch(batch, 3).unwrap();
         }

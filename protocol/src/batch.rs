@@ -98,9 +98,9 @@ impl BatchBody {
         hasher.finalize().into()
     }
 
-    /// Signs the body. `key` must be the publisher's key.
+    /// Signs the body. `key` must be the log's key in force at this sequence: the
+    /// publisher's own key unless the log was handed over ([`crate::handover`]).
     pub fn sign(self, key: &SigningKey) -> SignedBatch {
-        debug_assert_eq!(key.verifying_key().to_bytes(), self.publisher.0);
         let signature = crate::signing::sign(key, BATCH_SIGNATURE_DOMAIN, &self);
         SignedBatch {
             body: self,
@@ -157,8 +157,14 @@ impl SignedBatch {
 
     /// Verifies the signature against the publisher key named in the body.
     pub fn verify(&self) -> Result<(), SignatureError> {
+        self.verify_by(&self.body.publisher)
+    }
+
+    /// Verifies the signature by `key`: the key in force at this batch's sequence (the
+    /// publisher's first key unless the log was handed over, see [`crate::handover`]).
+    pub fn verify_by(&self, key: &NodeId) -> Result<(), SignatureError> {
         crate::signing::verify(
-            &self.body.publisher,
+            key,
             BATCH_SIGNATURE_DOMAIN,
             &self.body,
             &self.signature,

@@ -2,7 +2,7 @@
 
 use crate::batch::{SignedBatch, MAX_BATCH_BYTES};
 use crate::codec::{self, DecodeError};
-use crate::record::{SignedNodeRecord, MAX_CERTIFICATE_BYTES};
+use crate::record::{SignedNodeRecord, MAX_RECORD_BYTES};
 use crate::revocation::SignedRevocationList;
 
 /// Every versioned protocol id zorgmesh speaks, newest first per family. A retired id is
@@ -15,7 +15,7 @@ pub const LOCATOR_TOPIC_VERSION: &str = "/zorgmesh/locators/2";
 pub const FETCH_ALPN_STR: &str = "zorgmesh/fetch/2";
 
 /// Largest gossip message.
-pub const MAX_GOSSIP_BYTES: usize = MAX_BATCH_BYTES + MAX_CERTIFICATE_BYTES + 4096;
+pub const MAX_GOSSIP_BYTES: usize = MAX_BATCH_BYTES + MAX_RECORD_BYTES + 4096;
 
 /// The gossip topic for locator batches of a network: one national topic (see
 /// docs/ARCHITECTURE.md for why not one per region).

@@ -6,6 +6,7 @@
 
 use crate::batch::{SignatureError, SignedBatch, FIRST_SEQUENCE, GENESIS_HASH};
 use crate::codec::DecodeError;
+use crate::handover::{key_in_force, HandOverBody};
 use crate::identity::PublisherInfo;
 use crate::locator::{LocatorEntry, NodeId};
 use crate::patient::PatientKey;
@@ -94,6 +95,38 @@ impl BatchRejection {
     }
 }
 
+/// How a verified record's hand-over chain stands against the one the index holds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChainStanding {
+    /// The chain is the newest known: the record's key is the log's key in force, and its
+    /// certificate facts now describe the publisher.
+    Current,
+    /// The chain is an older prefix of the one held: the record was signed by a key that
+    /// has since handed the log over. Its batch (if any) is still judged by the key
+    /// schedule; its certificate and address are not taken.
+    Stale,
+}
+
+/// Why the index does not admit a publisher.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AdmitError {
+    /// The index holds as many publishers as it may.
+    #[error("the index is full")]
+    Full,
+    /// The log, or the key now in force for it, is revoked.
+    #[error("publisher {0} is revoked")]
+    Revoked(NodeId),
+    /// The record's hand-overs contradict the ones held (two different successors, or a
+    /// hand-over from a point the log has already passed under its old key).
+    #[error("publisher {publisher}'s hand-overs contradict the ones held: {reason}")]
+    HandOverConflict {
+        /// The log.
+        publisher: NodeId,
+        /// What contradicts.
+        reason: String,
+    },
+}
+
 /// A holder of a patient's data, as the index knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HolderLocation {
@@ -113,6 +146,26 @@ struct PublisherState {
     next_sequence: u64,
     head_hash: [u8; 32],
     pending: BTreeMap<u64, SignedBatch>,
+    /// The log's hand-overs, oldest first (verified by the caller).
+    handovers: Vec<HandOverBody>,
+}
+
+impl PublisherState {
+    fn key_at(&self, sequence: u64) -> NodeId {
+        key_in_force(self.info.node, &self.handovers, sequence)
+    }
+
+    fn current_key(&self) -> NodeId {
+        self.handovers.last().map_or(self.info.node, |h| h.new_key)
+    }
+
+    /// The hand-over that starts at `sequence`, if any (the last one when several do).
+    fn handover_at(&self, sequence: u64) -> Option<&HandOverBody> {
+        self.handovers
+            .iter()
+            .rev()
+            .find(|h| h.from_sequence == sequence)
+    }
 }
 
 /// The sans-IO locator index.
@@ -124,6 +177,7 @@ pub struct LocatorIndex {
     by_publisher: HashMap<NodeId, std::collections::HashSet<PatientKey>>,
     live_entries: usize,
     revoked: std::collections::HashSet<NodeId>,
+    revoked_keys: std::collections::HashSet<NodeId>,
 }
 
 /// What installing a snapshot did.
@@ -148,31 +202,122 @@ impl LocatorIndex {
         }
     }
 
-    /// Records a publisher whose certificate chain the caller has verified. Returns false
-    /// when the index is full and the publisher is new, or when the publisher is revoked.
+    /// Records a publisher whose certificate chain the caller has verified and that never
+    /// handed its log over. Returns false when the index is full and the publisher is new,
+    /// or when the publisher is revoked.
     pub fn admit_publisher(&mut self, info: PublisherInfo) -> bool {
-        if self.revoked.contains(&info.node) {
-            return false;
+        self.admit_log(info, &[]).is_ok()
+    }
+
+    /// Records a publisher from a verified record: `info` describes the record's
+    /// certificate with `info.node` set to the log id, `chain` is the record's verified
+    /// hand-over chain. A chain that extends the one held is taken on (the log's batches
+    /// from each hand-over's `from_sequence` on verify under its new key).
+    pub fn admit_log(
+        &mut self,
+        info: PublisherInfo,
+        chain: &[HandOverBody],
+    ) -> Result<ChainStanding, AdmitError> {
+        let log = info.node;
+        if self.revoked.contains(&log) {
+            return Err(AdmitError::Revoked(log));
         }
-        if let Some(state) = self.publishers.get_mut(&info.node) {
-            state.info = info;
-            return true;
+        let record_key = chain.last().map_or(log, |h| h.new_key);
+        let conflict = |reason: String| AdmitError::HandOverConflict {
+            publisher: log,
+            reason,
+        };
+        let standing = match self.publishers.get_mut(&log) {
+            Some(state) => {
+                let held = state.handovers.len();
+                let shared = held.min(chain.len());
+                if state.handovers[..shared] != chain[..shared] {
+                    return Err(conflict("two different hand-overs of one key".into()));
+                }
+                if chain.len() < held {
+                    ChainStanding::Stale
+                } else {
+                    for handover in &chain[held..] {
+                        // The old key must not have signed past the hand-over point.
+                        if handover.from_sequence < state.next_sequence {
+                            return Err(conflict(format!(
+                                "hand-over from sequence {} but the log is at {} under the old key",
+                                handover.from_sequence,
+                                state.next_sequence - 1
+                            )));
+                        }
+                        if handover.from_sequence == state.next_sequence
+                            && handover.previous_hash != state.head_hash
+                        {
+                            return Err(conflict(format!(
+                                "hand-over at sequence {} names another previous batch than the one held",
+                                handover.from_sequence
+                            )));
+                        }
+                        // Buffered batches from the hand-over on were checked under the
+                        // old key; drop them (sync fetches them again).
+                        state.pending.retain(|s, _| *s < handover.from_sequence);
+                    }
+                    state.handovers = chain.to_vec();
+                    state.info = info;
+                    ChainStanding::Current
+                }
+            }
+            None => {
+                if self.publishers.len() >= self.limits.max_publishers {
+                    return Err(AdmitError::Full);
+                }
+                self.publishers.insert(
+                    log,
+                    PublisherState {
+                        info,
+                        data_address: None,
+                        record_issued_at_ms: 0,
+                        next_sequence: FIRST_SEQUENCE,
+                        head_hash: GENESIS_HASH,
+                        pending: BTreeMap::new(),
+                        handovers: chain.to_vec(),
+                    },
+                );
+                ChainStanding::Current
+            }
+        };
+        if standing == ChainStanding::Current && self.revoked_keys.contains(&record_key) {
+            self.revoke_publisher(log);
+            return Err(AdmitError::Revoked(log));
         }
-        if self.publishers.len() >= self.limits.max_publishers {
-            return false;
-        }
-        self.publishers.insert(
-            info.node,
-            PublisherState {
-                info,
-                data_address: None,
-                record_issued_at_ms: 0,
-                next_sequence: FIRST_SEQUENCE,
-                head_hash: GENESIS_HASH,
-                pending: BTreeMap::new(),
-            },
-        );
-        true
+        Ok(standing)
+    }
+
+    /// The key a publisher's log is signed with now.
+    pub fn current_key(&self, publisher: &NodeId) -> Option<NodeId> {
+        self.publishers.get(publisher).map(PublisherState::current_key)
+    }
+
+    /// The key that signs sequence `sequence` of a publisher's log.
+    pub fn key_at(&self, publisher: &NodeId, sequence: u64) -> Option<NodeId> {
+        self.publishers.get(publisher).map(|s| s.key_at(sequence))
+    }
+
+    /// A publisher's hand-overs, oldest first.
+    pub fn handovers(&self, publisher: &NodeId) -> &[HandOverBody] {
+        self.publishers
+            .get(publisher)
+            .map_or(&[], |s| s.handovers.as_slice())
+    }
+
+    /// The CA revoked `key`. When it is the key in force of a log, the log is revoked (see
+    /// [`LocatorIndex::revoke_publisher`]) and its id and removed entry count returned; a
+    /// key that has handed its log over leaves the log alone. A log whose chain later
+    /// arrives at a revoked key is not admitted.
+    pub fn revoke_key(&mut self, key: NodeId) -> Option<(NodeId, usize)> {
+        self.revoked_keys.insert(key);
+        let log = self
+            .publishers
+            .iter()
+            .find(|(_, state)| state.current_key() == key)
+            .map(|(log, _)| *log)?;
+        Some((log, self.revoke_publisher(log)))
     }
 
     /// Removes a revoked publisher: its entries leave the index, its buffered batches are
@@ -250,7 +395,7 @@ impl LocatorIndex {
         if sequence < state.next_sequence {
             // Old news, unless it contradicts the head we hold.
             if sequence + 1 == state.next_sequence && batch.body.hash() != state.head_hash {
-                batch.verify()?;
+                batch.verify_by(&state.key_at(sequence))?;
                 return Err(BatchRejection::Fork {
                     publisher,
                     sequence,
@@ -258,7 +403,16 @@ impl LocatorIndex {
             }
             return Ok(BatchOutcome::Duplicate);
         }
-        batch.verify()?;
+        batch.verify_by(&state.key_at(sequence))?;
+        if let Some(handover) = state.handover_at(sequence) {
+            // The first batch under a new key continues the log where the hand-over said.
+            if batch.body.previous_hash != handover.previous_hash {
+                return Err(BatchRejection::BrokenChain {
+                    publisher,
+                    sequence,
+                });
+            }
+        }
         if sequence > state.next_sequence {
             if let Some(held) = state.pending.get(&sequence) {
                 if held.body.hash() != batch.body.hash() {
@@ -370,7 +524,33 @@ impl LocatorIndex {
                     "snapshot parts do not belong together".into(),
                 )));
             }
-            chunk.verify()?;
+            // Signed by the key in force at the snapshot's sequence or by a later one of
+            // the log (a node compacts with the key it holds now).
+            let mut keys = vec![state.key_at(sequence)];
+            keys.extend(
+                state
+                    .handovers
+                    .iter()
+                    .filter(|h| h.from_sequence > sequence)
+                    .map(|h| h.new_key),
+            );
+            let mut verified = Err(SignatureError::BadSignature);
+            for key in &keys {
+                verified = chunk.verify_by(key);
+                if verified.is_ok() {
+                    break;
+                }
+            }
+            verified?;
+        }
+        if state
+            .handover_at(sequence + 1)
+            .is_some_and(|h| h.previous_hash != head_hash)
+        {
+            return Err(BatchRejection::BrokenChain {
+                publisher,
+                sequence,
+            });
         }
         if sequence < state.next_sequence {
             return Ok(SnapshotOutcome::Stale);

@@ -25,6 +25,7 @@ pub mod batch;
 pub mod codec;
 pub mod fetch;
 pub mod gossip;
+pub mod handover;
 pub mod identity;
 pub mod index;
 pub mod locator;

@@ -79,6 +79,16 @@ impl PublisherLog {
         self.next_sequence
     }
 
+    /// Hash of the last batch cut (the genesis hash before the first).
+    pub fn head_hash(&self) -> [u8; 32] {
+        self.head_hash
+    }
+
+    /// The log id batches carry as their publisher.
+    pub fn publisher(&self) -> NodeId {
+        self.publisher
+    }
+
     /// When [`PublisherLog::poll`] will next have work, if anything is staged.
     pub fn next_deadline(&self) -> Option<u64> {
         if self.staged.len() >= self.policy.max_entries {

@@ -102,8 +102,14 @@ impl SignedSnapshotChunk {
 
     /// Verifies the publisher's signature.
     pub fn verify(&self) -> Result<(), SignatureError> {
+        self.verify_by(&self.body.publisher)
+    }
+
+    /// Verifies the signature by `key` (a key of the publisher's log in force at or after
+    /// the snapshot's sequence).
+    pub fn verify_by(&self, key: &NodeId) -> Result<(), SignatureError> {
         crate::signing::verify(
-            &self.body.publisher,
+            key,
             SNAPSHOT_SIGNATURE_DOMAIN,
             &self.body,
             &self.signature,
@@ -116,10 +122,23 @@ pub fn cut_snapshot(
     key: &SigningKey,
     sequence: u64,
     head_hash: [u8; 32],
-    mut entries: Vec<LocatorEntry>,
+    entries: Vec<LocatorEntry>,
     now_ms: u64,
 ) -> Vec<SignedSnapshotChunk> {
     let publisher = NodeId(key.verifying_key().to_bytes());
+    cut_snapshot_of(publisher, key, sequence, head_hash, entries, now_ms)
+}
+
+/// Cuts a snapshot of log `publisher`, signed by `key`, the log's key in force now (see
+/// [`crate::handover`]).
+pub fn cut_snapshot_of(
+    publisher: NodeId,
+    key: &SigningKey,
+    sequence: u64,
+    head_hash: [u8; 32],
+    mut entries: Vec<LocatorEntry>,
+    now_ms: u64,
+) -> Vec<SignedSnapshotChunk> {
     entries.retain(|e| !e.retracted);
     entries.sort_by_key(|e| e.patient);
     // Cut by entry count and by encoded size: every chunk stays within MAX_CHUNK_BYTES.

@@ -103,6 +103,7 @@ fn a_gossip_message_refuses_a_batch_above_the_batch_limit() {
     .sign(&key);
     assert!(batch.to_bytes().len() > MAX_BATCH_BYTES);
     let record = NodeRecord {
+        handovers: Vec::new(),
         node: common::node_id(&key),
         certificate_der: vec![0x30; 600],
         data_address: "127.0.0.1:4000".into(),

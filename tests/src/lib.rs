@@ -206,7 +206,7 @@ impl TestMesh {
     pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.stop(i).await;
         let node = self.launch(i).await?;
-        let (id, address) = (node.identity.node, node.data_addr.to_string());
+        let (id, address) = (node.mesh.own(), node.data_addr.to_string());
         self.nodes[i] = Some(node);
         self.wait_connected().await?;
         // Its announcement carries the new data-plane address to every peer.

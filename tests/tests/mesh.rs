@@ -345,6 +345,7 @@ async fn a_second_batch_for_an_older_sequence_is_detected_as_a_fork() {
     }
     .sign(&key);
     let record = NodeRecord {
+        handovers: Vec::new(),
         node: publisher,
         certificate_der,
         data_address: "127.0.0.1:1".into(),

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub base: String,
     /// Node name, for the CapabilityStatement.
     pub node_name: String,
+    /// Rolls the node over to its next key (`POST /admin/rotate`).
+    pub rotator: Option<std::sync::Arc<crate::rotation::Rotator>>,
     /// Produces the node's status document (`GET /admin/status`).
     pub status: std::sync::Arc<dyn Fn() -> Value + Send + Sync>,
 }
@@ -47,6 +49,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .route("/admin/status", get(status))
+        .route("/admin/rotate", post(post_rotate))
         .route(
             "/admin/revocations",
             post(post_revocations).get(get_revocations),
@@ -368,6 +371,28 @@ async fn post_revocations(State(state): State<ApiState>, body: Body) -> Response
         Err(e) => admin_json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `POST /admin/rotate`: hand the node's log over to the key and certificate that
+/// `zorgmesh certs rotate` put beside its files, and switch to them without stopping.
+async fn post_rotate(State(state): State<ApiState>) -> Response {
+    let Some(rotator) = state.rotator.clone() else {
+        return admin_json(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"error": "this node cannot rotate its key"}),
+        );
+    };
+    match rotator.rotate().await {
+        Ok(report) => admin_json(StatusCode::OK, &json!({ "rotated": true, "report": report })),
+        Err(e @ crate::rotation::RotationError::Storage(_)) => admin_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "rotated": false, "error": e.to_string() }),
+        ),
+        Err(e) => admin_json(
+            StatusCode::CONFLICT,
+            &json!({ "rotated": false, "error": e.to_string() }),
         ),
     }
 }

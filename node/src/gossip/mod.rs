@@ -97,13 +97,27 @@ pub struct GossipSettings {
     pub announce_now: mpsc::Sender<()>,
 }
 
+/// Asks the gossip task to restart its swarm under a new key (a key rotation).
+pub struct Rekey {
+    /// The new node key.
+    pub key: SigningKey,
+    /// Its certificate (DER).
+    pub certificate_der: Vec<u8>,
+    /// Told the new listen address (with `/p2p/<new peer id>`) once the swarm listens.
+    pub done: oneshot::Sender<anyhow::Result<Multiaddr>>,
+}
+
+/// Peers whose listen addresses identify told us, kept to re-dial after a rekey.
+const MAX_KNOWN_PEERS: usize = 1024;
+
 fn build_swarm(
-    settings: &GossipSettings,
+    key: &SigningKey,
+    certificate_der: &[u8],
     topic: &IdentTopic,
     mesh: &Arc<Mesh>,
 ) -> anyhow::Result<Swarm<Behaviour>> {
-    let keypair = libp2p_keypair(&settings.key);
-    let certificate = settings.certificate_der.clone();
+    let keypair = libp2p_keypair(key);
+    let certificate = certificate_der.to_vec();
     let topic_hash = topic.hash();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -169,6 +183,8 @@ fn build_swarm(
 pub struct Gossip {
     /// Publish encoded [`zorgmesh_protocol::gossip::GossipMessage`]s.
     pub publish: mpsc::Sender<Vec<u8>>,
+    /// Restart the swarm under a new key.
+    pub rekey: mpsc::Sender<Rekey>,
     /// The bound listen address (with `/p2p/<peer id>`).
     pub listen_addr: Multiaddr,
     /// Live counters.
@@ -184,10 +200,11 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Gossip> {
     let topic = IdentTopic::new(zorgmesh_protocol::gossip::locator_topic(&settings.network));
-    let mut swarm = build_swarm(&settings, &topic, &mesh)?;
+    let mut swarm = build_swarm(&settings.key, &settings.certificate_der, &topic, &mesh)?;
     swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
     swarm.listen_on(multiaddr(settings.listen, None))?;
     let (publish, commands) = mpsc::channel(COMMAND_QUEUE);
+    let (rekey, rekeys) = mpsc::channel(1);
     let (bound_tx, bound_rx) = oneshot::channel();
     let status = Arc::new(GossipStatus::default());
     let local_peer = *swarm.local_peer_id();
@@ -197,6 +214,7 @@ pub async fn start(
         settings.bootstrap,
         mesh,
         commands,
+        rekeys,
         status.clone(),
         bound_tx,
         settings.announce_now,
@@ -211,6 +229,7 @@ pub async fn start(
     let listen_addr = listen.with(libp2p::multiaddr::Protocol::P2p(local_peer));
     Ok(Gossip {
         publish,
+        rekey,
         listen_addr,
         status,
         task,
@@ -224,17 +243,29 @@ async fn run(
     bootstrap: Vec<Multiaddr>,
     mesh: Arc<Mesh>,
     mut commands: mpsc::Receiver<Vec<u8>>,
+    mut rekeys: mpsc::Receiver<Rekey>,
     status: Arc<GossipStatus>,
     bound: oneshot::Sender<anyhow::Result<Multiaddr>>,
     announce_now: mpsc::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut bound = Some(bound);
+    let mut listening: Option<Multiaddr> = None;
+    let mut rebound: Option<oneshot::Sender<anyhow::Result<Multiaddr>>> = None;
+    // Bootstrap peers are dialled by address alone (the membership handshake proves who
+    // answers), so a peer that rotated its key is still found; the peer id learnt from the
+    // last connection tells whether it is connected.
+    let mut bootstrap: Vec<(Multiaddr, Option<PeerId>)> = bootstrap
+        .into_iter()
+        .map(|addr| (without_peer_id(&addr), None))
+        .collect();
+    let mut known_peers: std::collections::HashMap<PeerId, Vec<Multiaddr>> =
+        std::collections::HashMap::new();
     let mut revocations = mesh.watch_revocations();
     let mut unpublished: VecDeque<Vec<u8>> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut ticks: u64 = 0;
-    for addr in &bootstrap {
+    for (addr, _) in &bootstrap {
         if let Err(e) = swarm.dial(addr.clone()) {
             tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
@@ -259,14 +290,55 @@ async fn run(
                 }
                 cut_off_revoked(&mut swarm, &mesh);
             }
+            Some(rekey) = rekeys.recv() => {
+                let Some(address) = listening.clone() else {
+                    let _ = rekey.done.send(Err(anyhow::anyhow!("gossip is not listening yet")));
+                    continue;
+                };
+                let mut redial: Vec<Multiaddr> = known_peers
+                    .iter()
+                    .flat_map(|(peer, addrs)| addrs.iter().map(|a| without_peer_id(a).with(libp2p::multiaddr::Protocol::P2p(*peer))))
+                    .collect();
+                redial.extend(bootstrap.iter().map(|(a, _)| a.clone()));
+                let fresh = match build_swarm(&rekey.key, &rekey.certificate_der, &topic, &mesh) {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        let _ = rekey.done.send(Err(e));
+                        continue;
+                    }
+                };
+                // The old swarm goes first: its listener frees the port for the new one.
+                drop(std::mem::replace(&mut swarm, fresh));
+                known_peers.clear();
+                for (_, peer) in bootstrap.iter_mut() {
+                    *peer = None;
+                }
+                let relisten = swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&topic)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| swarm.listen_on(address.clone()).map_err(anyhow::Error::from));
+                if let Err(e) = relisten {
+                    tracing::error!(error = %e, "gossip cannot listen again after the rekey");
+                    let _ = rekey.done.send(Err(e));
+                    continue;
+                }
+                for addr in redial {
+                    let _ = swarm.dial(addr);
+                }
+                rebound = Some(rekey.done);
+                tracing::info!(peer = %swarm.local_peer_id(), "gossip restarted under the new key");
+                update_counts(&swarm, &topic, &status);
+            }
             _ = tick.tick() => {
                 ticks += 1;
                 flush(&mut swarm, &topic, &mut unpublished);
                 // Every 5 s, re-dial bootstrap peers we are not connected to (restarts,
                 // healed partitions).
                 if ticks.is_multiple_of(10) {
-                    for addr in &bootstrap {
-                        let connected = bootstrap_peer(addr).is_some_and(|peer| swarm.is_connected(&peer));
+                    for (addr, peer) in &bootstrap {
+                        let connected = peer.is_some_and(|peer| swarm.is_connected(&peer));
                         if !connected {
                             let _ = swarm.dial(addr.clone());
                         }
@@ -276,8 +348,12 @@ async fn run(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     tracing::info!(%address, "gossip listening");
+                    listening = Some(address.clone());
                     if let Some(tx) = bound.take() {
-                        let _ = tx.send(Ok(address));
+                        let _ = tx.send(Ok(address.clone()));
+                    }
+                    if let Some(tx) = rebound.take() {
+                        let _ = tx.send(Ok(address.with(libp2p::multiaddr::Protocol::P2p(*swarm.local_peer_id()))));
                     }
                 }
                 SwarmEvent::ListenerError { error, .. } => {
@@ -288,8 +364,16 @@ async fn run(
                         let _ = tx.send(Err(anyhow::anyhow!("gossip listener closed: {reason:?}")));
                     }
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                     tracing::debug!(%peer_id, "peer connected");
+                    if let libp2p::core::ConnectedPoint::Dialer { address, .. } = &endpoint {
+                        let dialled = without_peer_id(address);
+                        for (addr, peer) in bootstrap.iter_mut() {
+                            if *addr == dialled {
+                                *peer = Some(peer_id);
+                            }
+                        }
+                    }
                     update_counts(&swarm, &topic, &status);
                 }
                 SwarmEvent::ConnectionClosed { .. } => update_counts(&swarm, &topic, &status),
@@ -327,6 +411,12 @@ async fn run(
                     gossipsub::Event::Unsubscribed { .. } => update_counts(&swarm, &topic, &status),
                     _ => {}
                 },
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    if known_peers.len() < MAX_KNOWN_PEERS || known_peers.contains_key(&peer_id) {
+                        let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                        known_peers.insert(peer_id, addrs);
+                    }
+                }
                 _ => {}
             }
         }
@@ -351,11 +441,11 @@ fn cut_off_revoked(swarm: &mut Swarm<Behaviour>, mesh: &Mesh) {
     }
 }
 
-fn bootstrap_peer(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
+/// `addr` without its `/p2p/<peer id>` part.
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
 }
 
 pub(crate) fn author_key(peer: &PeerId) -> Option<[u8; 32]> {
