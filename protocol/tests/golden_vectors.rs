@@ -228,3 +228,58 @@ fn holding_commitment_vector() {
         "3086bc5a8ddeb8736991fd4744a01b0fdf042300ff70cfc878b9d2bc15f9050c"
     );
 }
+
+/// The hand-over vector (SPEC.md, "Hand-overs"): the batch publisher (key 0x07…) hands its
+/// log over to the key 0x08… from sequence 2, after the golden batch.
+fn golden_handover() -> zorgmesh_protocol::handover::SignedHandOver {
+    use zorgmesh_protocol::handover::HandOverBody;
+    let old = common::publisher_key();
+    let new = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]);
+    HandOverBody {
+        version: 1,
+        network: "zorgnet".into(),
+        log: common::node_id(&old),
+        old_key: common::node_id(&old),
+        new_key: common::node_id(&new),
+        new_certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        from_sequence: 2,
+        previous_hash: common::golden_batch().body.hash(),
+        issued_at_ms: 1_767_225_600_000,
+    }
+    .sign(&old, &new)
+}
+
+const GOLDEN_NEW_KEY: &str = "1398f62c6d1a457c51ba6a4b5f3dbd2f69fca93216218dc8997e416bd17d93ca";
+const GOLDEN_HANDOVER: &str = "0107000000000000007a6f72676e6574ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1398f62c6d1a457c51ba6a4b5f3dbd2f69fca93216218dc8997e416bd17d93ca050000000000000030030201000200000000000000733b4780d6a476fb72114a17303da11052b57a94ecf150f8cf13f1cbfeb03a7700a8da769b010000b043e81815434f535f40c2180ad5209c25e4d3db50705b8a9a9d5fb5384c36441ec63293acb72f0023f645beef7aa83b91c2707f3a8f842f032e190f1ccab70819c2939d0428069fceddeb00642a7b5e5fb526f0dd86faabbc03056248720aa32a4db1e6eca5f9257df9543b285c07a0c2425077920802f34fa26aee84a0030e";
+const GOLDEN_RECORD: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c01000000000000000107000000000000007a6f72676e6574ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22cea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c1398f62c6d1a457c51ba6a4b5f3dbd2f69fca93216218dc8997e416bd17d93ca050000000000000030030201000200000000000000733b4780d6a476fb72114a17303da11052b57a94ecf150f8cf13f1cbfeb03a7700a8da769b010000b043e81815434f535f40c2180ad5209c25e4d3db50705b8a9a9d5fb5384c36441ec63293acb72f0023f645beef7aa83b91c2707f3a8f842f032e190f1ccab70819c2939d0428069fceddeb00642a7b5e5fb526f0dd86faabbc03056248720aa32a4db1e6eca5f9257df9543b285c07a0c2425077920802f34fa26aee84a0030e050000000000000030030201000d0000000000000031302e302e302e373a3730303000a8da769b0100003e7a5876039696f2664607c4243275080975d1ef75d7b9e1cfc3069778230679fc7d82890ad734ce32733a938770ec7b146d2a1cebb923715eee5ab5b90cb704";
+
+#[test]
+fn handover_and_record_vectors() {
+    use zorgmesh_protocol::handover::{verify_chain, SignedHandOver};
+    use zorgmesh_protocol::record::{NodeRecord, SignedNodeRecord};
+    let handover = golden_handover();
+    let new = ed25519_dalek::SigningKey::from_bytes(&[8u8; 32]);
+    let record = NodeRecord {
+        node: handover.body.log,
+        handovers: vec![handover.clone()],
+        certificate_der: vec![0x30, 0x03, 0x02, 0x01, 0x00],
+        data_address: "10.0.0.7:7000".into(),
+        issued_at_ms: 1_767_225_600_000,
+    }
+    .sign(&new);
+    println!("new key: {}", hex::encode(new.verifying_key().to_bytes()));
+    println!("hand-over: {}", hex::encode(codec::encode(&handover)));
+    println!("record: {}", hex::encode(codec::encode(&record)));
+    assert_eq!(hex::encode(new.verifying_key().to_bytes()), GOLDEN_NEW_KEY);
+    assert_eq!(hex::encode(codec::encode(&handover)), GOLDEN_HANDOVER);
+    assert_eq!(hex::encode(codec::encode(&record)), GOLDEN_RECORD);
+    let decoded: SignedHandOver =
+        codec::decode(&hex::decode(GOLDEN_HANDOVER).unwrap(), 1 << 16).unwrap();
+    decoded.verify().unwrap();
+    let log = common::node_id(&common::publisher_key());
+    assert_eq!(verify_chain(log, "zorgnet", &[decoded]).unwrap().to_hex(), GOLDEN_NEW_KEY);
+    let record: SignedNodeRecord =
+        codec::decode(&hex::decode(GOLDEN_RECORD).unwrap(), 1 << 16).unwrap();
+    assert_eq!(record.verify("zorgnet").unwrap().to_hex(), GOLDEN_NEW_KEY);
+    assert!(record.verify("othernet").is_err());
+}
