@@ -218,7 +218,8 @@ impl DataPlane {
         let (server, client) = quic_configs(identity)?;
         let socket = std::net::UdpSocket::bind(listen)
             .map_err(|e| anyhow::anyhow!("cannot bind the QUIC data plane on {listen}: {e}"))?;
-        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key(&identity.endpoint_secret)));
+        let mut endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(reset_key(&identity.endpoint_secret)));
         let cid_key = cid_key(&identity.endpoint_secret);
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
@@ -526,7 +527,10 @@ impl DataPlane {
     pub fn set_identity(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
         let (server, client) = quic_configs(identity)?;
         self.endpoint.set_server_config(Some(server));
-        *self.client_config.write().unwrap_or_else(|e| e.into_inner()) = client;
+        *self
+            .client_config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = client;
         Ok(())
     }
 

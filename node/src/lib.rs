@@ -15,7 +15,7 @@ pub mod mesh;
 pub mod node;
 pub mod provision;
 pub mod pseudonym;
-pub mod rotation;
 pub mod publishing;
+pub mod rotation;
 pub mod storage;
 pub mod synth;

@@ -397,7 +397,9 @@ impl Mesh {
             .verify_certificate_issued(&record.record.certificate_der)
             .map_err(|e| format!("publisher certificate refused: {e}"))?;
         if certificate.node != signer {
-            return Err("the record's certificate is for another key than the one that signed it".into());
+            return Err(
+                "the record's certificate is for another key than the one that signed it".into(),
+            );
         }
         self.verify_handover_certificates(&record.record.handovers, &certificate.identity.name)?;
         let chain: Vec<HandOverBody> = record

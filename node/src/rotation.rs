@@ -57,10 +57,7 @@ pub struct NodeKeys {
 impl NodeKeys {
     /// Keys for a node whose log id is the first hand-over's log, or the key itself.
     pub fn new(active: ActiveKey) -> Self {
-        let log = active
-            .handovers
-            .first()
-            .map_or(active.id(), |h| h.body.log);
+        let log = active.handovers.first().map_or(active.id(), |h| h.body.log);
         Self {
             log,
             active: RwLock::new(Arc::new(active)),
@@ -74,7 +71,10 @@ impl NodeKeys {
 
     /// The key in force now.
     pub fn current(&self) -> Arc<ActiveKey> {
-        self.active.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn replace(&self, active: ActiveKey) {
@@ -419,18 +419,24 @@ impl Rotator {
             "log handed over to the new key"
         );
         // From here on the node is the new key; what follows switches the transports.
-        if let Err(e) = self.mesh.hand_over_own(&active.handovers, &active.certificate) {
+        if let Err(e) = self
+            .mesh
+            .hand_over_own(&active.handovers, &active.certificate)
+        {
             tracing::error!(error = %e, "own index refused the hand-over");
         }
         if let Err(e) = self.files.promote_next() {
             tracing::error!(error = %e, "cannot move the new key files into place; the next start finishes it");
         }
-        if let Err(e) = self.data_plane.set_identity(&crate::data_plane::TlsIdentity {
-            anchor: self.anchor.clone(),
-            certificate_der: active.certificate_der.clone(),
-            key: active.key.clone(),
-            endpoint_secret: self.storage.endpoint_secret(),
-        }) {
+        if let Err(e) = self
+            .data_plane
+            .set_identity(&crate::data_plane::TlsIdentity {
+                anchor: self.anchor.clone(),
+                certificate_der: active.certificate_der.clone(),
+                key: active.key.clone(),
+                endpoint_secret: self.storage.endpoint_secret(),
+            })
+        {
             tracing::error!(error = %e, "cannot switch the data-plane certificate");
         }
         let (done, rebound) = tokio::sync::oneshot::channel();

@@ -155,6 +155,46 @@ fn certs_init_issue_and_show() {
         s(&ca.join("ca.crt")),
     ]));
     assert!(err.contains("PEM"), "{err}");
+
+    // Rotation: the CA issues the next key and certificate for the same node beside its
+    // files; a second rotation waits until the first is activated; another CA's node is
+    // refused.
+    let rotate = |certificate: &Path| {
+        zorgmesh(&[
+            "certs",
+            "rotate",
+            "--ca-dir",
+            s(&ca),
+            "--certificate",
+            s(certificate),
+        ])
+    };
+    let rotated = ok(&rotate(&nodes.join("umcg.crt")));
+    assert!(
+        rotated.contains("new key") && rotated.contains("admin/rotate"),
+        "{rotated}"
+    );
+    let shown = ok(&zorgmesh(&[
+        "certs",
+        "show",
+        s(&nodes.join("umcg.next.crt")),
+        "--ca",
+        s(&ca.join("ca.crt")),
+    ]));
+    assert!(
+        shown.contains("UMC Groningen") && shown.contains("valid now"),
+        "{shown}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(nodes.join("umcg.next.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let err = failed(&rotate(&nodes.join("umcg.crt")));
+    assert!(err.contains("already exists"), "{err}");
+    let err = failed(&rotate(&nodes.join("intruder.crt")));
+    assert!(err.contains("not a certificate of this network"), "{err}");
 }
 
 fn free_port() -> u16 {

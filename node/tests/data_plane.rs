@@ -200,7 +200,10 @@ async fn the_client_refuses_a_server_that_is_not_the_holder_it_asked_for() {
         matches!(err, FetchError::Connect { .. } | FetchError::Identity(_)),
         "{err}"
     );
-    assert!(err.to_string().contains("someone-else") || err.to_string().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().contains("someone-else") || err.to_string().contains("certificate"),
+        "{err}"
+    );
 }
 
 async fn raw_exchange(holder: &Holder, client: &TlsIdentity, request: &[u8]) -> Vec<u8> {

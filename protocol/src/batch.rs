@@ -163,12 +163,7 @@ impl SignedBatch {
     /// Verifies the signature by `key`: the key in force at this batch's sequence (the
     /// publisher's first key unless the log was handed over, see [`crate::handover`]).
     pub fn verify_by(&self, key: &NodeId) -> Result<(), SignatureError> {
-        crate::signing::verify(
-            key,
-            BATCH_SIGNATURE_DOMAIN,
-            &self.body,
-            &self.signature,
-        )
+        crate::signing::verify(key, BATCH_SIGNATURE_DOMAIN, &self.body, &self.signature)
     }
 
     /// Verifies many batches at once (ed25519 batch verification, several times faster than

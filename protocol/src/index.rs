@@ -291,7 +291,9 @@ impl LocatorIndex {
 
     /// The key a publisher's log is signed with now.
     pub fn current_key(&self, publisher: &NodeId) -> Option<NodeId> {
-        self.publishers.get(publisher).map(PublisherState::current_key)
+        self.publishers
+            .get(publisher)
+            .map(PublisherState::current_key)
     }
 
     /// The key that signs sequence `sequence` of a publisher's log.

@@ -51,9 +51,7 @@ impl NodeRecord {
 
     /// The key that signs the record: the last hand-over's new key, else the log id.
     pub fn signer(&self) -> NodeId {
-        self.handovers
-            .last()
-            .map_or(self.node, |h| h.body.new_key)
+        self.handovers.last().map_or(self.node, |h| h.body.new_key)
     }
 
     /// Signs the record with the node's key in force ([`NodeRecord::signer`]).
@@ -90,8 +88,9 @@ impl SignedNodeRecord {
     /// Checks the hand-over chain (for `network`) and the signature by the key in force at
     /// its end; returns that key.
     pub fn verify(&self, network: &str) -> Result<NodeId, String> {
-        let signer = crate::handover::verify_chain(self.record.node, network, &self.record.handovers)
-            .map_err(|e| e.to_string())?;
+        let signer =
+            crate::handover::verify_chain(self.record.node, network, &self.record.handovers)
+                .map_err(|e| e.to_string())?;
         crate::signing::verify(&signer, NODE_RECORD_DOMAIN, &self.record, &self.signature)
             .map_err(|e| format!("node record signature: {e}"))?;
         Ok(signer)

@@ -108,12 +108,7 @@ impl SignedSnapshotChunk {
     /// Verifies the signature by `key` (a key of the publisher's log in force at or after
     /// the snapshot's sequence).
     pub fn verify_by(&self, key: &NodeId) -> Result<(), SignatureError> {
-        crate::signing::verify(
-            key,
-            SNAPSHOT_SIGNATURE_DOMAIN,
-            &self.body,
-            &self.signature,
-        )
+        crate::signing::verify(key, SNAPSHOT_SIGNATURE_DOMAIN, &self.body, &self.signature)
     }
 }
 

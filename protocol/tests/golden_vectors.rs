@@ -277,7 +277,10 @@ fn handover_and_record_vectors() {
         codec::decode(&hex::decode(GOLDEN_HANDOVER).unwrap(), 1 << 16).unwrap();
     decoded.verify().unwrap();
     let log = common::node_id(&common::publisher_key());
-    assert_eq!(verify_chain(log, "zorgnet", &[decoded]).unwrap().to_hex(), GOLDEN_NEW_KEY);
+    assert_eq!(
+        verify_chain(log, "zorgnet", &[decoded]).unwrap().to_hex(),
+        GOLDEN_NEW_KEY
+    );
     let record: SignedNodeRecord =
         codec::decode(&hex::decode(GOLDEN_RECORD).unwrap(), 1 << 16).unwrap();
     assert_eq!(record.verify("zorgnet").unwrap().to_hex(), GOLDEN_NEW_KEY);

@@ -5,7 +5,9 @@ mod common;
 
 use ed25519_dalek::SigningKey;
 use zorgmesh_protocol::handover::{verify_chain, HandOverBody, HandOverError, SignedHandOver};
-use zorgmesh_protocol::index::{AdmitError, BatchOutcome, BatchRejection, ChainStanding, IndexLimits};
+use zorgmesh_protocol::index::{
+    AdmitError, BatchOutcome, BatchRejection, ChainStanding, IndexLimits,
+};
 use zorgmesh_protocol::publisher::{BatchPolicy, PublisherLog};
 use zorgmesh_protocol::snapshot::cut_snapshot_of;
 use zorgmesh_protocol::{LocatorIndex, SignedBatch};
@@ -16,7 +18,13 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-fn sign_handover(log: &SigningKey, old: &SigningKey, new: &SigningKey, from: u64, previous: [u8; 32]) -> SignedHandOver {
+fn sign_handover(
+    log: &SigningKey,
+    old: &SigningKey,
+    new: &SigningKey,
+    from: u64,
+    previous: [u8; 32],
+) -> SignedHandOver {
     HandOverBody {
         version: 1,
         network: NETWORK.into(),
@@ -36,7 +44,14 @@ fn rotated_log() -> (Vec<SignedBatch>, SignedHandOver) {
     let (first, second) = (common::publisher_key(), key(9));
     let mut log = PublisherLog::new(common::node_id(&first), BatchPolicy::default(), None);
     let mut batches = Vec::new();
-    let bsns = ["999911120", "111222333", "123456782", "999999990", "111111110", "222222220"];
+    let bsns = [
+        "999911120",
+        "111222333",
+        "123456782",
+        "999999990",
+        "111111110",
+        "222222220",
+    ];
     for (i, bsn) in bsns.iter().enumerate() {
         if i == 3 {
             assert_eq!(log.next_sequence(), 4);
@@ -54,13 +69,22 @@ fn a_handed_over_log_continues_under_the_new_key() {
     let first = common::publisher_key();
     let (batches, handover) = rotated_log();
     let log = common::node_id(&first);
-    assert_eq!(verify_chain(log, NETWORK, &[handover.clone()]), Ok(common::node_id(&key(9))));
+    assert_eq!(
+        verify_chain(log, NETWORK, std::slice::from_ref(&handover)),
+        Ok(common::node_id(&key(9)))
+    );
 
     let mut index = LocatorIndex::new(IndexLimits::default());
     let chain = vec![handover.body.clone()];
-    assert_eq!(index.admit_log(common::publisher_info(&first), &chain), Ok(ChainStanding::Current));
+    assert_eq!(
+        index.admit_log(common::publisher_info(&first), &chain),
+        Ok(ChainStanding::Current)
+    );
     for batch in batches {
-        assert!(matches!(index.receive_batch(batch, 10), Ok(BatchOutcome::Applied { .. })));
+        assert!(matches!(
+            index.receive_batch(batch, 10),
+            Ok(BatchOutcome::Applied { .. })
+        ));
     }
     assert_eq!(index.live_entries(), 6);
     assert_eq!(index.publisher_heads()[&log], 6);
@@ -83,8 +107,14 @@ fn without_the_hand_over_the_new_keys_batches_do_not_verify() {
     ));
     // The hand-over arrives (with the next record): the same batch now applies.
     let chain = vec![handover.body];
-    assert_eq!(index.admit_log(common::publisher_info(&first), &chain), Ok(ChainStanding::Current));
-    assert!(matches!(index.receive_batch(batches[3].clone(), 10), Ok(BatchOutcome::Applied { .. })));
+    assert_eq!(
+        index.admit_log(common::publisher_info(&first), &chain),
+        Ok(ChainStanding::Current)
+    );
+    assert!(matches!(
+        index.receive_batch(batches[3].clone(), 10),
+        Ok(BatchOutcome::Applied { .. })
+    ));
     // The old key signing past the hand-over point is refused.
     let mut forged = batches[4].clone();
     forged.signature = {
@@ -92,7 +122,10 @@ fn without_the_hand_over_the_new_keys_batches_do_not_verify() {
         b = b.body.clone().sign(&first);
         b.signature
     };
-    assert!(matches!(index.receive_batch(forged, 10), Err(BatchRejection::Signature(_))));
+    assert!(matches!(
+        index.receive_batch(forged, 10),
+        Err(BatchRejection::Signature(_))
+    ));
 }
 
 #[test]
@@ -101,12 +134,20 @@ fn older_records_are_stale_and_contradicting_chains_refused() {
     let (batches, handover) = rotated_log();
     let mut index = LocatorIndex::new(IndexLimits::default());
     let chain = vec![handover.body.clone()];
-    index.admit_log(common::publisher_info(&first), &chain).unwrap();
-    assert_eq!(index.admit_log(common::publisher_info(&first), &[]), Ok(ChainStanding::Stale));
+    index
+        .admit_log(common::publisher_info(&first), &chain)
+        .unwrap();
+    assert_eq!(
+        index.admit_log(common::publisher_info(&first), &[]),
+        Ok(ChainStanding::Stale)
+    );
     // A second, different successor of the same key.
     let other = sign_handover(&first, &first, &key(10), 4, batches[2].body.hash());
     assert!(matches!(
-        index.admit_log(common::publisher_info(&first), &[other.body.clone()]),
+        index.admit_log(
+            common::publisher_info(&first),
+            std::slice::from_ref(&other.body)
+        ),
         Err(AdmitError::HandOverConflict { .. })
     ));
     // A hand-over from a point the log already passed under its old key.
@@ -134,16 +175,22 @@ fn chains_are_checked_link_by_link() {
     let log = common::node_id(&first);
     let one = sign_handover(&first, &first, &second, 4, [1; 32]);
     let two = sign_handover(&first, &second, &third, 6, [2; 32]);
-    assert_eq!(verify_chain(log, NETWORK, &[one.clone(), two.clone()]), Ok(common::node_id(&third)));
+    assert_eq!(
+        verify_chain(log, NETWORK, &[one.clone(), two.clone()]),
+        Ok(common::node_id(&third))
+    );
     // Out of order, skipping a link, another network, a bad signature.
     assert!(verify_chain(log, NETWORK, &[two.clone(), one.clone()]).is_err());
-    assert!(verify_chain(log, NETWORK, &[two.clone()]).is_err());
-    assert!(verify_chain(log, "other", &[one.clone()]).is_err());
+    assert!(verify_chain(log, NETWORK, std::slice::from_ref(&two)).is_err());
+    assert!(verify_chain(log, "other", std::slice::from_ref(&one)).is_err());
     let mut bad = one.clone();
     bad.new_signature[0] ^= 1;
     assert!(matches!(
         verify_chain(log, NETWORK, &[bad]),
-        Err(HandOverError::Signature { which: "new-key", .. })
+        Err(HandOverError::Signature {
+            which: "new-key",
+            ..
+        })
     ));
     // Going back in the log.
     let back = sign_handover(&first, &second, &third, 3, [2; 32]);
@@ -156,7 +203,12 @@ fn revoking_a_handed_over_key_leaves_the_log_and_revoking_the_current_key_remove
     let (batches, handover) = rotated_log();
     let log = common::node_id(&first);
     let mut index = LocatorIndex::new(IndexLimits::default());
-    index.admit_log(common::publisher_info(&first), &[handover.body.clone()]).unwrap();
+    index
+        .admit_log(
+            common::publisher_info(&first),
+            std::slice::from_ref(&handover.body),
+        )
+        .unwrap();
     for batch in batches {
         index.receive_batch(batch, 10).unwrap();
     }
@@ -164,7 +216,9 @@ fn revoking_a_handed_over_key_leaves_the_log_and_revoking_the_current_key_remove
     assert_eq!(index.live_entries(), 6);
     assert_eq!(index.revoke_key(common::node_id(&key(9))), Some((log, 6)));
     assert_eq!(index.live_entries(), 0);
-    assert!(index.admit_log(common::publisher_info(&first), &[handover.body]).is_err());
+    assert!(index
+        .admit_log(common::publisher_info(&first), &[handover.body])
+        .is_err());
 }
 
 #[test]
@@ -184,17 +238,30 @@ fn a_snapshot_signed_by_the_new_key_covers_the_old_keys_batches() {
     let first = common::publisher_key();
     let (batches, handover) = rotated_log();
     let log = common::node_id(&first);
-    let entries: Vec<_> = batches[..3].iter().flat_map(|b| b.body.entries.clone()).collect();
+    let entries: Vec<_> = batches[..3]
+        .iter()
+        .flat_map(|b| b.body.entries.clone())
+        .collect();
     // The node compacted at sequence 3 after handing over: it signs with the new key.
     let chunks = cut_snapshot_of(log, &key(9), 3, batches[2].body.hash(), entries.clone(), 20);
     let mut index = LocatorIndex::new(IndexLimits::default());
-    index.admit_log(common::publisher_info(&first), &[handover.body.clone()]).unwrap();
+    index
+        .admit_log(
+            common::publisher_info(&first),
+            std::slice::from_ref(&handover.body),
+        )
+        .unwrap();
     index.install_snapshot(&chunks, 30).unwrap();
     assert_eq!(index.live_entries(), 3);
-    assert!(matches!(index.receive_batch(batches[3].clone(), 30), Ok(BatchOutcome::Applied { .. })));
+    assert!(matches!(
+        index.receive_batch(batches[3].clone(), 30),
+        Ok(BatchOutcome::Applied { .. })
+    ));
     // A key outside the log signs nothing.
     let foreign = cut_snapshot_of(log, &key(11), 3, batches[2].body.hash(), entries, 20);
     let mut other = LocatorIndex::new(IndexLimits::default());
-    other.admit_log(common::publisher_info(&first), &[handover.body]).unwrap();
+    other
+        .admit_log(common::publisher_info(&first), &[handover.body])
+        .unwrap();
     assert!(other.install_snapshot(&foreign, 30).is_err());
 }

@@ -55,12 +55,18 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
         .unwrap();
     mesh.wait_for_entries(2).await.unwrap();
     let baseline = summarise(&mesh.dossier(READER, SHARED_BSN).await.unwrap());
-    assert!(baseline.unreachable.is_empty() && baseline.total > 0, "{baseline:?}");
+    assert!(
+        baseline.unreachable.is_empty() && baseline.total > 0,
+        "{baseline:?}"
+    );
 
     // Without prepared files the node refuses to rotate and changes nothing.
     let (status, answer) = post_rotate(&mesh, ROTATING).await;
     assert_eq!(status, 409, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("certs rotate"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("certs rotate"),
+        "{answer}"
+    );
 
     // Continuous resolving from another node, and continuous writes to the rotating node.
     let stop = Arc::new(AtomicBool::new(false));
@@ -117,7 +123,13 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     assert!(wait_until(Duration::from_secs(60), busy(5, 3)).await);
     // The old key has signed a few batches by now.
     let signed = wait_until(Duration::from_secs(30), || {
-        mesh.node(ROTATING).mesh.heads().get(&log).copied().unwrap_or(0) >= 3
+        mesh.node(ROTATING)
+            .mesh
+            .heads()
+            .get(&log)
+            .copied()
+            .unwrap_or(0)
+            >= 3
     })
     .await;
     assert!(signed);
@@ -137,9 +149,17 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
 
     // The files moved: the configured paths hold the new key, the old certificate is kept
     // for revocation, nothing is left prepared.
-    let anchor = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir()).load_anchor().unwrap();
+    let anchor = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir())
+        .load_anchor()
+        .unwrap();
     let now_cert = zorgmesh_certs::read_certificate(&certificate).unwrap();
-    assert_eq!(anchor.verify_node_certificate(&now_cert, None).unwrap().node, new_key);
+    assert_eq!(
+        anchor
+            .verify_node_certificate(&now_cert, None)
+            .unwrap()
+            .node,
+        new_key
+    );
     assert!(files.retired_certificate().exists());
     assert!(!files.next_key().exists() && !files.next_certificate().exists());
 
@@ -147,7 +167,8 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     let (r, w) = (resolves.load(Relaxed), writes.load(Relaxed));
     assert!(wait_until(Duration::from_secs(60), busy(r + 20, w + 5)).await);
     let learnt = wait_until(Duration::from_secs(30), || {
-        mesh.running().all(|node| node.mesh.key_in_force(&log) == Some(new_key))
+        mesh.running()
+            .all(|node| node.mesh.key_in_force(&log) == Some(new_key))
     })
     .await;
     assert!(learnt, "not every node learnt the hand-over");
@@ -171,7 +192,10 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     let entries = 2 + written.len();
     mesh.wait_for_entries(entries).await.unwrap();
     let heads: Vec<u64> = mesh.running().map(|node| node.mesh.heads()[&log]).collect();
-    assert!(heads.iter().all(|h| *h == heads[0] && *h >= from_sequence), "{heads:?}");
+    assert!(
+        heads.iter().all(|h| *h == heads[0] && *h >= from_sequence),
+        "{heads:?}"
+    );
     let last = summarise(&mesh.dossier(READER, written.last().unwrap()).await.unwrap());
     assert!(last.total > 0 && last.unreachable.is_empty(), "{last:?}");
 
@@ -182,7 +206,10 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     let pem = std::fs::read(&ca.revocations).unwrap();
     let response = mesh
         .http
-        .post(format!("http://{}/admin/revocations", mesh.node(0).http_addr))
+        .post(format!(
+            "http://{}/admin/revocations",
+            mesh.node(0).http_addr
+        ))
         .body(pem)
         .send()
         .await

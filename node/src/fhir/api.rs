@@ -385,7 +385,10 @@ async fn post_rotate(State(state): State<ApiState>) -> Response {
         );
     };
     match rotator.rotate().await {
-        Ok(report) => admin_json(StatusCode::OK, &json!({ "rotated": true, "report": report })),
+        Ok(report) => admin_json(
+            StatusCode::OK,
+            &json!({ "rotated": true, "report": report }),
+        ),
         Err(e @ crate::rotation::RotationError::Storage(_)) => admin_json(
             StatusCode::INTERNAL_SERVER_ERROR,
             &json!({ "rotated": false, "error": e.to_string() }),

@@ -411,11 +411,11 @@ async fn run(
                     gossipsub::Event::Unsubscribed { .. } => update_counts(&swarm, &topic, &status),
                     _ => {}
                 },
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    if known_peers.len() < MAX_KNOWN_PEERS || known_peers.contains_key(&peer_id) {
-                        let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
-                        known_peers.insert(peer_id, addrs);
-                    }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                    if known_peers.len() < MAX_KNOWN_PEERS || known_peers.contains_key(&peer_id) =>
+                {
+                    let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(8).collect();
+                    known_peers.insert(peer_id, addrs);
                 }
                 _ => {}
             }
