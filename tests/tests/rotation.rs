@@ -236,5 +236,27 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
         .await
         .unwrap();
     mesh.wait_for_entries(entries + 1).await.unwrap();
+
+    // A crash between keeping the hand-over and moving the files: the configured paths
+    // still hold the retired certificate (and some key other than the new one), the new
+    // files wait as next files. The start finishes the move.
+    mesh.stop(ROTATING).await;
+    let key_path = mesh.node_dir(ROTATING).join("node.key");
+    std::fs::rename(&key_path, files.next_key()).unwrap();
+    std::fs::rename(&certificate, files.next_certificate()).unwrap();
+    std::fs::rename(files.retired_certificate(), &certificate).unwrap();
+    zorgmesh_certs::write_signing_key(&key_path, &ed25519_dalek::SigningKey::from_bytes(&[3; 32]))
+        .unwrap();
+    mesh.start_node(ROTATING).await.unwrap();
+    assert_eq!(mesh.node(ROTATING).mesh.key_in_force(&log), Some(new_key));
+    let now_cert = zorgmesh_certs::read_certificate(&certificate).unwrap();
+    assert_eq!(
+        anchor
+            .verify_node_certificate(&now_cert, None)
+            .unwrap()
+            .node,
+        new_key
+    );
+    assert!(!files.next_key().exists());
     mesh.shutdown().await;
 }
