@@ -79,7 +79,8 @@ pub async fn sync_with(
         let mut remote = data_plane.heads(peer, name, addr).await?;
         outcome.round_trips += 1;
         // A peer that has not yet applied a revocation still lists the revoked publisher.
-        remote.retain(|head| !mesh.is_revoked(&head.publisher));
+        // (A log whose first key is revoked after it was handed over still counts.)
+        remote.retain(|head| !mesh.is_log_revoked(&head.publisher));
         let requests = plan_requests(&local, &remote);
         if requests.is_empty() {
             // The peer is behind us, not ahead: nothing to fetch from it.
@@ -109,9 +110,15 @@ pub async fn sync_with(
                         ) {
                             announce = bytes.clone();
                         }
-                        if mesh.handle_gossip(&bytes, None) == Verdict::Accept {
-                            outcome.applied += 1;
-                            progressed = true;
+                        match mesh.handle_gossip(&bytes, None) {
+                            Verdict::Accept => {
+                                outcome.applied += 1;
+                                progressed = true;
+                            }
+                            Verdict::Reject(reason) => {
+                                tracing::warn!(peer = %name, reason = %reason, "a message fetched in sync was rejected");
+                            }
+                            Verdict::Ignore => {}
                         }
                     }
                     _ => {}

@@ -81,6 +81,10 @@ struct Revocations {
 pub struct Mesh {
     anchor: TrustAnchor,
     own_record: Mutex<Option<SignedNodeRecord>>,
+    /// The newest current record of every log that was handed over: batches of such a log
+    /// are served wrapped in it, so a peer that has not seen the hand-over learns it with
+    /// the first batch, and a retired (perhaps revoked) key's record does not travel.
+    handover_records: Mutex<HashMap<NodeId, SignedNodeRecord>>,
     sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
     index: Mutex<LocatorIndex>,
     certificates: Mutex<HashMap<[u8; 32], VerifiedNode>>,
@@ -129,6 +133,7 @@ impl Mesh {
         Self {
             anchor,
             own_record: Mutex::new(None),
+            handover_records: Mutex::new(HashMap::new()),
             sync_nudge,
             index: Mutex::new(index),
             certificates: Mutex::new(HashMap::new()),
@@ -147,6 +152,13 @@ impl Mesh {
     /// True when the network CA revoked `node`.
     pub fn is_revoked(&self, node: &NodeId) -> bool {
         self.revocation_state().revoked.contains(node)
+    }
+
+    /// True when the log `log` no longer counts: the index revoked it (its key in force was
+    /// revoked), or its first key is revoked and no hand-over away from that key is known.
+    pub fn is_log_revoked(&self, log: &NodeId) -> bool {
+        let index = self.index();
+        index.is_revoked(log) || (self.is_revoked(log) && index.handovers(log).is_empty())
     }
 
     /// Every node the held revocation list names.
@@ -442,6 +454,19 @@ impl Mesh {
                 &record.record.data_address,
                 record.record.issued_at_ms,
             );
+        if standing == ChainStanding::Current && !chain.is_empty() {
+            let mut records = self
+                .handover_records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let held = records.get(&log);
+            if held.is_none_or(|h| {
+                h.record.handovers.len() < chain.len()
+                    || h.record.issued_at_ms < record.record.issued_at_ms
+            }) {
+                records.insert(log, record.clone());
+            }
+        }
         Ok((index, newer))
     }
 
@@ -607,6 +632,21 @@ impl Mesh {
                 Err(e) => tracing::error!(error = %e, "stored own batch is corrupt"),
             }
         }
+        // First the hand-over chains: a log's batches signed before a hand-over were kept
+        // with records of the retired key, which may be expired or revoked by now; with the
+        // chain known, those records count as stale and their batches are judged by the
+        // key schedule.
+        for bytes in self.storage.remote_messages() {
+            if let Ok(GossipMessage::Batch { record, .. } | GossipMessage::Announce { record }) =
+                GossipMessage::from_bytes(&bytes?)
+            {
+                if !record.record.handovers.is_empty() {
+                    if let Err(reason) = self.admit_record(&record) {
+                        tracing::debug!(reason = %reason, "stored hand-over record not admitted");
+                    }
+                }
+            }
+        }
         let mut remote = 0;
         for bytes in self.storage.remote_messages() {
             let bytes = bytes?;
@@ -703,7 +743,21 @@ impl Mesh {
         } else {
             (
                 self.storage.oldest_remote_sequence(&publisher.0)?,
-                self.storage.remote_snapshot(&publisher.0)?,
+                self.storage
+                    .remote_snapshot(&publisher.0)?
+                    .map(|(announce, chunks)| {
+                        // The newest record of a handed-over log, not a retired key's.
+                        let newest = self
+                            .handover_records
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(publisher)
+                            .cloned();
+                        match newest {
+                            Some(record) => (GossipMessage::Announce { record }.to_bytes(), chunks),
+                            None => (announce, chunks),
+                        }
+                    }),
             )
         };
         let mut frames = Vec::new();
@@ -750,7 +804,31 @@ impl Mesh {
                     .collect(),
             }
         } else {
-            self.storage.remote_range(&publisher.0, from, limit)?
+            let stored = self.storage.remote_range(&publisher.0, from, limit)?;
+            let newest = self
+                .handover_records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(publisher)
+                .cloned();
+            match newest {
+                None => stored,
+                Some(newest) => stored
+                    .into_iter()
+                    .map(|bytes| match GossipMessage::from_bytes(&bytes) {
+                        Ok(GossipMessage::Batch { record, batch })
+                            if record.record.handovers.len() < newest.record.handovers.len() =>
+                        {
+                            GossipMessage::Batch {
+                                record: newest.clone(),
+                                batch,
+                            }
+                            .to_bytes()
+                        }
+                        _ => bytes,
+                    })
+                    .collect(),
+            }
         };
         frames.extend(
             messages

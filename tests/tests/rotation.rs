@@ -16,7 +16,10 @@ const NODES: &[(&str, &str)] = &[
     ("noord-b", "noord"),
     ("zuid-a", "zuid"),
     ("zuid-b", "zuid"),
+    ("zuid-c", "zuid"),
 ];
+/// Joins only after the rotation and the revocation of the retired certificate.
+const LATE: usize = 4;
 const ROTATING: usize = 1;
 const READER: usize = 2;
 const SHARED_BSN: &str = "999911120";
@@ -45,7 +48,11 @@ async fn post_rotate(mesh: &TestMesh, i: usize) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
-    let mesh = Arc::new(TestMesh::start("testnet", NODES).await.unwrap());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mesh = Arc::new(TestMesh::start_first("testnet", NODES, LATE).await.unwrap());
     let log = mesh.node_id(ROTATING);
     mesh.post_bundle(ROTATING, &patient_bundle(SHARED_BSN, "noord-b", 2))
         .await
@@ -235,6 +242,15 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     mesh.post_bundle(ROTATING, &patient_bundle("123456782", "noord-b", 1))
         .await
         .unwrap();
+    mesh.wait_for_entries(entries + 1).await.unwrap();
+
+    // A node that joins now catches the rotated log up from peers (batches the retired key
+    // signed come wrapped in the log's newest record), and a peer that restarts rebuilds
+    // it from what it kept, though the retired key is revoked.
+    mesh.start_node(LATE).await.unwrap();
+    mesh.wait_for_entries(entries + 1).await.unwrap();
+    assert_eq!(mesh.node(LATE).mesh.key_in_force(&log), Some(new_key));
+    mesh.restart(0).await.unwrap();
     mesh.wait_for_entries(entries + 1).await.unwrap();
 
     // A crash between keeping the hand-over and moving the files: the configured paths
