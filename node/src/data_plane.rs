@@ -634,22 +634,23 @@ async fn serve_connection(
         let mesh = mesh.clone();
         let evaluator = evaluator.clone();
         let requester = peer.identity.name.clone();
-        let requester_node = peer.node;
         tokio::spawn(async move {
-            let served = serve_stream(
-                send,
-                recv,
-                fhir,
-                mesh,
-                evaluator,
-                requester_node,
-                &requester,
-            );
+            let served = serve_stream(send, recv, fhir, mesh, evaluator, &requester);
             if let Err(e) = served.await {
                 tracing::debug!(error = %e, requester = %requester, "data-plane stream failed");
             }
         });
     }
+}
+
+/// The id an evaluator keeps a requester's budget and audit under: derived from its node
+/// name, so it survives key rotations.
+fn requester_budget_id(name: &str) -> NodeId {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"zorgmesh/evaluation-requester/v1\n");
+    hasher.update(name.as_bytes());
+    NodeId(hasher.finalize().into())
 }
 
 async fn send_frame(send: &mut quinn::SendStream, frame_value: &FetchFrame) -> anyhow::Result<()> {
@@ -663,7 +664,6 @@ async fn serve_stream(
     fhir: FhirService,
     mesh: Arc<Mesh>,
     evaluator: MaybeEvaluator,
-    requester_node: NodeId,
     requester: &str,
 ) -> anyhow::Result<()> {
     let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
@@ -742,8 +742,11 @@ async fn serve_stream(
                 Some(evaluator) => {
                     let name = requester.to_owned();
                     let now = crate::fhir::service::now_ms();
+                    // Budgets and audit follow the node (its CA-bound name), not its key:
+                    // a node that rotates its key keeps what it has used.
+                    let budget_holder = requester_budget_id(&name);
                     tokio::task::spawn_blocking(move || {
-                        evaluator.evaluate_for(requester_node, &name, &request, now)
+                        evaluator.evaluate_for(budget_holder, &name, &request, now)
                     })
                     .await?
                 }
