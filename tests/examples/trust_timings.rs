@@ -3,6 +3,10 @@
 //! - **initial load**: one holder ingests `--patients` new patients (transaction bundles of
 //!   2,500) with 2-of-3 evaluators on other nodes; measured until every key is derived and the
 //!   whole index holds every entry. Keys are derived off the write path in batches of 1,024.
+//! - **cold resolve**: node 0 resolves `--resolves` BSNs nobody holds (each needs a fresh
+//!   patient key from 2 of 3 evaluators, then an index lookup), side by side with the same
+//!   number of local searches by BSN (the same HTTP path, no patient key): the difference of
+//!   the means is what the threshold OPRF adds to a cold resolve.
 //! - **revocation**: on a `--nodes` mesh, the CA revokes one node and hands the list to one
 //!   other; measured until every other index has dropped the revoked node's entries and no
 //!   node is connected to it any more.
@@ -59,6 +63,40 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     println!("{nodes}-node mesh up; evaluators node-1..node-3 (2 of 3)");
 
+    // Cold resolve, side by side with a local search of the same BSN.
+    let resolves = arg("--resolves", 200) as u32;
+    let base = mesh.node(0).base_url();
+    let (mut dossier_total, mut search_total) = (Duration::ZERO, Duration::ZERO);
+    for k in 0..resolves {
+        let bsn = bsn(90_000_000 + k * 13);
+        let identifier = format!("http://fhir.nl/fhir/NamingSystem/bsn|{bsn}");
+        let started = Instant::now();
+        let response = mesh
+            .http
+            .get(format!("{base}/Patient?identifier={identifier}"))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "search failed");
+        response.bytes().await?;
+        search_total += started.elapsed();
+        let started = Instant::now();
+        let response = mesh
+            .http
+            .get(format!("{base}/Patient/$dossier?identifier={identifier}"))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "resolve failed");
+        response.bytes().await?;
+        dossier_total += started.elapsed();
+    }
+    let mean_ms = |total: Duration| total.as_secs_f64() * 1000.0 / f64::from(resolves.max(1));
+    println!(
+        "cold resolve of an unheld BSN: {:.2} ms mean; local search of the same BSN: {:.2} ms mean; the threshold OPRF adds {:.2} ms ({resolves} each)",
+        mean_ms(dossier_total),
+        mean_ms(search_total),
+        mean_ms(dossier_total) - mean_ms(search_total)
+    );
+
     // Initial load.
     const PER_BUNDLE: u32 = 2_500;
     let started = Instant::now();
@@ -93,6 +131,37 @@ async fn main() -> anyhow::Result<()> {
         total.as_secs_f64(),
         f64::from(patients) / total.as_secs_f64()
     );
+
+    // Key rotation of the holder of every patient: no entry is republished.
+    let log = mesh.node(0).mesh.own();
+    let head_before = mesh.node(1).mesh.heads()[&log];
+    zorgmesh_node::rotation::issue_next(&mesh.ca_dir(), &mesh.node_dir(0).join("node.crt"), 30)?;
+    let started = Instant::now();
+    let response = mesh
+        .http
+        .post(format!("http://{}/admin/rotate", mesh.node(0).http_addr))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "rotation refused");
+    let rotated_after = started.elapsed();
+    let new_key = mesh.node(0).mesh.key_in_force(&log);
+    mesh.post_bundle(0, &patient_bundle(&bsn(95_000_000), "after-rotation", 1))
+        .await?;
+    let learnt = wait_until(Duration::from_secs(60), || {
+        mesh.running().all(|n| {
+            n.mesh.key_in_force(&log) == new_key && n.mesh.live_entries() == patients as usize + 1
+        })
+    })
+    .await;
+    anyhow::ensure!(learnt, "the hand-over did not reach every node");
+    let spread_after = started.elapsed();
+    let head_after = mesh.node(1).mesh.heads()[&log];
+    println!(
+        "key rotation of the holder of {patients} patients: switched in {:.0} ms; every node verified its next batch under the new key after {:.0} ms; the log went from {head_before} to {head_after} batches (nothing republished)",
+        rotated_after.as_secs_f64() * 1000.0,
+        spread_after.as_secs_f64() * 1000.0
+    );
+    let patients = patients + 1;
 
     // Revocation of the last node, which holds one patient.
     let revoked = nodes - 1;
