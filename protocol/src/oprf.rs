@@ -30,7 +30,7 @@ use crate::patient::{Bsn, PatientKey, BSN_SYSTEM};
 use curve25519_dalek::constants::RISTRETTO_BASEPOINT_TABLE;
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{Identity, VartimeMultiscalarMul};
+use curve25519_dalek::traits::{Identity, MultiscalarMul, VartimeMultiscalarMul};
 use elliptic_curve::hash2curve::{ExpandMsg, ExpandMsgXmd, Expander};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha512};
@@ -837,7 +837,8 @@ impl BlindedBatch {
                 let unblind = self.unblinds[e];
                 let scalars: Vec<Scalar> = lambdas.iter().map(|l| l * unblind).collect();
                 let points: Vec<RistrettoPoint> = chosen.iter().map(|p| p.elements[e]).collect();
-                let unblinded = RistrettoPoint::vartime_multiscalar_mul(&scalars, &points);
+                // Constant time: the scalars carry the secret blind.
+                let unblinded = RistrettoPoint::multiscalar_mul(&scalars, &points);
                 finalize(&self.inputs[e], &unblinded)
             })
             .collect();
