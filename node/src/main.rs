@@ -182,6 +182,27 @@ struct DemoArgs {
     dir: Option<PathBuf>,
 }
 
+/// POSTs to a node's admin endpoint (a PEM body when given); the answer's text, or an
+/// error that says what the node refused.
+async fn post_admin(url: &str, pem: Option<Vec<u8>>, refused: &str) -> anyhow::Result<String> {
+    let mut request = reqwest::Client::new().post(url);
+    if let Some(pem) = pem {
+        request = request
+            .header("content-type", "application/x-pem-file")
+            .body(pem);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url} {refused} ({status}): {text}");
+    }
+    Ok(text)
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
@@ -338,18 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(base) => {
                     let url = format!("{}/admin/revocations", base.trim_end_matches('/'));
                     let pem = std::fs::read(&files.revocations)?;
-                    let response = reqwest::Client::new()
-                        .post(&url)
-                        .header("content-type", "application/x-pem-file")
-                        .body(pem)
-                        .send()
-                        .await
-                        .with_context(|| format!("cannot reach {url}"))?;
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    if !status.is_success() {
-                        bail!("{url} refused the list ({status}): {text}");
-                    }
+                    let text = post_admin(&url, Some(pem), "refused the list").await?;
                     println!("published through {url}: {text}");
                 }
                 None => println!(
@@ -381,16 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match activate {
                 Some(base) => {
                     let url = format!("{}/admin/rotate", base.trim_end_matches('/'));
-                    let response = reqwest::Client::new()
-                        .post(&url)
-                        .send()
-                        .await
-                        .with_context(|| format!("cannot reach {url}"))?;
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    if !status.is_success() {
-                        bail!("{url} did not rotate ({status}): {text}");
-                    }
+                    let text = post_admin(&url, None, "did not rotate").await?;
                     println!("activated through {url}: {text}");
                     println!(
                         "once peers have caught up, revoke the old certificate: zorgmesh certs revoke --ca-dir {} --certificate {}",

@@ -747,13 +747,7 @@ impl Mesh {
                     .remote_snapshot(&publisher.0)?
                     .map(|(announce, chunks)| {
                         // The newest record of a handed-over log, not a retired key's.
-                        let newest = self
-                            .handover_records
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(publisher)
-                            .cloned();
-                        match newest {
+                        match self.newest_handover_record(publisher) {
                             Some(record) => (GossipMessage::Announce { record }.to_bytes(), chunks),
                             None => (announce, chunks),
                         }
@@ -805,13 +799,7 @@ impl Mesh {
             }
         } else {
             let stored = self.storage.remote_range(&publisher.0, from, limit)?;
-            let newest = self
-                .handover_records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(publisher)
-                .cloned();
-            match newest {
+            match self.newest_handover_record(publisher) {
                 None => stored,
                 Some(newest) => stored
                     .into_iter()
@@ -836,6 +824,15 @@ impl Mesh {
                 .map(|bytes| FetchFrame::Message { bytes }),
         );
         Ok(frames)
+    }
+
+    /// The newest current record of a log that was handed over.
+    fn newest_handover_record(&self, publisher: &NodeId) -> Option<SignedNodeRecord> {
+        self.handover_records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(publisher)
+            .cloned()
     }
 
     /// Installs a publisher's snapshot fetched from a peer (its chunks as bytes), keeps it so
