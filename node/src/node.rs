@@ -33,13 +33,14 @@ const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A running node.
 pub struct RunningNode {
-    /// The node's certificate facts.
+    /// The certificate facts of the key the node started with (a key rotation replaces the
+    /// key; the node's lasting id is its log id, `mesh.own()`).
     pub identity: VerifiedNode,
     /// Bound FHIR API address.
     pub http_addr: SocketAddr,
     /// Bound QUIC address.
     pub data_addr: SocketAddr,
-    /// Gossip address with `/p2p/<peer id>`.
+    /// Gossip address with `/p2p/<peer id>` at start (the peer id follows the key).
     pub gossip_addr: libp2p::Multiaddr,
     /// The index and its validation.
     pub mesh: Arc<Mesh>,
