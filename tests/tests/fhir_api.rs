@@ -272,6 +272,50 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     );
     let after = send(&mesh, Method::GET, "Observation", None, &[]).await.2["total"].clone();
     assert_eq!(before, after, "a failed transaction left data behind");
+
+    // bdl-7: two entries with one fullUrl, named both; a urn:uuid reference that names no
+    // entry; a Bundle without a Content-Type. Each is refused and writes nothing.
+    let observation = |text: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": text}});
+    let duplicate = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7d1c0e6a-0000-4000-8000-000000000001", "resource": observation("a"), "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": "urn:uuid:7d1c0e6a-0000-4000-8000-000000000002", "resource": observation("b"), "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": "urn:uuid:7d1c0e6a-0000-4000-8000-000000000001", "resource": observation("c"), "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (status, _, body) = send(&mesh, Method::POST, "", Some(duplicate), &[]).await;
+    assert_outcome(status, &body, 400);
+    let diagnostics = body["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(
+        diagnostics.contains("entry[0]")
+            && diagnostics.contains("entry[2]")
+            && diagnostics.contains("bdl-7"),
+        "{body}"
+    );
+    let dangling = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:7d1c0e6a-0000-4000-8000-000000000003", "resource": {
+            "resourceType": "Observation", "status": "final", "code": {"text": "d"},
+            "subject": {"reference": "urn:uuid:7d1c0e6a-0000-4000-8000-00000000dead"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let (status, _, body) = send(&mesh, Method::POST, "", Some(dangling.clone()), &[]).await;
+    assert_outcome(status, &body, 400);
+    assert!(
+        body["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("00000000dead"),
+        "{body}"
+    );
+    let response = mesh
+        .http
+        .post(mesh.node(0).base_url())
+        .body(dangling.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_outcome(status, &response.json().await.unwrap(), 415);
+    let after = send(&mesh, Method::GET, "Observation", None, &[]).await.2["total"].clone();
+    assert_eq!(before, after, "a refused Bundle left data behind");
     let (status, _, body) = send(
         &mesh,
         Method::POST,

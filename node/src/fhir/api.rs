@@ -91,19 +91,24 @@ fn versioned_response(
 }
 
 async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, FhirError> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let text = content_type.to_str().unwrap_or("").to_ascii_lowercase();
-        let media = text.split(';').next().unwrap_or("").trim();
-        if !matches!(
-            media,
-            "application/fhir+json" | "application/json" | "application/json+fhir"
-        ) {
-            return Err(FhirError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not-supported",
-                format!("content type {media:?} is not supported: send application/fhir+json"),
-            ));
-        }
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Err(FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "the request has no Content-Type: send application/fhir+json",
+        ));
+    };
+    let text = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+    let media = text.split(';').next().unwrap_or("").trim();
+    if !matches!(
+        media,
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
+        return Err(FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            format!("content type {media:?} is not supported: send application/fhir+json"),
+        ));
     }
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         FhirError::new(

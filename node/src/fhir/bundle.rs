@@ -140,6 +140,40 @@ fn error_response(error: &FhirError) -> Value {
     json!({"status": status_line(error.status), "outcome": error.to_outcome()})
 }
 
+/// FHIR's bdl-7: a fullUrl names one entry (a transaction or batch Bundle has no versions
+/// to tell entries with the same fullUrl apart).
+fn check_unique_full_urls(raw: &[Value]) -> Result<(), FhirError> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, entry) in raw.iter().enumerate() {
+        if let Some(full_url) = entry.get("fullUrl").and_then(Value::as_str) {
+            if let Some(first) = seen.insert(full_url, i) {
+                return Err(FhirError::invalid(format!(
+                    "Bundle.entry[{first}] and Bundle.entry[{i}] have the same fullUrl {full_url:?} (bdl-7: fullUrl must be unique in a Bundle)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first `urn:uuid:` or `urn:oid:` reference left in `value` (one that names no entry
+/// of the Bundle).
+fn unresolved_reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(object) => object.iter().find_map(|(key, v)| match v {
+            Value::String(text)
+                if key == "reference"
+                    && (text.starts_with("urn:uuid:") || text.starts_with("urn:oid:")) =>
+            {
+                Some(text.as_str())
+            }
+            other => unresolved_reference(other),
+        }),
+        Value::Array(items) => items.iter().find_map(unresolved_reference),
+        _ => None,
+    }
+}
+
 /// Processes a transaction or batch Bundle and returns the response Bundle.
 pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, FhirError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
@@ -161,6 +195,9 @@ pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, Fhir
             "too-costly",
             format!("a Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"),
         ));
+    }
+    if matches!(kind.as_str(), "transaction" | "batch") {
+        check_unique_full_urls(&raw_entries)?;
     }
     match kind.as_str() {
         "transaction" => transaction(service, &raw_entries).await,
@@ -200,6 +237,12 @@ async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, Fhir
     for entry in &mut entries {
         if let Some(resource) = &mut entry.resource {
             rewrite_references(resource, &lookup);
+            if let Some(reference) = unresolved_reference(resource) {
+                return Err(FhirError::invalid(format!(
+                    "Bundle.entry[{}]: reference {reference:?} names no entry of the Bundle",
+                    entry.index
+                )));
+            }
         }
     }
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -265,6 +308,21 @@ async fn batch(service: &FhirService, raw: &[Value]) -> Value {
     for (i, raw_entry) in raw.iter().enumerate() {
         let response = match parse_entry(i, raw_entry) {
             Err(e) => error_response(&e),
+            Ok(entry)
+                if entry
+                    .resource
+                    .as_ref()
+                    .is_some_and(|r| unresolved_reference(r).is_some()) =>
+            {
+                let reference = entry
+                    .resource
+                    .as_ref()
+                    .and_then(unresolved_reference)
+                    .unwrap_or_default();
+                error_response(&FhirError::invalid(format!(
+                    "Bundle.entry[{i}]: reference {reference:?} cannot be resolved (entries of a batch do not refer to each other)"
+                )))
+            }
             Ok(entry) => run_batch_entry(service, entry)
                 .await
                 .unwrap_or_else(|e| error_response(&e)),
