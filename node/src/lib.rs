@@ -5,6 +5,7 @@
 //! ([`data_plane`]), [`dossier`] resolution, and the `zorgmesh` binary's commands.
 
 pub mod anti_entropy;
+pub mod at_rest;
 pub mod config;
 pub mod data_plane;
 pub mod demo;

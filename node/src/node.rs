@@ -188,8 +188,8 @@ impl RunningNode {
                 trust.ca_certificate.display()
             )
         })?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+        crate::at_rest::restrict_new_files();
+        crate::at_rest::secure_data_dir(&config.data_dir)?;
         let storage = Arc::new(open_storage(&config).await?);
         let now = (crate::fhir::service::now_ms() / 1000) as i64;
         let key_files = KeyFiles {

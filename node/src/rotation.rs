@@ -212,6 +212,7 @@ pub fn load_next(
             files.next_certificate().display()
         )));
     }
+    crate::at_rest::check_private_file(&files.next_key()).map_err(|e| next(e.to_string()))?;
     let key = read_signing_key(&files.next_key()).map_err(|e| next(e.to_string()))?;
     let der = read_certificate(&files.next_certificate()).map_err(|e| next(e.to_string()))?;
     let certificate = anchor
@@ -297,6 +298,7 @@ pub fn load_own_keys(
             .map_err(|e| anyhow::anyhow!("this node's kept hand-over chain cannot be read: {e}"))?,
     };
     let in_force = handovers.last().map(|h| h.body.new_key);
+    crate::at_rest::check_private_file(&files.key)?;
     let read_key = || read_signing_key(&files.key);
     let mut key = read_key()?;
     if let Some(expected) = in_force {

@@ -287,6 +287,25 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
                 .unwrap(),
         )
     };
+    // A node key others can read is refused, like ssh refuses an open private key.
+    let key = out.join("nodes").join("umcg").join("node.key");
+    let mode = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    let set_mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap()
+    };
+    assert_eq!(mode(&key), 0o600);
+    set_mode(&key, 0o644);
+    let config = out.join("nodes").join("umcg").join("node.toml");
+    let err = failed(&zorgmesh(&["node", "run", "--config", s(&config)]));
+    assert!(
+        err.contains("too open") && err.contains("chmod 600"),
+        "{err}"
+    );
+    set_mode(&key, 0o600);
+
     let _umcg = start("umcg");
     let _rp = start("rp-zuid");
     let client = reqwest::Client::builder()
@@ -342,6 +361,21 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
         .filter_map(|t| t["code"].as_str())
         .collect();
     assert!(origins.contains(&"umcg"), "{dossier}");
+
+    // The data directories and every file in them are their owner's alone.
+    let mut open = Vec::new();
+    let mut pending = vec![out.join("nodes").join("umcg").join("data")];
+    assert!(pending[0].is_dir(), "{pending:?}");
+    while let Some(path) = pending.pop() {
+        let wanted = if path.is_dir() { 0o700 } else { 0o600 };
+        if mode(&path) != wanted {
+            open.push(format!("{} {:o}", path.display(), mode(&path)));
+        }
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    assert!(open.is_empty(), "readable by others: {open:?}");
 }
 
 #[test]

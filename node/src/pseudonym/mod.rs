@@ -344,6 +344,7 @@ pub fn load_trust(
             None
         }
         Some(share_path) => {
+            crate::at_rest::check_private_file(share_path)?;
             let share = zorgmesh_certs::read_key_share(share_path)?;
             let named = set.by_name(&config.name).map(|e| e.index);
             if named != Some(share.index()) || !share.matches(&set) {
