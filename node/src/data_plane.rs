@@ -28,8 +28,13 @@ use zorgmesh_protocol::{NodeId, PatientKey};
 /// The evaluator this node runs, if it holds an OPRF key share.
 pub type MaybeEvaluator = Option<Arc<crate::pseudonym::evaluator::Evaluator>>;
 
-/// Connections the server serves at once.
+/// Connections the server serves at once (handshaking or established).
 const MAX_CONNECTIONS: usize = 512;
+/// Connections one source address may hold at once (handshaking or established): a single
+/// host cannot take every slot.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// A handshake that has not finished by then is dropped, and its slot freed.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams per connection at once.
 const MAX_STREAMS_PER_CONNECTION: u32 = 16;
 
@@ -180,6 +185,42 @@ fn peer_certificate(
         .map_err(|e| e.to_string())
 }
 
+/// One of the connections a source address holds; given back on drop.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    address: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+        address: std::net::IpAddr,
+    ) -> Option<Self> {
+        let mut held = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(address).or_insert(0);
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Resolves a `host:port` data-plane address (DNS name or IP) to a socket address.
 pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -252,6 +293,7 @@ impl DataPlane {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let per_address = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let incoming = tokio::select! {
@@ -261,6 +303,20 @@ impl DataPlane {
                     None => break,
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            // A source that has not proved it receives at its address gets a stateless
+            // Retry: a flood of Initial packets (spoofed or not) takes no slot.
+            if !incoming.remote_address_validated() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
+            let Some(address_slot) =
+                AddressSlot::take(&per_address, incoming.remote_address().ip())
+            else {
+                incoming.refuse();
+                continue;
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 incoming.refuse();
@@ -272,6 +328,7 @@ impl DataPlane {
             let evaluator = evaluator.clone();
             tasks.spawn(async move {
                 let _permit = permit;
+                let _address_slot = address_slot;
                 if let Err(e) = serve_connection(incoming, fhir, mesh, evaluator, anchor).await {
                     tracing::debug!(error = %e, "data-plane connection ended");
                 }
@@ -597,7 +654,9 @@ async fn serve_connection(
     evaluator: MaybeEvaluator,
     anchor: TrustAnchor,
 ) -> anyhow::Result<()> {
-    let connection = incoming.await?;
+    let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| anyhow::anyhow!("handshake not finished within {HANDSHAKE_TIMEOUT:?}"))??;
     let peer = match peer_certificate(&connection, &anchor) {
         Ok(peer) => peer,
         Err(e) => {
