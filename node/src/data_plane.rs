@@ -185,42 +185,6 @@ fn peer_certificate(
         .map_err(|e| e.to_string())
 }
 
-/// One of the connections a source address holds; given back on drop.
-struct AddressSlot {
-    counts: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
-    address: std::net::IpAddr,
-}
-
-impl AddressSlot {
-    fn take(
-        counts: &Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
-        address: std::net::IpAddr,
-    ) -> Option<Self> {
-        let mut held = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let count = held.entry(address).or_insert(0);
-        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: counts.clone(),
-            address,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = held.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                held.remove(&self.address);
-            }
-        }
-    }
-}
-
 /// Resolves a `host:port` data-plane address (DNS name or IP) to a socket address.
 pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -293,7 +257,7 @@ impl DataPlane {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let per_address = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let per_address = crate::limits::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let incoming = tokio::select! {
@@ -312,9 +276,7 @@ impl DataPlane {
                 }
                 continue;
             }
-            let Some(address_slot) =
-                AddressSlot::take(&per_address, incoming.remote_address().ip())
-            else {
+            let Some(address_slot) = per_address.take(incoming.remote_address().ip()) else {
                 incoming.refuse();
                 continue;
             };

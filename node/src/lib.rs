@@ -12,6 +12,7 @@ pub mod demo;
 pub mod dossier;
 pub mod fhir;
 pub mod gossip;
+pub mod limits;
 pub mod mesh;
 pub mod node;
 pub mod provision;

@@ -189,6 +189,7 @@ impl RunningNode {
             )
         })?;
         crate::at_rest::restrict_new_files();
+        let descriptors = crate::limits::raise_descriptor_limit();
         crate::at_rest::secure_data_dir(&config.data_dir)?;
         let storage = Arc::new(open_storage(&config).await?);
         let now = (crate::fhir::service::now_ms() / 1000) as i64;
@@ -513,15 +514,13 @@ impl RunningNode {
                 })
             },
         };
-        let mut http_shutdown = shutdown_rx.clone();
-        tasks.push(spawn(Box::pin(async move {
-            let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            });
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "FHIR API stopped");
-            }
-        })));
+        let http_limits = crate::fhir::listener::HttpLimits::for_descriptors(descriptors);
+        tasks.push(spawn(Box::pin(crate::fhir::listener::serve(
+            listener,
+            router(state),
+            http_limits,
+            shutdown_rx.clone(),
+        ))));
         tracing::info!(node = %config.name, http = %http_addr, data = %data_addr, gossip = %gossip.listen_addr, "node running");
         Ok(Self {
             identity,

@@ -455,3 +455,90 @@ async fn search_by_patient_identifier_and_last_updated_with_paging() {
     assert_eq!(metadata["fhirVersion"], "4.0.1");
     mesh.shutdown().await;
 }
+
+/// Opens a TCP connection to `to` from the loopback address `from`.
+async fn connect_from(
+    from: &str,
+    to: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(to).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_do_not_keep_others_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = TestMesh::start("apinet", &[("solo", "noord")])
+        .await
+        .unwrap();
+    let addr = mesh.node(0).http_addr;
+    // 300 clients from one host send a request's headers and then never its body: each
+    // would hold one of the API's 256 request slots. 1,000 more connections from another
+    // host stay idle.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut stream) = connect_from("127.0.0.2", addr).await else {
+            continue;
+        };
+        let head = format!(
+            "POST /fhir/Patient HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/fhir+json\r\ncontent-length: 1000\r\n\r\n{{"
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        slow.push(stream);
+    }
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(stream) = connect_from("127.0.0.3", addr).await {
+            idle.push(stream);
+        }
+    }
+    // The legitimate client is served throughout.
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = mesh.node(0).base_url();
+    let mut slowest = std::time::Duration::ZERO;
+    for k in 0..20 {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(format!("{base}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Patient", "name": [{"family": format!("Served{k}")}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {k} was kept out: {e}"));
+        assert_eq!(response.status().as_u16(), 201);
+        slowest = slowest.max(started.elapsed());
+    }
+    // Connections over a host's share are closed at once: they hold no descriptor.
+    let mut closed = 0;
+    for stream in idle.iter_mut().rev() {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            stream.read(&mut byte),
+        )
+        .await
+        {
+            closed += 1;
+        }
+        if closed >= 900 {
+            break;
+        }
+    }
+    assert!(
+        closed >= 900,
+        "only {closed} of {} idle connections were closed",
+        idle.len()
+    );
+    eprintln!(
+        "with 300 stalled bodies and 1,000 idle connections: 20 requests served, slowest {slowest:?}; {closed} idle connections closed by the node"
+    );
+    drop(slow);
+    mesh.shutdown().await;
+}

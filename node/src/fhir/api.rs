@@ -90,6 +90,30 @@ fn versioned_response(
     response
 }
 
+/// The whole time a client has to send a request body: a client that trickles its body
+/// does not hold a connection for longer.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, FhirError> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(FhirError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(_)) => Err(FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("request body exceeds {limit} bytes or broke off"),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
 async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, FhirError> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
         return Err(FhirError::new(
@@ -110,13 +134,7 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
             format!("content type {media:?} is not supported: send application/fhir+json"),
         ));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        FhirError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-costly",
-            format!("request body exceeds {limit} bytes"),
-        )
-    })?;
+    let bytes = read_body(body, limit).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))
 }
@@ -335,14 +353,9 @@ fn admin_json(status: StatusCode, body: &Value) -> Response {
 /// `POST /admin/revocations`: a CA-signed revocation list (PEM or raw). Only the CA's
 /// signature gives it force, so whoever hands it in needs no other right.
 async fn post_revocations(State(state): State<ApiState>, body: Body) -> Response {
-    let bytes = match axum::body::to_bytes(body, MAX_REVOCATION_BODY).await {
+    let bytes = match read_body(body, MAX_REVOCATION_BODY).await {
         Ok(bytes) => bytes,
-        Err(e) => {
-            return admin_json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &json!({"error": format!("revocation list body unreadable or over {MAX_REVOCATION_BODY} bytes: {e}")}),
-            )
-        }
+        Err(e) => return admin_json(e.status, &json!({ "error": e.diagnostics })),
     };
     let list = match zorgmesh_certs::parse_revocation_list(&bytes) {
         Ok(list) => list,

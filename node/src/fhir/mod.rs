@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod listener;
 pub mod outcome;
 pub mod resource;
 pub mod search;
