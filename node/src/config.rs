@@ -70,6 +70,12 @@ pub struct NodeConfig {
     /// IP); defaults to `data_listen` (after binding, so port 0 works).
     #[serde(default)]
     pub data_advertise: Option<String>,
+    /// Address ranges (CIDR) this node may dial on the data plane, whatever a node record
+    /// says. Unset: every address except loopback, link-local (cloud metadata services),
+    /// unspecified, multicast and broadcast. Set it to the health network's ranges in
+    /// production; topologies on loopback set `["127.0.0.0/8", "::1/128"]`.
+    #[serde(default)]
+    pub data_dial_allow: Option<Vec<ipnet::IpNet>>,
     /// Bootstrap peers (multiaddrs with `/p2p/<peer id>`).
     #[serde(default)]
     pub bootstrap: Vec<String>,

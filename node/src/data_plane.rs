@@ -185,6 +185,45 @@ fn peer_certificate(
         .map_err(|e| e.to_string())
 }
 
+/// Which addresses this node may dial on the data plane. A node record is signed by its
+/// node, but a certified node could still name any address; this is the operator's bound
+/// on where the node sends packets (no SSRF into the local network or a metadata service).
+#[derive(Clone, Debug, Default)]
+pub struct DialPolicy {
+    allow: Option<Vec<ipnet::IpNet>>,
+}
+
+impl DialPolicy {
+    /// Only `allow` when given; otherwise every address but the special ranges.
+    pub fn new(allow: Option<Vec<ipnet::IpNet>>) -> Self {
+        Self { allow }
+    }
+
+    /// Whether `ip` may be dialled.
+    pub fn permits(&self, ip: std::net::IpAddr) -> bool {
+        match &self.allow {
+            Some(ranges) => ranges.iter().any(|range| range.contains(&ip)),
+            None => match ip {
+                std::net::IpAddr::V4(v4) => {
+                    !(v4.is_loopback()
+                        || v4.is_link_local()
+                        || v4.is_unspecified()
+                        || v4.is_multicast()
+                        || v4.is_broadcast())
+                }
+                std::net::IpAddr::V6(v6) => {
+                    let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+                    let mapped_ok = v6
+                        .to_ipv4_mapped()
+                        .is_none_or(|v4| Self::default().permits(v4.into()));
+                    !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || link_local)
+                        && mapped_ok
+                }
+            },
+        }
+    }
+}
+
 /// Resolves a `host:port` data-plane address (DNS name or IP) to a socket address.
 pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
     if let Ok(addr) = address.parse::<SocketAddr>() {
@@ -207,6 +246,8 @@ pub struct DataPlane {
     endpoint: quinn::Endpoint,
     /// The client side's certificate and key (replaced by a key rotation).
     client_config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
+    /// Where the client may connect.
+    dial_policy: Arc<std::sync::RwLock<DialPolicy>>,
     anchor: TrustAnchor,
     connections: Arc<tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>>,
 }
@@ -238,6 +279,7 @@ impl DataPlane {
         Ok(Self {
             endpoint,
             client_config: Arc::new(std::sync::RwLock::new(client)),
+            dial_policy: Arc::new(std::sync::RwLock::new(DialPolicy::default())),
             anchor: identity.anchor.clone(),
             connections: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
         })
@@ -319,6 +361,19 @@ impl DataPlane {
                     return Ok((connection.clone(), true));
                 }
             }
+        }
+        let permitted = self
+            .dial_policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .permits(addr.ip());
+        if !permitted {
+            return Err(FetchError::Connect {
+                addr,
+                message: format!(
+                    "{name}'s address {addr} is outside the ranges this node may dial (data_dial_allow)"
+                ),
+            });
         }
         let client_config = self
             .client_config
@@ -539,6 +594,11 @@ impl DataPlane {
                 "expected at most one revocation list".into(),
             )),
         }
+    }
+
+    /// Sets where this node may connect (the operator's `data_dial_allow`).
+    pub fn set_dial_policy(&self, policy: DialPolicy) {
+        *self.dial_policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     /// Switches this node's certificate and key for new connections, both ways (a key

@@ -231,6 +231,9 @@ impl RunningNode {
             },
             config.data_listen,
         )?;
+        data_plane.set_dial_policy(crate::data_plane::DialPolicy::new(
+            config.data_dial_allow.clone(),
+        ));
         let data_addr = data_plane.local_addr()?;
         let advertised = config
             .data_advertise

@@ -194,6 +194,13 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
             .host
             .as_ref()
             .map(|host| format!("{host}:{}", spec.data.port())),
+        // A topology on loopback dials loopback; one with host names keeps the default.
+        data_dial_allow: (spec.host.is_none() && spec.data.ip().is_loopback()).then(|| {
+            vec![
+                "127.0.0.0/8".parse().expect("valid range"),
+                "::1/128".parse().expect("valid range"),
+            ]
+        }),
         bootstrap,
         trust: TrustConfig {
             ca_certificate: "ca.crt".into(),

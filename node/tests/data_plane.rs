@@ -49,6 +49,15 @@ fn identity(ca: &CertificateAuthority, name: &str, seed: u8) -> TlsIdentity {
     }
 }
 
+/// A data plane on loopback that may dial loopback (as a node on a loopback topology).
+fn loopback_plane(identity: &TlsIdentity) -> DataPlane {
+    let plane = DataPlane::bind(identity, "127.0.0.1:0".parse().unwrap()).unwrap();
+    plane.set_dial_policy(zorgmesh_node::data_plane::DialPolicy::new(Some(vec![
+        "127.0.0.0/8".parse().unwrap(),
+    ])));
+    plane
+}
+
 struct Holder {
     _dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
@@ -141,8 +150,7 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
 async fn a_certified_client_fetches_the_patients_resources() {
     let ca = ca(1);
     let holder = holder(&ca).await;
-    let client =
-        DataPlane::bind(&identity(&ca, "client", 20), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = loopback_plane(&identity(&ca, "client", 20));
     let (resources, holding) = client
         .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
         .await
@@ -172,11 +180,7 @@ async fn a_certified_client_fetches_the_patients_resources() {
 #[tokio::test]
 async fn a_client_certified_by_another_ca_gets_nothing() {
     let holder = holder(&ca(1)).await;
-    let client = DataPlane::bind(
-        &identity(&ca(2), "client", 20),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let client = loopback_plane(&identity(&ca(2), "client", 20));
     let err = client
         .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
         .await
@@ -188,8 +192,7 @@ async fn a_client_certified_by_another_ca_gets_nothing() {
 async fn the_client_refuses_a_server_that_is_not_the_holder_it_asked_for() {
     let ca = ca(1);
     let holder = holder(&ca).await;
-    let client =
-        DataPlane::bind(&identity(&ca, "client", 20), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = loopback_plane(&identity(&ca, "client", 20));
     // A node is its name (the CA binds each of its keys to it in turn): asked for another
     // node at the holder's address, TLS refuses the holder's certificate.
     let err = client
@@ -298,8 +301,7 @@ async fn an_evaluator_answers_with_a_verifiable_partial_and_throttles_an_enumera
         initial_load: 1500,
     };
     let holder = evaluator_holder(&ca, Some((shares[0].clone(), limits))).await;
-    let client =
-        DataPlane::bind(&identity(&ca, "client", 20), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let client = loopback_plane(&identity(&ca, "client", 20));
 
     // A simulated enumeration: 1,024 fresh BSNs per request, at most 5 requests.
     let mut granted = 0;
@@ -369,23 +371,28 @@ async fn captured_initials(count: usize, client: &TlsIdentity) -> Vec<Vec<u8>> {
     let mut seen = std::collections::HashSet::new();
     let mut buffer = vec![0u8; 2048];
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    for _ in 0..count {
-        pending.push(
-            endpoint
-                .connect(sink_addr, &zorgmesh_certs::node_dns_name("holder"))
-                .unwrap(),
-        );
-    }
+    // In rounds of 50, so the sink's socket buffer never overflows.
     while packets.len() < count {
-        let (n, _) = tokio::time::timeout_at(deadline, sink.recv_from(&mut buffer))
-            .await
-            .expect("the client sent its Initials")
-            .unwrap();
-        let packet = &buffer[..n];
-        // Long header: flags, version (4), DCID length, DCID.
-        let dcid_len = usize::from(packet[5]);
-        if packet[0] & 0x80 != 0 && seen.insert(packet[6..6 + dcid_len].to_vec()) {
-            packets.push(packet.to_vec());
+        let round = (count - packets.len()).min(50);
+        let goal = packets.len() + round;
+        for _ in 0..round {
+            pending.push(
+                endpoint
+                    .connect(sink_addr, &zorgmesh_certs::node_dns_name("holder"))
+                    .unwrap(),
+            );
+        }
+        while packets.len() < goal {
+            let (n, _) = tokio::time::timeout_at(deadline, sink.recv_from(&mut buffer))
+                .await
+                .expect("the client sent its Initials")
+                .unwrap();
+            let packet = &buffer[..n];
+            // Long header: flags, version (4), DCID length, DCID.
+            let dcid_len = usize::from(packet[5]);
+            if packet[0] & 0x80 != 0 && seen.insert(packet[6..6 + dcid_len].to_vec()) {
+                packets.push(packet.to_vec());
+            }
         }
     }
     drop(pending);
@@ -415,11 +422,7 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
     // Certified peers are served throughout: 20 fresh clients, each a new connection.
     let mut slowest = std::time::Duration::ZERO;
     for seed in 0..20u8 {
-        let client = DataPlane::bind(
-            &identity(&ca, &format!("client-{seed}"), 40 + seed),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
+        let client = loopback_plane(&identity(&ca, &format!("client-{seed}"), 40 + seed));
         let started = std::time::Instant::now();
         let (resources, _) = client
             .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
@@ -433,4 +436,46 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
         }
     }
     eprintln!("after a flood of {} Initials, 20 new certified clients were served; slowest fetch {slowest:?}", initials.len());
+}
+
+#[tokio::test]
+async fn a_node_dials_only_the_ranges_its_operator_allows() {
+    use zorgmesh_node::data_plane::DialPolicy;
+    // The default refuses loopback, link-local (a cloud metadata service), unspecified and
+    // multicast addresses, whatever a node record says; it allows other unicast ranges.
+    let default = DialPolicy::default();
+    for denied in [
+        "127.0.0.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "::1",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+    ] {
+        assert!(!default.permits(denied.parse().unwrap()), "{denied}");
+    }
+    for allowed in ["10.1.2.3", "172.18.0.5", "145.10.20.30", "2001:db8::1"] {
+        assert!(default.permits(allowed.parse().unwrap()), "{allowed}");
+    }
+
+    // A certified holder whose record names an address outside the allowed ranges is not
+    // dialled: the fetch fails at once, naming the setting, and no packet leaves.
+    let ca = ca(1);
+    let holder = holder(&ca).await;
+    let client = loopback_plane(&identity(&ca, "client", 20));
+    client.set_dial_policy(DialPolicy::new(Some(vec!["10.0.0.0/8".parse().unwrap()])));
+    let started = std::time::Instant::now();
+    let err = client
+        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("data_dial_allow"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Allowed, it is served.
+    client.set_dial_policy(DialPolicy::new(Some(vec!["127.0.0.0/8".parse().unwrap()])));
+    client
+        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .await
+        .unwrap();
 }
