@@ -81,6 +81,8 @@ pub async fn sync_with(
         // A peer that has not yet applied a revocation still lists the revoked publisher.
         // (A log whose first key is revoked after it was handed over still counts.)
         remote.retain(|head| !mesh.is_log_revoked(&head.publisher));
+        // This node's own log is learnt from peers only at start (`own_log`).
+        remote.retain(|head| head.publisher != mesh.own());
         let requests = plan_requests(&local, &remote);
         if requests.is_empty() {
             // The peer is behind us, not ahead: nothing to fetch from it.

@@ -165,16 +165,24 @@ pub struct SyncConfig {
     /// publishers trigger a round at once.
     #[serde(default = "default_sync_interval")]
     pub interval_ms: u64,
+    /// At start, how long the node waits for a peer to tell it its own log's head before it
+    /// signs on from its store's head (ms): only a node alone in the mesh waits this long.
+    #[serde(default = "default_own_head_wait")]
+    pub own_head_wait_ms: u64,
 }
 
 fn default_sync_interval() -> u64 {
     10_000
+}
+fn default_own_head_wait() -> u64 {
+    5_000
 }
 
 impl Default for SyncConfig {
     fn default() -> Self {
         Self {
             interval_ms: default_sync_interval(),
+            own_head_wait_ms: default_own_head_wait(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod gossip;
 pub mod limits;
 pub mod mesh;
 pub mod node;
+pub mod own_log;
 pub mod provision;
 pub mod pseudonym;
 pub mod publishing;

@@ -382,6 +382,11 @@ impl Mesh {
             };
         };
         let (publisher, sequence) = (batch.body.publisher, batch.body.sequence);
+        if publisher == self.own {
+            // This node's own log enters its index only from its store, or from peers
+            // through `own_log::learn_own_head` at start.
+            return Verdict::Ignore;
+        }
         let verdict = self.admit(&record, batch);
         if verdict == Verdict::Accept {
             // Keep what was accepted so that a restart rebuilds the same index.
@@ -546,6 +551,47 @@ impl Mesh {
             .admit_log(info, &bodies)
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Checks a batch of this node's own log that a peer holds: it names this node and
+    /// carries the signature of the key in force at its sequence.
+    pub fn verify_own_batch(&self, batch: &SignedBatch) -> Result<(), String> {
+        if batch.body.publisher != self.own {
+            return Err("the batch is of another publisher".into());
+        }
+        batch.body.validate().map_err(|e| e.to_string())?;
+        let key = self
+            .index()
+            .key_at(&self.own, batch.body.sequence)
+            .ok_or("this node's own log is not in its index")?;
+        batch.verify_by(&key).map_err(|e| e.to_string())
+    }
+
+    /// Takes a snapshot of this node's own log that a peer holds (the node's store lost
+    /// the batches it covers): into the index and into the store. Returns its sequence.
+    pub async fn adopt_own_snapshot(&self, chunks: &[Vec<u8>]) -> Result<u64, String> {
+        let decoded: Vec<SignedSnapshotChunk> = chunks
+            .iter()
+            .map(|c| SignedSnapshotChunk::from_bytes(c).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        let first = decoded.first().ok_or("empty snapshot")?;
+        if first.body.publisher != self.own {
+            return Err("the snapshot is of another publisher".into());
+        }
+        let sequence = first.body.sequence;
+        self.index()
+            .install_snapshot(&decoded, crate::fhir::service::now_ms())
+            .map_err(|e| e.to_string())?;
+        self.storage
+            .compact_own_log(chunks, sequence)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(sequence)
+    }
+
+    /// The hash of the last batch of this node's own log in its index.
+    pub fn own_head_hash(&self) -> Option<[u8; 32]> {
+        self.index().head_hash(&self.own)
     }
 
     /// Applies one of this node's own batches to its index.

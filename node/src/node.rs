@@ -422,6 +422,24 @@ impl RunningNode {
                 }
             }
         })));
+        // Nothing is signed until the node knows its own log's head from a peer.
+        {
+            let (mesh, data_plane, publisher) =
+                (mesh.clone(), data_plane.clone(), publisher.clone());
+            let own_address = advertised.clone();
+            let wait = Duration::from_millis(config.sync.own_head_wait_ms);
+            tasks.push(spawn(Box::pin(async move {
+                let outcome = crate::own_log::learn_own_head(
+                    &mesh,
+                    &data_plane,
+                    &publisher,
+                    &own_address,
+                    wait,
+                )
+                .await;
+                tracing::info!(?outcome, "own log head learnt");
+            })));
+        }
         let recovered = publisher.recover().await?;
         if recovered > 0 {
             tracing::info!(

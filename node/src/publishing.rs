@@ -26,6 +26,9 @@ struct Inner {
     /// Held while a batch is signed and persisted, and while the key changes: a hand-over
     /// names the last batch the old key signed, which is durable by then.
     signing: Mutex<()>,
+    /// False until the node knows its log's head from the mesh (see
+    /// [`crate::own_log::learn_own_head`]): nothing is signed before.
+    ready: watch::Sender<bool>,
     wake: Notify,
 }
 
@@ -93,6 +96,7 @@ impl Publisher {
                 keys,
                 wake: Notify::new(),
                 signing: Mutex::new(()),
+                ready: watch::channel(false).0,
             }),
         })
     }
@@ -113,6 +117,23 @@ impl Publisher {
         }
         drop(log);
         self.inner.wake.notify_one();
+    }
+
+    /// The store the publisher keeps its log in.
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Signing may begin: the log's head is known.
+    pub fn set_ready(&self) {
+        self.inner.ready.send_replace(true);
+    }
+
+    /// Continues the log after `sequence` (hash `hash`) when that is ahead of what this
+    /// node signed (its store lost batches its peers hold). Returns whether it moved.
+    pub async fn continue_after(&self, sequence: u64, hash: [u8; 32]) -> bool {
+        let _signing = self.inner.signing.lock().await;
+        self.inner.log.lock().await.continue_after(sequence, hash)
     }
 
     /// Runs `change` with signing paused, giving it the next sequence and the hash of the
@@ -144,6 +165,11 @@ impl Publisher {
 
     /// Cuts batches when due, persists them and sends them to `out`, until `shutdown`.
     pub async fn run(self, out: mpsc::Sender<SignedBatch>, mut shutdown: watch::Receiver<bool>) {
+        let mut ready = self.inner.ready.subscribe();
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            outcome = ready.wait_for(|ready| *ready) => if outcome.is_err() { return },
+        }
         loop {
             let deadline = self.inner.log.lock().await.next_deadline();
             let now = crate::fhir::service::now_ms();

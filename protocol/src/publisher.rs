@@ -79,6 +79,19 @@ impl PublisherLog {
         self.next_sequence
     }
 
+    /// Continues the log after `sequence` (whose batch hash is `hash`) when that is ahead of
+    /// it: a node that learns from its peers that it signed more than its store holds (a
+    /// lost or restored store) must never sign those sequence numbers again. Returns
+    /// whether the log moved.
+    pub fn continue_after(&mut self, sequence: u64, hash: [u8; 32]) -> bool {
+        if sequence < self.next_sequence {
+            return false;
+        }
+        self.next_sequence = sequence + 1;
+        self.head_hash = hash;
+        true
+    }
+
     /// Hash of the last batch cut (the genesis hash before the first).
     pub fn head_hash(&self) -> [u8; 32] {
         self.head_hash

@@ -219,3 +219,70 @@ async fn peers_prune_their_copies_of_a_compacted_log_and_serve_its_snapshot() {
     );
     mesh.shutdown().await;
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_with_a_restored_or_lost_store_never_forks_its_log() {
+    const NODE: usize = 1;
+    let mut mesh = TestMesh::start("wipenet", &NODES[..3]).await.unwrap();
+    let log = mesh.node(NODE).mesh.own();
+    let write = |k: usize| patient_bundle(BSNS[k], "noord-b", 1);
+    for k in 0..2 {
+        mesh.post_bundle(NODE, &write(k)).await.unwrap();
+        mesh.wait_for_entries(k + 1).await.unwrap();
+    }
+    // A backup of the stopped node's store; then the node goes on signing.
+    mesh.stop(NODE).await;
+    let data = mesh.node_dir(NODE).join("data");
+    let backup = mesh.node_dir(NODE).join("backup");
+    copy_dir(&data, &backup);
+    mesh.start_node(NODE).await.unwrap();
+    for k in 2..4 {
+        mesh.post_bundle(NODE, &write(k)).await.unwrap();
+        mesh.wait_for_entries(k + 1).await.unwrap();
+    }
+    let signed = mesh.node(0).mesh.heads()[&log];
+
+    // The older backup comes back. The node takes the batches it lost back from its peers,
+    // signs on after them, and republishes what its store holds of the patients they name.
+    mesh.stop(NODE).await;
+    std::fs::remove_dir_all(&data).unwrap();
+    copy_dir(&backup, &data);
+    mesh.start_node(NODE).await.unwrap();
+    mesh.post_bundle(NODE, &write(4)).await.unwrap();
+    // Patients 0, 1 (in the backup) and 4 (new) are live; 2 and 3 are gone from its store.
+    mesh.wait_for_entries(3).await.unwrap();
+    let after_restore = mesh.node(0).mesh.heads()[&log];
+    assert!(after_restore > signed, "{after_restore} <= {signed}");
+
+    // The store is lost altogether: the same, from nothing.
+    mesh.stop(NODE).await;
+    std::fs::remove_dir_all(&data).unwrap();
+    mesh.start_node(NODE).await.unwrap();
+    mesh.post_bundle(NODE, &write(2)).await.unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    let after_wipe = mesh.node(0).mesh.heads()[&log];
+    assert!(
+        after_wipe > after_restore,
+        "{after_wipe} <= {after_restore}"
+    );
+
+    // Nobody ever saw a fork, and every node agrees on the log's head.
+    for node in mesh.running() {
+        assert_eq!(node.mesh.forks_detected(), 0, "{} saw a fork", node.name());
+        assert_eq!(node.mesh.heads()[&log], after_wipe, "{}", node.name());
+    }
+    mesh.shutdown().await;
+}
