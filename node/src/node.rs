@@ -145,6 +145,7 @@ pub fn status_document(
             "revoked_nodes": mesh.revoked_nodes().len(),
         },
         "forks_detected": mesh.forks_detected(),
+        "http": { "body_budget": crate::fhir::api::body_budget_status() },
         "live_entries": mesh.live_entries(),
         "own_log_batches": mesh.own_log_len(),
         "heads": heads,

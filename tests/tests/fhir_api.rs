@@ -542,3 +542,76 @@ async fn slow_and_idle_clients_do_not_keep_others_out() {
     drop(slow);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_bundles_is_parsed_a_few_at_a_time_and_others_are_served() {
+    let mesh = TestMesh::start("burstnet", &[("solo", "noord")])
+        .await
+        .unwrap();
+    let base = mesh.node(0).base_url();
+    // 12 Bundles of about 30 MB whose one entry is invalid at the end: each must be read
+    // and parsed in full before it is refused.
+    let filler = "x".repeat(30 * 1024 * 1024);
+    let large = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Basic", "code": {"text": filler}}, "request": {"method": "POST", "url": "Basic"}},
+        {"request": {"method": "FROB", "url": "Basic"}}
+    ]})
+    .to_string();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), base.clone(), large.clone());
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/fhir+json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    // Small requests keep being served while the burst is parsed.
+    let mut slowest = std::time::Duration::ZERO;
+    for k in 0..20 {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(format!("{base}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Patient", "name": [{"family": format!("Small{k}")}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        slowest = slowest.max(started.elapsed());
+    }
+    let mut statuses = Vec::new();
+    for request in burst {
+        statuses.push(request.await.unwrap().unwrap());
+    }
+    // Each large Bundle was refused as invalid (400) or, when the budget stayed full, as
+    // busy (503); none was taken.
+    assert!(
+        statuses.iter().all(|s| *s == 400 || *s == 503),
+        "{statuses:?}"
+    );
+    // At most the budget's worth of bodies was in memory at once (about four of these).
+    let (_, status) = mesh.get(0, "../admin/status").await.unwrap();
+    let budget = &status["http"]["body_budget"];
+    let peak = budget["peak_in_flight_bytes"].as_u64().unwrap();
+    assert!(peak >= 30 * 1024 * 1024, "{budget}");
+    assert!(peak <= budget["budget_bytes"].as_u64().unwrap(), "{budget}");
+    eprintln!(
+        "12 Bundles of 30 MB at once: {statuses:?}; 20 small requests served, slowest {slowest:?}; bodies in memory at once at most {} MiB (budget {} MiB)",
+        peak / (1024 * 1024),
+        budget["budget_bytes"].as_u64().unwrap() / (1024 * 1024)
+    );
+    mesh.shutdown().await;
+}

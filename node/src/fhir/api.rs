@@ -94,6 +94,75 @@ fn versioned_response(
 /// does not hold a connection for longer.
 pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Request bodies in memory at once, across requests, in units of [`BODY_UNIT`] bytes
+/// (128 MiB): a burst of large Bundles is parsed a few at a time, not all at once.
+const BODY_BUDGET_UNITS: usize = 2048;
+/// One unit of the body budget.
+const BODY_UNIT: usize = 64 * 1024;
+/// How long a request waits for room in the body budget before it is answered 503.
+const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+static BODY_BUDGET: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BODY_BUDGET_UNITS);
+/// The most budget units ever in use at once, and the requests answered 503 for want of
+/// room.
+static BODY_PEAK_UNITS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static BODY_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The body budget's figures for `/admin/status`.
+pub fn body_budget_status() -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "budget_bytes": BODY_BUDGET_UNITS * BODY_UNIT,
+        "in_flight_bytes": (BODY_BUDGET_UNITS - BODY_BUDGET.available_permits()) * BODY_UNIT,
+        "peak_in_flight_bytes": BODY_PEAK_UNITS.load(Relaxed) * BODY_UNIT,
+        "refused_busy": BODY_REFUSED.load(Relaxed),
+    })
+}
+
+/// A request body's share of the body budget, held until the request is done.
+pub struct BodyPermit(#[allow(dead_code)] Option<tokio::sync::SemaphorePermit<'static>>);
+
+/// Bodies up to this size (with a Content-Length) take nothing from the budget.
+const SMALL_BODY: usize = 1024 * 1024;
+
+/// Reserves room for a body of `announced` bytes (the Content-Length), or of `limit` when
+/// the length is not announced.
+async fn reserve_body(headers: &HeaderMap, limit: usize) -> Result<BodyPermit, FhirError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-costly",
+            format!("request body exceeds {limit} bytes"),
+        ));
+    }
+    // Small bodies (a single resource, a small Bundle) never wait behind large ones.
+    if announced.is_some_and(|n| n <= SMALL_BODY) {
+        return Ok(BodyPermit(None));
+    }
+    let units = announced
+        .unwrap_or(limit)
+        .div_ceil(BODY_UNIT)
+        .clamp(1, BODY_BUDGET_UNITS);
+    match tokio::time::timeout(BODY_BUDGET_WAIT, BODY_BUDGET.acquire_many(units as u32)).await {
+        Ok(Ok(permit)) => {
+            let in_use = BODY_BUDGET_UNITS - BODY_BUDGET.available_permits();
+            BODY_PEAK_UNITS.fetch_max(in_use, std::sync::atomic::Ordering::Relaxed);
+            Ok(BodyPermit(Some(permit)))
+        }
+        _ => {
+            BODY_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the node is busy with other large requests: retry shortly",
+            ))
+        }
+    }
+}
+
 /// Reads a request body of at most `limit` bytes within [`BODY_READ_TIMEOUT`].
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, FhirError> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
@@ -114,7 +183,11 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, FhirEr
     }
 }
 
-async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, FhirError> {
+async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(Value, BodyPermit), FhirError> {
     let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
         return Err(FhirError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -134,9 +207,11 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
             format!("content type {media:?} is not supported: send application/fhir+json"),
         ));
     }
+    let permit = reserve_body(headers, limit).await?;
     let bytes = read_body(body, limit).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))?;
+    Ok((value, permit))
 }
 
 fn parse_query(raw: Option<String>) -> Vec<(String, String)> {
@@ -159,7 +234,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
 
 async fn base_post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
-        let bundle = read_json(&headers, body, MAX_BODY_BYTES).await?;
+        let (bundle, _permit) = read_json(&headers, body, MAX_BODY_BYTES).await?;
         bundle::process(&state.fhir, bundle).await
     }
     .await;
@@ -202,7 +277,7 @@ async fn create(
 ) -> Response {
     let result = async {
         super::resource::check_type(&resource_type)?;
-        let resource = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
+        let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
         state.fhir.create(&resource_type, resource).await
     }
     .await;
@@ -248,7 +323,7 @@ async fn update(
     let result = async {
         super::resource::check_type(&resource_type)?;
         let expected = if_match(&headers)?;
-        let resource = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
+        let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
         state
             .fhir
             .update(&resource_type, &id, resource, expected)
