@@ -579,13 +579,17 @@ impl Mesh {
             return Err("the snapshot is of another publisher".into());
         }
         let sequence = first.body.sequence;
-        self.index()
+        let outcome = self
+            .index()
             .install_snapshot(&decoded, crate::fhir::service::now_ms())
             .map_err(|e| e.to_string())?;
-        self.storage
-            .compact_own_log(chunks, sequence)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Only a snapshot ahead of what the store holds replaces its log.
+        if outcome != SnapshotOutcome::Stale {
+            self.storage
+                .compact_own_log(chunks, sequence)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok(sequence)
     }
 
@@ -697,6 +701,8 @@ impl Mesh {
         for bytes in self.storage.remote_messages() {
             let bytes = bytes?;
             match GossipMessage::from_bytes(&bytes) {
+                // This node's own log comes from its own store only.
+                Ok(GossipMessage::Batch { batch, .. }) if batch.body.publisher == self.own => {}
                 Ok(GossipMessage::Batch { record, batch }) => {
                     if self.admit(&record, batch) == Verdict::Accept {
                         remote += 1;

@@ -41,7 +41,8 @@ pub async fn learn_own_head(
     wait: Duration,
 ) -> OwnHead {
     let own = mesh.own();
-    let stored = mesh.heads().get(&own).copied().unwrap_or(0);
+    // What the store holds is what the publisher would continue from.
+    let stored = publisher.head().await;
     let mut outcome = OwnHead {
         stored,
         ..OwnHead::default()
@@ -104,10 +105,11 @@ pub async fn learn_own_head(
                         FetchFrame::Message { bytes } => {
                             if !chunks.is_empty() {
                                 match mesh.adopt_own_snapshot(&std::mem::take(&mut chunks)).await {
-                                    Ok(sequence) => {
+                                    Ok(sequence) if sequence > head => {
                                         head = sequence;
                                         head_hash = mesh.own_head_hash();
                                     }
+                                    Ok(_) => {}
                                     Err(e) => {
                                         tracing::error!(error = %e, "a peer's snapshot of this node's log is unusable")
                                     }
@@ -145,8 +147,10 @@ pub async fn learn_own_head(
                 }
                 if !chunks.is_empty() {
                     if let Ok(sequence) = mesh.adopt_own_snapshot(&chunks).await {
-                        head = sequence;
-                        head_hash = mesh.own_head_hash();
+                        if sequence > head {
+                            head = sequence;
+                            head_hash = mesh.own_head_hash();
+                        }
                     }
                 }
                 if head == before {

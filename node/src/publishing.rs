@@ -124,6 +124,11 @@ impl Publisher {
         &self.inner.storage
     }
 
+    /// The last sequence this node's log has signed (0: none).
+    pub async fn head(&self) -> u64 {
+        self.inner.log.lock().await.next_sequence() - 1
+    }
+
     /// Signing may begin: the log's head is known.
     pub fn set_ready(&self) {
         self.inner.ready.send_replace(true);
