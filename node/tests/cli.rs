@@ -197,15 +197,18 @@ fn certs_init_issue_and_show() {
     assert!(err.contains("not a certificate of this network"), "{err}");
 }
 
-fn free_port() -> u16 {
-    // Bind both TCP and UDP on the same port so either use is free.
-    loop {
+/// `count` distinct ports free for both TCP and UDP (all held until every one is chosen,
+/// so the system cannot hand out one twice).
+fn free_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::with_capacity(count);
+    while held.len() < count {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+        if let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", port)) {
+            held.push((port, tcp, udp));
         }
     }
+    held.into_iter().map(|(port, _, _)| port).collect()
 }
 
 struct NodeProcess(Child);
@@ -250,7 +253,7 @@ data = "127.0.0.1:{}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let ports = free_ports(6);
     let file = dir.path().join("mesh.toml");
 
     // check names every problem
