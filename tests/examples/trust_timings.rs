@@ -179,16 +179,7 @@ async fn main() -> anyhow::Result<()> {
         zorgmesh_tests::revoke_node(&mesh.ca_dir(), &mesh.node_dir(revoked), "timing run")?;
     let revoked_id = mesh.node_id(revoked);
     let started = Instant::now();
-    let response = mesh
-        .http
-        .post(format!(
-            "http://{}/admin/revocations",
-            mesh.node(0).http_addr
-        ))
-        .body(pem)
-        .send()
-        .await?;
-    anyhow::ensure!(response.status().is_success(), "list refused");
+    mesh.post_revocations(0, pem).await?;
     let others: Vec<usize> = (0..nodes).filter(|i| *i != revoked).collect();
     let gone = wait_until(Duration::from_secs(60), || {
         others.iter().all(|i| {

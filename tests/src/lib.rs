@@ -219,6 +219,27 @@ impl TestMesh {
         Ok(())
     }
 
+    /// Hands a CA-signed revocation list (PEM) to node `i` (`POST /admin/revocations`); its
+    /// answer, or an error when the node refused the list.
+    pub async fn post_revocations(&self, i: usize, pem: Vec<u8>) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!(
+                "http://{}/admin/revocations",
+                self.node(i).http_addr
+            ))
+            .body(pem)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        anyhow::ensure!(
+            status.is_success(),
+            "the list was refused ({status}): {body}"
+        );
+        Ok(body)
+    }
+
     /// HTTP DELETE under node `i`'s base URL; returns the status.
     pub async fn delete(&self, i: usize, path: &str) -> anyhow::Result<u16> {
         let response = self

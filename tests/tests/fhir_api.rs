@@ -456,6 +456,32 @@ async fn search_by_patient_identifier_and_last_updated_with_paging() {
     mesh.shutdown().await;
 }
 
+/// Creates `count` small Patients one after the other (each must get 201); the slowest
+/// request's time.
+async fn create_small_patients(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+) -> std::time::Duration {
+    let mut slowest = std::time::Duration::ZERO;
+    for k in 0..count {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(format!("{base}/Patient"))
+            .header("content-type", "application/fhir+json")
+            .body(
+                json!({"resourceType": "Patient", "name": [{"family": format!("Small{k}")}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {k} was kept out: {e}"));
+        assert_eq!(response.status().as_u16(), 201);
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
 /// Opens a TCP connection to `to` from the loopback address `from`.
 async fn connect_from(
     from: &str,
@@ -499,22 +525,7 @@ async fn slow_and_idle_clients_do_not_keep_others_out() {
         .build()
         .unwrap();
     let base = mesh.node(0).base_url();
-    let mut slowest = std::time::Duration::ZERO;
-    for k in 0..20 {
-        let started = std::time::Instant::now();
-        let response = client
-            .post(format!("{base}/Patient"))
-            .header("content-type", "application/fhir+json")
-            .body(
-                json!({"resourceType": "Patient", "name": [{"family": format!("Served{k}")}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {k} was kept out: {e}"));
-        assert_eq!(response.status().as_u16(), 201);
-        slowest = slowest.max(started.elapsed());
-    }
+    let slowest = create_small_patients(&client, &base, 20).await;
     // Connections over a host's share are closed at once: they hold no descriptor.
     let mut closed = 0;
     for stream in idle.iter_mut().rev() {
@@ -576,22 +587,7 @@ async fn a_burst_of_large_bundles_is_parsed_a_few_at_a_time_and_others_are_serve
         })
         .collect();
     // Small requests keep being served while the burst is parsed.
-    let mut slowest = std::time::Duration::ZERO;
-    for k in 0..20 {
-        let started = std::time::Instant::now();
-        let response = client
-            .post(format!("{base}/Patient"))
-            .header("content-type", "application/fhir+json")
-            .body(
-                json!({"resourceType": "Patient", "name": [{"family": format!("Small{k}")}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 201);
-        slowest = slowest.max(started.elapsed());
-    }
+    let slowest = create_small_patients(&client, &base, 20).await;
     let mut statuses = Vec::new();
     for request in burst {
         statuses.push(request.await.unwrap().unwrap());

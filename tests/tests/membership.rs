@@ -123,23 +123,6 @@ async fn an_outside_libp2p_peer_without_a_certificate_gets_no_gossip() {
     mesh.shutdown().await;
 }
 
-async fn post_revocations(mesh: &TestMesh, i: usize, pem: Vec<u8>) -> Value {
-    let response = mesh
-        .http
-        .post(format!(
-            "http://{}/admin/revocations",
-            mesh.node(i).http_addr
-        ))
-        .body(pem)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let body: Value = response.json().await.unwrap();
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_node_is_cut_off_and_its_entries_leave_every_index() {
     let mut mesh = TestMesh::start("testnet", NODES).await.unwrap();
@@ -159,7 +142,7 @@ async fn a_revoked_node_is_cut_off_and_its_entries_leave_every_index() {
             .unwrap();
     assert_eq!(list.body.sequence, 1);
     let started = Instant::now();
-    let answer = post_revocations(&mesh, 0, pem).await;
+    let answer = mesh.post_revocations(0, pem).await.unwrap();
     assert_eq!(answer["applied"], true);
     assert_eq!(answer["removed_entries"], 1);
 

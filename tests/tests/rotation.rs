@@ -211,17 +211,7 @@ async fn a_node_rotates_its_key_while_dossiers_resolve_and_no_write_is_lost() {
     let ca = zorgmesh_certs::CaFiles::in_dir(&mesh.ca_dir());
     ca.revoke(&der, "superseded", 1).unwrap();
     let pem = std::fs::read(&ca.revocations).unwrap();
-    let response = mesh
-        .http
-        .post(format!(
-            "http://{}/admin/revocations",
-            mesh.node(0).http_addr
-        ))
-        .body(pem)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
+    mesh.post_revocations(0, pem).await.unwrap();
     let applied = wait_until(Duration::from_secs(10), || {
         mesh.running().all(|node| node.mesh.is_revoked(&log))
     })
