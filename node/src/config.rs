@@ -6,6 +6,9 @@
 //! # Where the node keeps its data (resources, logs, index). Relative paths are relative to
 //! # this file.
 //! data_dir = "data"
+//! # Where `zorgmesh node backup` (POST /admin/backup) writes backups; default: `backups`
+//! # beside `data_dir`. Put it on another disk.
+//! # backup_dir = "/var/backups/zorgmesh"
 //! # FHIR API (HTTP). Loopback by default: authentication comes with a later release.
 //! http_listen = "127.0.0.1:8080"
 //! # libp2p gossip (TCP).
@@ -57,6 +60,9 @@ pub struct NodeConfig {
     /// Data directory (sled database).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Where online backups go (default: `backups` beside `data_dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_dir: Option<PathBuf>,
     /// FHIR API listen address.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,
@@ -273,6 +279,16 @@ impl Default for ResolveConfig {
 }
 
 impl NodeConfig {
+    /// Where online backups go.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| {
+            self.data_dir
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("backups")
+        })
+    }
+
     /// Reads a config file; relative paths in it are resolved against its directory.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -296,6 +312,11 @@ impl NodeConfig {
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(backups) = &mut self.backup_dir {
+            if backups.is_relative() {
+                *backups = base.join(&*backups);
             }
         }
         if let Some(share) = &mut self.trust.oprf_share {

@@ -161,6 +161,66 @@ enum NodeCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a stopped node's store: read every record against its checksum. Exits 1 when
+    /// anything is damaged, naming it.
+    Check(StoreArgs),
+    /// Take a consistent backup: of a running node (through its admin API, into its
+    /// backup_dir), or of a stopped node's store into a file.
+    Backup {
+        /// A running node's base URL, e.g. http://127.0.0.1:8080 (from the node's host).
+        #[arg(long, conflicts_with_all = ["data_dir", "config", "out"])]
+        node: Option<String>,
+        #[command(flatten)]
+        store: OptionalStoreArgs,
+        /// The backup file to write (stopped node only).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup into a new data directory (then start the node on it: it takes
+    /// what it signed since the backup back from its peers and signs on after it).
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Which store: a node config's `data_dir`, or a directory.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct StoreArgs {
+    /// The node config (TOML); its data_dir is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// Like [`StoreArgs`], optional.
+#[derive(Args)]
+#[group(required = false, multiple = false)]
+struct OptionalStoreArgs {
+    /// The node config (TOML); its data_dir is used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn store_dir(config: Option<PathBuf>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (config, data_dir) {
+        (Some(config), _) => Ok(NodeConfig::load(&config)?.data_dir),
+        (None, Some(dir)) => Ok(dir),
+        (None, None) => bail!("say which store: --config or --data-dir"),
+    }
+}
+
+fn now_ms() -> u64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as u64
 }
 
 #[derive(Args)]
@@ -489,6 +549,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.base_url()
             );
             node.run_until_ctrl_c().await?;
+        }
+        Command::Node(NodeCommand::Check(store)) => {
+            let dir = store_dir(store.config, store.data_dir)?;
+            if !dir.join("db").exists() {
+                bail!("{} holds no store", dir.display());
+            }
+            let report = zorgmesh_node::storage::Storage::check(&dir)?;
+            if report.is_damaged() {
+                bail!("{report}");
+            }
+            println!("{report}");
+            for (name, tree) in &report.trees {
+                let state = tree.state.unwrap_or_default();
+                println!(
+                    "  {name:<17} {:>10} records {:>14} bytes   commit {}",
+                    tree.records, tree.bytes, state.generation
+                );
+            }
+            println!("content digest {}", report.content_digest());
+        }
+        Command::Node(NodeCommand::Backup { node, store, out }) => {
+            if let Some(node) = node {
+                let url = format!("{}/admin/backup", node.trim_end_matches('/'));
+                let text = post_admin(&url, None, "took no backup").await?;
+                let taken: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{url} answered something else: {text}"))?;
+                println!(
+                    "backup written by the node to {} ({} records, {} bytes; writers waited {} ms)",
+                    taken["path"].as_str().unwrap_or("?"),
+                    taken["records"],
+                    taken["bytes"],
+                    taken["elapsed_ms"]
+                );
+                println!(
+                    "content digest {}",
+                    taken["content_digest"].as_str().unwrap_or("?")
+                );
+            } else {
+                let dir = store_dir(store.config, store.data_dir)?;
+                let Some(out) = out else {
+                    bail!("say where the backup goes: --out FILE (or back up a running node with --node URL)");
+                };
+                if out.exists() {
+                    bail!("{} exists: refusing to overwrite it", out.display());
+                }
+                zorgmesh_node::at_rest::restrict_new_files();
+                let storage = zorgmesh_node::storage::Storage::open(&dir)
+                    .with_context(|| format!("cannot back up {}", dir.display()))?;
+                let summary = storage.backup_to(&out, now_ms())?;
+                println!(
+                    "backup of {} written to {} ({} records, {} bytes, {} ms)",
+                    dir.display(),
+                    out.display(),
+                    summary.records,
+                    summary.bytes,
+                    summary.elapsed_ms
+                );
+                println!("content digest {}", summary.content_digest);
+            }
+        }
+        Command::Node(NodeCommand::Restore { from, store }) => {
+            let dir = store_dir(store.config, store.data_dir)?;
+            zorgmesh_node::at_rest::restrict_new_files();
+            let summary = zorgmesh_node::storage::Storage::restore(&from, &dir)?;
+            println!(
+                "restored {} records from {} into {} in {} ms",
+                summary.records,
+                from.display(),
+                dir.display(),
+                summary.elapsed_ms
+            );
+            println!("content digest {}", summary.content_digest);
         }
         Command::Demo(args) => {
             if args.patients == 0 {

@@ -97,6 +97,31 @@ async fn open_storage(config: &NodeConfig) -> anyhow::Result<Storage> {
     }
 }
 
+/// How often the store's seal follows its writes.
+const SEAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the store's seal (see `storage/seal.rs`) within about a second of its writes, and
+/// seals once more at shutdown.
+async fn seal_periodically(storage: Arc<Storage>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SEAL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        let sealing = storage.clone();
+        match tokio::task::spawn_blocking(move || sealing.seal()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot seal the store"),
+            Err(e) => tracing::error!(error = %e, "the sealing task failed"),
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
 /// The patient-key side of a node's status.
 pub struct KeyStatus {
     /// The OPRF client.
@@ -222,6 +247,10 @@ impl RunningNode {
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(seal_periodically(
+            storage.clone(),
+            shutdown_rx.clone(),
+        )));
 
         let data_plane = DataPlane::bind(
             &TlsIdentity {
@@ -513,6 +542,11 @@ impl RunningNode {
                 announce_now: announce_now.clone(),
                 running: tokio::sync::Mutex::new(()),
             })),
+            backups: Some(Arc::new(crate::storage::BackupTaker::new(
+                storage.clone(),
+                config.backup_dir(),
+                config.name.clone(),
+            ))),
             status: {
                 let mesh = mesh.clone();
                 let gossip_status = gossip.status.clone();

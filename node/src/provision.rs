@@ -187,6 +187,7 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
     NodeConfig {
         name: spec.name.clone(),
         data_dir: "data".into(),
+        backup_dir: None,
         http_listen: spec.http,
         gossip_listen: spec.gossip,
         data_listen: spec.data,

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub rotator: Option<std::sync::Arc<crate::rotation::Rotator>>,
     /// Produces the node's status document (`GET /admin/status`).
     pub status: std::sync::Arc<dyn Fn() -> Value + Send + Sync>,
+    /// Takes online backups (`POST /admin/backup`).
+    pub backups: Option<std::sync::Arc<crate::storage::BackupTaker>>,
 }
 
 /// The router.
@@ -50,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .route("/admin/status", get(status))
         .route("/admin/rotate", post(post_rotate))
+        .route("/admin/backup", post(post_backup))
         .route(
             "/admin/revocations",
             post(post_revocations).get(get_revocations),
@@ -489,6 +492,37 @@ async fn post_rotate(State(state): State<ApiState>) -> Response {
         Err(e) => admin_json(
             StatusCode::CONFLICT,
             &json!({ "rotated": false, "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `POST /admin/backup`: a consistent backup of the whole store into the node's backup
+/// directory (`backup_dir`). Only from the node's own host: the backup holds every record.
+async fn post_backup(
+    State(state): State<ApiState>,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<std::net::SocketAddr>,
+) -> Response {
+    if !remote.ip().to_canonical().is_loopback() {
+        return admin_json(
+            StatusCode::FORBIDDEN,
+            &json!({"error": "backups are taken from the node's own host (loopback) only"}),
+        );
+    }
+    let Some(backups) = state.backups.clone() else {
+        return admin_json(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({"error": "this node takes no backups"}),
+        );
+    };
+    match backups.take().await {
+        Ok(taken) => admin_json(StatusCode::OK, &json!(taken)),
+        Err(crate::storage::BackupRefused::Busy) => admin_json(
+            StatusCode::CONFLICT,
+            &json!({"error": "a backup is being taken already"}),
+        ),
+        Err(e) => admin_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({"error": e.to_string()}),
         ),
     }
 }

@@ -28,10 +28,20 @@
 //! wrote it to its log on disk. Writers are serialised by one mutex; flushes run outside it,
 //! so concurrent writers share a flush (group commit).
 
+mod backup;
+mod check;
+mod seal;
+mod sealed_tree;
+
+pub use backup::{BackupRefused, BackupSummary, BackupTaker, RestoreError, TakenBackup};
+pub use check::CheckReport;
+use sealed_tree::SealedTree;
+pub use sealed_tree::TreeState;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use zorgmesh_protocol::locator::HeldResource;
 use zorgmesh_protocol::{Bsn, PatientKey};
@@ -42,8 +52,28 @@ pub enum StorageError {
     /// The engine failed (disk full, corruption, I/O error).
     #[error("storage engine: {0}")]
     Engine(#[from] sled::Error),
-    /// A stored record could not be decoded.
-    #[error("corrupt record under {key}: {message}")]
+    /// The store is damaged: the start-up check or `zorgmesh node check` found records
+    /// that fail their checksums, records lost or added outside a write, or an engine that
+    /// went back to an older commit. The node does not serve a damaged store.
+    #[error("{0}")]
+    Damaged(Box<CheckReport>),
+    /// The store cannot be opened (in use by another process, unreadable, or the engine
+    /// refused it).
+    #[error("cannot open the store in {dir}: {message}")]
+    Unavailable {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        message: String,
+    },
+    /// A backup cannot be written.
+    #[error("{0}")]
+    Backup(String),
+    /// The seal file cannot be written.
+    #[error("cannot write the seal of the store: {0}")]
+    Seal(std::io::Error),
+    /// A stored record could not be decoded or fails its checksum.
+    #[error("damaged record {key}: {message}")]
     Corrupt {
         /// The key.
         key: String,
@@ -184,16 +214,19 @@ pub struct EvaluationAudit {
 
 /// The storage of one node.
 pub struct Storage {
+    dir: PathBuf,
     db: sled::Db,
-    fhir: sled::Tree,
-    own_log: sled::Tree,
-    own_snapshot: sled::Tree,
-    remote_log: sled::Tree,
-    remote_snapshots: sled::Tree,
-    oprf_audit: sled::Tree,
+    fhir: SealedTree,
+    own_log: SealedTree,
+    own_snapshot: SealedTree,
+    remote_log: SealedTree,
+    remote_snapshots: SealedTree,
+    oprf_audit: SealedTree,
     /// Trust material learned from the mesh (the newest revocation list) and this node's
     /// holding secret.
-    trust: sled::Tree,
+    trust: SealedTree,
+    /// The seal last written.
+    sealed: Mutex<Option<seal::Seal>>,
     /// The secret behind the salts of this node's holding commitments (never leaves it).
     holding_secret: ring::hmac::Key,
     writer: Mutex<()>,
@@ -206,10 +239,18 @@ impl std::fmt::Debug for Storage {
     }
 }
 
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Err(e) = self.seal() {
+            tracing::warn!(error = %e, "cannot seal the store on close");
+        }
+    }
+}
+
 /// An atomic write in progress: reads see the writes made so far; nothing reaches disk
 /// until [`Storage::write`] commits the whole set.
 pub struct WriteTransaction<'a> {
-    tree: &'a sled::Tree,
+    tree: &'a SealedTree,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     dirty: BTreeSet<PatientKey>,
     added_pending: bool,
@@ -230,7 +271,7 @@ impl WriteTransaction<'_> {
         if let Some(value) = self.overlay.get(key) {
             return Ok(value.clone());
         }
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        self.tree.get(key)
     }
 
     fn set(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -403,33 +444,95 @@ fn decode_record(key: &[u8], bytes: &[u8]) -> Result<VersionRecord, StorageError
 }
 
 impl Storage {
-    /// Opens (or creates) the storage in `dir`.
+    /// Opens (or creates) the storage in `dir`, after checking all of it: a damaged store
+    /// is refused ([`StorageError::Damaged`] says what is damaged), never served in part.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let db = sled::Config::new().path(dir).open()?;
-        let trust = db.open_tree("trust")?;
+        let started = std::time::Instant::now();
+        let (db, trees) = check::open_engine(dir)?;
+        let report = check::inspect(dir, &trees, started);
+        if report.is_damaged() {
+            return Err(StorageError::Damaged(Box::new(report)));
+        }
+        tracing::info!(
+            records = report.records(),
+            bytes = report.bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "store checked"
+        );
+        if report.unsealed {
+            // Written before records carried checksums (or new): give each tree its state.
+            for tree in &trees {
+                if !tree.is_untouched() && !tree.has_state_record()? {
+                    tree.upgrade_unchecked_records()?;
+                }
+            }
+        }
+        let [fhir, own_log, own_snapshot, remote_log, remote_snapshots, oprf_audit, trust] = trees;
         let secret = match trust.get(b"holding-secret")? {
-            Some(secret) => secret.to_vec(),
+            Some(secret) => secret,
             None => {
                 let mut secret = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
                 trust.insert(b"holding-secret", &secret)?;
-                trust.flush()?;
                 secret.to_vec()
             }
         };
-        Ok(Self {
-            fhir: db.open_tree("fhir")?,
-            own_log: db.open_tree("own_log")?,
-            own_snapshot: db.open_tree("own_snapshot")?,
-            remote_log: db.open_tree("remote_log")?,
-            remote_snapshots: db.open_tree("remote_snapshots")?,
-            oprf_audit: db.open_tree("oprf_audit")?,
+        let storage = Self {
+            dir: dir.to_path_buf(),
+            fhir,
+            own_log,
+            own_snapshot,
+            remote_log,
+            remote_snapshots,
+            oprf_audit,
             trust,
+            sealed: Mutex::new(None),
             holding_secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
             db,
             writer: Mutex::new(()),
             pending_keys: tokio::sync::Notify::new(),
-        })
+        };
+        storage.seal()?;
+        Ok(storage)
+    }
+
+    /// Checks the store in `dir` without serving it (`zorgmesh node check`): opens the
+    /// engine, reads and verifies every record. Fails only when the store cannot be opened.
+    pub fn check(dir: &Path) -> Result<CheckReport, StorageError> {
+        let started = std::time::Instant::now();
+        let (_db, trees) = check::open_engine(dir)?;
+        Ok(check::inspect(dir, &trees, started))
+    }
+
+    fn trees(&self) -> [&SealedTree; 7] {
+        [
+            &self.fhir,
+            &self.own_log,
+            &self.own_snapshot,
+            &self.remote_log,
+            &self.remote_snapshots,
+            &self.oprf_audit,
+            &self.trust,
+        ]
+    }
+
+    /// Writes the seal if the store changed since the last one: the trees' states are read
+    /// first, then flushed, then sealed, so the seal never claims more than the disk holds.
+    /// Blocks on disk I/O.
+    pub fn seal(&self) -> Result<(), StorageError> {
+        let states: seal::Seal = self
+            .trees()
+            .iter()
+            .map(|tree| (tree.name().to_owned(), tree.state()))
+            .collect();
+        let mut sealed = self.sealed.lock().unwrap_or_else(|e| e.into_inner());
+        if sealed.as_ref() == Some(&states) {
+            return Ok(());
+        }
+        self.db.flush()?;
+        seal::write_seal(&self.dir, &states).map_err(StorageError::Seal)?;
+        *sealed = Some(states);
+        Ok(())
     }
 
     /// Runs `work` as one atomic, durable write. If `work` fails, nothing is written.
@@ -452,14 +555,7 @@ impl Storage {
                 now_ms,
             };
             let value = work(&mut tx)?;
-            let mut batch = sled::Batch::default();
-            for (key, value) in tx.overlay {
-                match value {
-                    Some(v) => batch.insert(key, v),
-                    None => batch.remove(key),
-                }
-            }
-            self.fhir.apply_batch(batch).map_err(StorageError::from)?;
+            self.fhir.apply(tx.overlay)?;
             (value, tx.dirty, tx.added_pending)
         };
         self.db.flush_async().await.map_err(StorageError::from)?;
@@ -533,8 +629,7 @@ impl Storage {
         refused: u64,
         now_ms: u64,
     ) -> Result<(), StorageError> {
-        let mut failure = None;
-        self.oprf_audit.update_and_fetch(requester.0, |old| {
+        self.oprf_audit.update(&requester.0, |old| {
             let mut audit: EvaluationAudit = old
                 .and_then(|bytes| serde_json::from_slice(bytes).ok())
                 .unwrap_or_default();
@@ -544,21 +639,11 @@ impl Storage {
             audit.refused += refused;
             audit.requests += 1;
             audit.last_ms = now_ms;
-            match serde_json::to_vec(&audit) {
-                Ok(bytes) => Some(bytes),
-                Err(e) => {
-                    failure = Some(e.to_string());
-                    old.map(<[u8]>::to_vec)
-                }
-            }
-        })?;
-        match failure {
-            None => Ok(()),
-            Some(message) => Err(StorageError::Corrupt {
+            serde_json::to_vec(&audit).map_err(|e| StorageError::Corrupt {
                 key: "oprf_audit".into(),
-                message,
-            }),
-        }
+                message: e.to_string(),
+            })
+        })
     }
 
     /// The evaluation audit of one requester.
@@ -567,7 +652,7 @@ impl Storage {
         requester: &zorgmesh_protocol::NodeId,
     ) -> Result<Option<EvaluationAudit>, StorageError> {
         self.oprf_audit
-            .get(requester.0)?
+            .get(&requester.0)?
             .map(|bytes| {
                 serde_json::from_slice(&bytes).map_err(|e| StorageError::Corrupt {
                     key: format!("oprf_audit/{}", requester.to_hex()),
@@ -595,8 +680,8 @@ impl Storage {
     pub fn cached_patient_key(&self, bsn: &Bsn) -> Result<Option<PatientKey>, StorageError> {
         Ok(self
             .fhir
-            .get(bsn_cache_key(bsn))?
-            .and_then(|b| <[u8; 32]>::try_from(b.as_ref()).ok())
+            .get(&bsn_cache_key(bsn))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
             .map(PatientKey))
     }
 
@@ -659,22 +744,24 @@ impl Storage {
         resource_type: &str,
     ) -> impl Iterator<Item = Result<(u64, Value), StorageError>> + '_ {
         let prefix = [b"r\0", resource_type.as_bytes(), &[SEP]].concat();
-        self.fhir.scan_prefix(prefix).filter_map(|item| match item {
-            Err(e) => Some(Err(e.into())),
-            Ok((key, bytes)) => match decode_record(&key, &bytes) {
+        self.fhir
+            .scan_prefix(&prefix)
+            .filter_map(|item| match item {
                 Err(e) => Some(Err(e)),
-                Ok(record) if record.deleted => None,
-                Ok(record) => record.resource.map(|r| Ok((record.last_updated_ms, r))),
-            },
-        })
+                Ok((key, bytes)) => match decode_record(&key, &bytes) {
+                    Err(e) => Some(Err(e)),
+                    Ok(record) if record.deleted => None,
+                    Ok(record) => record.resource.map(|r| Ok((record.last_updated_ms, r))),
+                },
+            })
     }
 
     /// `(type, id)` of every resource linked to a local patient's compartment.
     pub fn compartment(&self, patient_id: &str) -> Result<Vec<(String, String)>, StorageError> {
         let prefix = link_prefix(patient_id);
         let mut out = Vec::new();
-        for item in self.fhir.scan_prefix(&prefix) {
-            let (key, _) = item?;
+        for key in self.fhir.keys_with_prefix(&prefix) {
+            let key = key?;
             let rest = &key[prefix.len()..];
             let mut parts = rest.splitn(2, |b| *b == SEP);
             let resource_type =
@@ -713,10 +800,10 @@ impl Storage {
     /// The current version of a resource, from its newest history key (no record is read).
     fn current_version(&self, resource_type: &str, id: &str) -> Result<Option<u64>, StorageError> {
         let prefix = history_prefix(resource_type, id);
-        let Some(item) = self.fhir.scan_prefix(&prefix).next_back() else {
+        let Some(key) = self.fhir.keys_with_prefix(&prefix).next_back() else {
             return Ok(None);
         };
-        let (key, _) = item?;
+        let key = key?;
         Ok(<[u8; 8]>::try_from(&key[prefix.len()..])
             .ok()
             .map(u64::from_be_bytes))
@@ -753,8 +840,8 @@ impl Storage {
     pub fn patients_with_key(&self, key: &PatientKey) -> Result<Vec<String>, StorageError> {
         let prefix = [b"k\0", &key.0[..]].concat();
         let mut out = Vec::new();
-        for item in self.fhir.scan_prefix(&prefix) {
-            let (k, _) = item?;
+        for key in self.fhir.scan_prefix(&prefix) {
+            let (k, _) = key?;
             out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
         }
         Ok(out)
@@ -781,32 +868,26 @@ impl Storage {
         bytes: &[u8],
         covered: &[(PatientKey, u64)],
     ) -> Result<(), StorageError> {
-        self.own_log.insert(sequence.to_be_bytes(), bytes)?;
+        self.own_log.insert(&sequence.to_be_bytes(), bytes)?;
         self.db.flush_async().await?;
         // Clear a patient's mark only if it is older than the entry the batch carries: a
         // write after the entry was computed keeps its mark, so a crash before the next
         // batch re-stages it at start. Compare-and-swap keeps a concurrent write's mark.
         for (key, entry_time) in covered {
             let dirty = dirty_key(key);
-            if let Some(mark) = self.fhir.get(&dirty)? {
-                let written = <[u8; 8]>::try_from(&mark[..])
+            self.fhir.remove_unless(&dirty, |mark| {
+                let written = <[u8; 8]>::try_from(mark)
                     .map(u64::from_be_bytes)
                     .unwrap_or(0);
-                if written < *entry_time {
-                    let _ = self
-                        .fhir
-                        .compare_and_swap(&dirty, Some(mark), None::<&[u8]>)?;
-                }
-            }
+                written >= *entry_time
+            })?;
         }
         Ok(())
     }
 
     /// This node's own batches, in sequence order.
     pub fn own_batches(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
-        self.own_log
-            .iter()
-            .map(|item| item.map(|(_, v)| v.to_vec()).map_err(StorageError::from))
+        self.own_log.iter().map(|item| item.map(|(_, v)| v))
     }
 
     /// Persists an accepted gossip message of another publisher.
@@ -817,7 +898,7 @@ impl Storage {
         message: &[u8],
     ) -> Result<(), StorageError> {
         let key = [&publisher[..], &sequence.to_be_bytes()].concat();
-        self.remote_log.insert(key, message)?;
+        self.remote_log.insert(&key, message)?;
         Ok(())
     }
 
@@ -825,7 +906,7 @@ impl Storage {
     pub fn own_range(&self, from: u64, limit: usize) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut out = Vec::new();
         for item in self.own_log.range(from.to_be_bytes()..).take(limit) {
-            out.push(item?.1.to_vec());
+            out.push(item?.1);
         }
         Ok(out)
     }
@@ -841,28 +922,28 @@ impl Storage {
         let end = [&publisher[..], &u64::MAX.to_be_bytes()].concat();
         let mut out = Vec::new();
         for item in self.remote_log.range(start..end).take(limit) {
-            out.push(item?.1.to_vec());
+            out.push(item?.1);
         }
         Ok(out)
     }
 
     /// Every accepted gossip message, by publisher then sequence.
     pub fn remote_messages(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
-        self.remote_log
-            .iter()
-            .map(|item| item.map(|(_, v)| v.to_vec()).map_err(StorageError::from))
+        self.remote_log.iter().map(|item| item.map(|(_, v)| v))
     }
 
     /// Number of own batches kept (not yet compacted into the snapshot).
     pub fn own_log_len(&self) -> usize {
-        self.own_log.len()
+        self.own_log.len() as usize
     }
 
     /// Sequence of the oldest own batch kept.
     pub fn oldest_own_sequence(&self) -> Result<Option<u64>, StorageError> {
         Ok(self
             .own_log
-            .first()?
+            .iter()
+            .next()
+            .transpose()?
             .and_then(|(k, _)| <[u8; 8]>::try_from(&k[..]).ok())
             .map(u64::from_be_bytes))
     }
@@ -870,30 +951,27 @@ impl Storage {
     /// Replaces this node's snapshot with `chunks` (covering batches up to `upto`) and drops
     /// those batches from the log. The new snapshot is durable before any batch is dropped.
     pub async fn compact_own_log(&self, chunks: &[Vec<u8>], upto: u64) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
+        let mut snapshot = BTreeMap::new();
         for item in self.own_snapshot.iter() {
-            batch.remove(item?.0);
+            snapshot.insert(item?.0, None);
         }
         for (part, bytes) in chunks.iter().enumerate() {
-            batch.insert(&(part as u32).to_be_bytes(), bytes.as_slice());
+            snapshot.insert((part as u32).to_be_bytes().to_vec(), Some(bytes.clone()));
         }
-        self.own_snapshot.apply_batch(batch)?;
+        self.own_snapshot.apply(snapshot)?;
         self.db.flush_async().await?;
-        let mut prune = sled::Batch::default();
+        let mut prune = Vec::new();
         for item in self.own_log.range(..=upto.to_be_bytes()) {
-            prune.remove(item?.0);
+            prune.push((item?.0, None));
         }
-        self.own_log.apply_batch(prune)?;
+        self.own_log.apply(prune)?;
         self.db.flush_async().await?;
         Ok(())
     }
 
     /// This node's snapshot chunks, in part order (empty when it never compacted).
     pub fn own_snapshot(&self) -> Result<Vec<Vec<u8>>, StorageError> {
-        self.own_snapshot
-            .iter()
-            .map(|i| Ok(i?.1.to_vec()))
-            .collect()
+        self.own_snapshot.iter().map(|i| Ok(i?.1)).collect()
     }
 
     /// Stores another publisher's snapshot (with its record, an encoded gossip announce)
@@ -905,25 +983,25 @@ impl Storage {
         chunks: &[Vec<u8>],
         upto: u64,
     ) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for item in self.remote_snapshots.scan_prefix(publisher) {
-            batch.remove(item?.0);
+        let mut snapshot = BTreeMap::new();
+        for key in self.remote_snapshots.keys_with_prefix(publisher) {
+            snapshot.insert(key?, None);
         }
-        batch.insert([&publisher[..], b"r"].concat(), record);
+        snapshot.insert([&publisher[..], b"r"].concat(), Some(record.to_vec()));
         for (part, bytes) in chunks.iter().enumerate() {
-            batch.insert(
+            snapshot.insert(
                 [&publisher[..], b"s", &(part as u32).to_be_bytes()].concat(),
-                bytes.as_slice(),
+                Some(bytes.clone()),
             );
         }
-        self.remote_snapshots.apply_batch(batch)?;
-        let mut prune = sled::Batch::default();
+        self.remote_snapshots.apply(snapshot)?;
+        let mut prune = Vec::new();
         let start = [&publisher[..], &0u64.to_be_bytes()].concat();
         let end = [&publisher[..], &upto.to_be_bytes()].concat();
         for item in self.remote_log.range(start..=end) {
-            prune.remove(item?.0);
+            prune.push((item?.0, None));
         }
-        self.remote_log.apply_batch(prune)?;
+        self.remote_log.apply(prune)?;
         Ok(())
     }
 
@@ -942,8 +1020,8 @@ impl Storage {
             }
             let last = out.last_mut().expect("pushed above");
             match key.get(32) {
-                Some(b'r') => last.0 = value.to_vec(),
-                Some(b's') => last.1.push(value.to_vec()),
+                Some(b'r') => last.0 = value,
+                Some(b's') => last.1.push(value),
                 _ => {}
             }
         }
@@ -976,8 +1054,8 @@ impl Storage {
         for item in self.remote_snapshots.scan_prefix(publisher) {
             let (key, value) = item?;
             match key.get(32) {
-                Some(b'r') => record = Some(value.to_vec()),
-                Some(b's') => chunks.push(value.to_vec()),
+                Some(b'r') => record = Some(value),
+                Some(b's') => chunks.push(value),
                 _ => {}
             }
         }
@@ -991,56 +1069,55 @@ impl Storage {
         sequence: u64,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         let key = [&publisher[..], &sequence.to_be_bytes()].concat();
-        Ok(self.remote_log.get(key)?.map(|v| v.to_vec()))
+        self.remote_log.get(&key)
     }
 
     /// This node's own batch at `sequence`, if still kept (not compacted).
     pub fn own_batch_at(&self, sequence: u64) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .own_log
-            .get(sequence.to_be_bytes())?
-            .map(|v| v.to_vec()))
+        self.own_log.get(&sequence.to_be_bytes())
     }
 
     /// Drops everything kept of a revoked publisher: its batches, its announcement and its
     /// snapshot.
     pub fn forget_publisher(&self, publisher: &[u8; 32]) -> Result<(), StorageError> {
-        let mut log = sled::Batch::default();
-        for item in self.remote_log.scan_prefix(publisher) {
-            log.remove(item?.0);
-        }
-        self.remote_log.apply_batch(log)?;
-        let mut snapshots = sled::Batch::default();
-        for item in self.remote_snapshots.scan_prefix(publisher) {
-            snapshots.remove(item?.0);
-        }
-        self.remote_snapshots.apply_batch(snapshots)?;
+        let log: Vec<_> = self
+            .remote_log
+            .keys_with_prefix(publisher)
+            .map(|key| key.map(|key| (key, None)))
+            .collect::<Result<_, _>>()?;
+        self.remote_log.apply(log)?;
+        let snapshots: Vec<_> = self
+            .remote_snapshots
+            .keys_with_prefix(publisher)
+            .map(|key| key.map(|key| (key, None)))
+            .collect::<Result<_, _>>()?;
+        self.remote_snapshots.apply(snapshots)?;
         Ok(())
     }
 
     /// Durably keeps the newest revocation list (encoded), replacing the one held.
     pub fn store_revocations(&self, list: &[u8]) -> Result<(), StorageError> {
         self.trust.insert(b"revocations", list)?;
-        self.trust.flush()?;
+        self.db.flush()?;
         Ok(())
     }
 
     /// The revocation list kept, if any (encoded).
     pub fn revocations(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.trust.get(b"revocations")?.map(|v| v.to_vec()))
+        self.trust.get(b"revocations")
     }
 
     /// Keeps this node's hand-over chain (encoded `Vec<SignedHandOver>`) durably: from
     /// the moment it is kept, the node signs with the new key.
     pub fn store_own_handovers(&self, chain: &[u8]) -> Result<(), StorageError> {
         self.trust.insert(b"own-handovers", chain)?;
-        self.trust.flush()?;
+        self.db.flush()?;
         Ok(())
     }
 
     /// This node's kept hand-over chain.
     pub fn own_handovers(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.trust.get(b"own-handovers")?.map(|v| v.to_vec()))
+        self.trust.get(b"own-handovers")
     }
 
     /// Flushes everything to disk.
@@ -1113,6 +1190,40 @@ mod tests {
             .await
             .unwrap();
         assert!(storage.dirty_patient_keys().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_written_before_checksums_is_upgraded_once_and_then_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let record = VersionRecord {
+                version: 1,
+                last_updated_ms: 5,
+                deleted: false,
+                resource: Some(json!({"resourceType": "Patient", "id": "old"})),
+            };
+            db.open_tree("fhir")
+                .unwrap()
+                .insert(
+                    resource_key("Patient", "old"),
+                    serde_json::to_vec(&record).unwrap(),
+                )
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let report = Storage::check(dir.path()).unwrap();
+        assert!(report.unsealed && !report.is_damaged(), "{report}");
+        {
+            let storage = Storage::open(dir.path()).unwrap();
+            assert_eq!(
+                storage.read("Patient", "old").unwrap().unwrap()["id"],
+                "old"
+            );
+        }
+        let report = Storage::check(dir.path()).unwrap();
+        assert!(!report.unsealed && !report.is_damaged(), "{report}");
+        assert!(dir.path().join(seal::SEAL_FILE).exists());
     }
 
     #[test]
