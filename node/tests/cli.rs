@@ -379,6 +379,91 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
         }
     }
     assert!(open.is_empty(), "readable by others: {open:?}");
+
+    // An online backup of the running umcg; a check of a running node's store is refused.
+    let umcg_url = format!("http://127.0.0.1:{}", ports[0]);
+    let backed_up = ok(&zorgmesh(&["node", "backup", "--node", &umcg_url]));
+    let backup = backed_up
+        .split("backup written by the node to ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (").next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("{backed_up}"));
+    assert!(
+        backup.starts_with(out.join("nodes").join("umcg").join("backups")),
+        "{backed_up}"
+    );
+    assert_eq!(mode(&backup), 0o600);
+    let digest_of = |said: &str| {
+        said.lines()
+            .find_map(|l| l.strip_prefix("content digest ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no digest in {said}"))
+    };
+    let digest = digest_of(&backed_up);
+    let err = failed(&zorgmesh(&["node", "check", "--config", s(&config)]));
+    assert!(err.contains("in use by another process"), "{err}");
+
+    // Restore it into a new directory: same content, and a restore never overwrites.
+    let restored = dir.path().join("restored");
+    let said = ok(&zorgmesh(&[
+        "node",
+        "restore",
+        "--from",
+        s(&backup),
+        "--data-dir",
+        s(&restored),
+    ]));
+    assert_eq!(digest_of(&said), digest, "{said}");
+    let said = ok(&zorgmesh(&["node", "check", "--data-dir", s(&restored)]));
+    assert!(said.contains("is sound"), "{said}");
+    assert_eq!(digest_of(&said), digest, "{said}");
+    let err = failed(&zorgmesh(&[
+        "node",
+        "restore",
+        "--from",
+        s(&backup),
+        "--data-dir",
+        s(&restored),
+    ]));
+    assert!(err.contains("is not empty"), "{err}");
+    // A cut backup is refused and leaves nothing behind.
+    let cut = dir.path().join("cut.zmbackup");
+    let bytes = std::fs::read(&backup).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() - 20]).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    let err = failed(&zorgmesh(&[
+        "node",
+        "restore",
+        "--from",
+        s(&cut),
+        "--data-dir",
+        s(&elsewhere),
+    ]));
+    assert!(err.contains("not a sound zorgmesh backup"), "{err}");
+    assert!(!elsewhere.exists());
+
+    // The documented restore: stop the node, put the restored store in its place, start it.
+    drop(_umcg);
+    let data = out.join("nodes").join("umcg").join("data");
+    std::fs::rename(&data, out.join("nodes").join("umcg").join("data.old")).unwrap();
+    std::fs::rename(&restored, &data).unwrap();
+    let _umcg = start("umcg");
+    let search = format!(
+        "{}/Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999911120",
+        base(ports[0])
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(&search).send().await {
+            if r.status().is_success() {
+                let found: Value = r.json().await.unwrap();
+                assert_eq!(found["total"], 1, "{found}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the restored node did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
