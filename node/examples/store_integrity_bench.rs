@@ -119,7 +119,11 @@ async fn main() {
             "warm (run as root to drop them)"
         }
     );
-    println!("records: {}, {:.2} GB of keys and values", report.records(), gb);
+    println!(
+        "records: {}, {:.2} GB of keys and values",
+        report.records(),
+        gb
+    );
     println!(
         "baseline, plain engine scan (no checksums): {plain_secs:.2} s = {:.2} s/GB",
         plain_secs / gb

@@ -147,7 +147,13 @@ impl DossierResolver {
             tokio::select! {
                 Some((node, result)) = fetches.next() => match result {
                     Ok((resources, mismatch)) => {
-                        if plan.answered(&node, resources.len(), crate::fhir::service::now_ms()) {
+                        let now = crate::fhir::service::now_ms();
+                        if plan.answered(&node, resources.len(), now) {
+                            let mismatch = if node == self.mesh.own() {
+                                mismatch
+                            } else {
+                                self.rate_answer(node, resources.is_empty(), mismatch, now)
+                            };
                             results.insert(node, resources);
                             if let Some(mismatch) = mismatch {
                                 mismatches.insert(node, mismatch);
@@ -167,6 +173,37 @@ impl DossierResolver {
             &mismatches,
             started.elapsed().as_millis() as u64,
         )
+    }
+
+    /// Counts another holder's answer in its standing (see `zorgmesh_protocol::standing`):
+    /// an empty answer for a patient its entry claims is a false claim. Returns what the
+    /// dossier says about the answer, if anything.
+    fn rate_answer(
+        &self,
+        holder: NodeId,
+        empty: bool,
+        mismatch: Option<String>,
+        now_ms: u64,
+    ) -> Option<String> {
+        use zorgmesh_protocol::standing::Answer;
+        let answer = match (&mismatch, empty) {
+            (None, _) => Answer::Verified,
+            (Some(_), true) => Answer::Nothing,
+            (Some(_), false) => Answer::Unverified,
+        };
+        let standing = self.mesh.record_answer(holder, answer, now_ms);
+        if answer == Answer::Nothing {
+            tracing::warn!(
+                holder = %holder.to_hex(),
+                false_claims = standing.false_claims,
+                "a holder claimed a patient and served nothing for it"
+            );
+            return Some(format!(
+                "its locator entry claims data for this patient but it served none (a false claim; {} counted against it, which lowers its gossip peer score)",
+                standing.false_claims
+            ));
+        }
+        mismatch
     }
 
     fn assemble(

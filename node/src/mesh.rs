@@ -20,6 +20,7 @@ use zorgmesh_protocol::index::{
 use zorgmesh_protocol::record::SignedNodeRecord;
 use zorgmesh_protocol::revocation::SignedRevocationList;
 use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
+use zorgmesh_protocol::standing::{Answer, HolderStanding};
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
 
 /// Reason given when the index has no room for another publisher (not the sender's fault).
@@ -93,7 +94,12 @@ pub struct Mesh {
     revocations: Mutex<Revocations>,
     revocation_watch: tokio::sync::watch::Sender<u64>,
     forks_detected: std::sync::atomic::AtomicUsize,
+    /// How each holder answered this node's fetches (false claims lower its gossip score).
+    standings: Mutex<HashMap<NodeId, HolderStanding>>,
 }
+
+/// Holders whose standing is kept (more than any index holds publishers).
+const MAX_STANDINGS: usize = 65_536;
 
 impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,7 +148,38 @@ impl Mesh {
             revocations: Mutex::new(Revocations::default()),
             revocation_watch: tokio::sync::watch::channel(0).0,
             forks_detected: std::sync::atomic::AtomicUsize::new(0),
+            standings: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts a holder's answer to a fetch for a patient its locator entry claims; its
+    /// standing after it.
+    pub fn record_answer(&self, holder: NodeId, answer: Answer, now_ms: u64) -> HolderStanding {
+        let mut standings = self.standings.lock().unwrap_or_else(|e| e.into_inner());
+        if standings.len() >= MAX_STANDINGS && !standings.contains_key(&holder) {
+            return HolderStanding::default();
+        }
+        let standing = standings.entry(holder).or_default();
+        standing.record(answer, now_ms);
+        *standing
+    }
+
+    /// Every holder's standing, by its log.
+    pub fn holder_standings(&self) -> Vec<(NodeId, HolderStanding)> {
+        let standings = self.standings.lock().unwrap_or_else(|e| e.into_inner());
+        standings.iter().map(|(id, s)| (*id, *s)).collect()
+    }
+
+    /// The gossip score each holder with recent false claims should have, by the key it
+    /// signs with now (its libp2p identity).
+    pub fn gossip_scores(&self, now_ms: u64) -> Vec<(NodeId, f64)> {
+        self.holder_standings()
+            .into_iter()
+            .map(|(log, standing)| {
+                let key = self.key_in_force(&log).unwrap_or(log);
+                (key, standing.gossip_score(now_ms))
+            })
+            .collect()
     }
 
     fn revocation_state(&self) -> std::sync::MutexGuard<'_, Revocations> {

@@ -156,6 +156,23 @@ pub fn status_document(
             )
         })
         .collect();
+    let now_ms = crate::fhir::service::now_ms();
+    let holders: serde_json::Map<String, serde_json::Value> = mesh
+        .holder_standings()
+        .into_iter()
+        .map(|(id, standing)| {
+            (
+                names.get(&id).cloned().unwrap_or_else(|| id.to_hex()),
+                serde_json::json!({
+                    "false_claims": standing.false_claims,
+                    "recent_false_claims": standing.recent_false_claims(now_ms),
+                    "answers_with_data": standing.answers_with_data,
+                    "unverified_answers": standing.unverified_answers,
+                    "gossip_score": standing.gossip_score(now_ms),
+                }),
+            )
+        })
+        .collect();
     serde_json::json!({
         "node": name,
         "certificate": certificate_status(not_after, (crate::fhir::service::now_ms() / 1000) as i64),
@@ -180,7 +197,9 @@ pub fn status_document(
             "accepted": gossip.accepted.load(Relaxed),
             "rejected": gossip.rejected.load(Relaxed),
             "refused_connections": gossip.refused_connections.load(Relaxed),
+            "peer_scores": gossip.peer_scores.lock().map(|s| s.clone()).unwrap_or_default(),
         },
+        "holders": holders,
         "sync": {
             "rounds": sync.rounds.load(Relaxed),
             "in_sync": sync.in_sync.load(Relaxed),

@@ -461,7 +461,10 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the restored node did not come up");
+        assert!(
+            Instant::now() < deadline,
+            "the restored node did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -38,6 +38,7 @@ pub mod resolve;
 pub mod revocation;
 pub mod signing;
 pub mod snapshot;
+pub mod standing;
 pub mod sync;
 
 pub use batch::{BatchBody, SignedBatch};

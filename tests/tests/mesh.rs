@@ -367,3 +367,106 @@ async fn a_second_batch_for_an_older_sequence_is_detected_as_a_fork() {
     assert_eq!(receiver.live_entries(), 3);
     mesh.shutdown().await;
 }
+
+/// A certified node that claims a patient it does not hold: the resolver fetches from it,
+/// gets nothing, names it in the dossier as a false claim and lowers its gossip peer score.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holder_that_claims_a_patient_and_serves_nothing_is_named_and_scored_down() {
+    use zorgmesh_node::mesh::Verdict;
+    use zorgmesh_protocol::batch::{BatchBody, GENESIS_HASH};
+    use zorgmesh_protocol::gossip::GossipMessage;
+    use zorgmesh_protocol::locator::{category, LocatorEntry};
+    use zorgmesh_protocol::record::NodeRecord;
+
+    let mesh = TestMesh::start("claimnet", &NODES[..2]).await.unwrap();
+    mesh.post_bundle(0, &patient_bundle(BSN, "noord-a", 2))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    let honest = summarise(&mesh.dossier(0, BSN).await.unwrap()).total;
+    assert!(honest >= 3, "{honest}");
+
+    // noord-b signs, with its own key and at its own data address, an entry for a patient
+    // it holds nothing of; noord-a's gossip validation takes it (it is well signed).
+    let liar = mesh.node(1).identity.node;
+    let key = zorgmesh_certs::read_signing_key(&mesh.node_dir(1).join("node.key")).unwrap();
+    let certificate_der =
+        zorgmesh_certs::read_certificate(&mesh.node_dir(1).join("node.crt")).unwrap();
+    let patient = zorgmesh_tests::patient_key_from_shares(&mesh.root, BSN);
+    let claim = BatchBody {
+        publisher: liar,
+        sequence: 1,
+        previous_hash: GENESIS_HASH,
+        created_at_ms: 1,
+        entries: vec![LocatorEntry {
+            patient,
+            holder: liar,
+            categories: category::ADMINISTRATIVE | category::OBSERVATIONS,
+            commitment: [5; 32],
+            updated_at_ms: 1,
+            retracted: false,
+        }],
+    }
+    .sign(&key);
+    let record = NodeRecord {
+        handovers: Vec::new(),
+        node: liar,
+        certificate_der,
+        data_address: mesh.node(1).data_addr.to_string(),
+        issued_at_ms: zorgmesh_node::fhir::service::now_ms(),
+    }
+    .sign(&key);
+    let message = GossipMessage::Batch {
+        record,
+        batch: claim,
+    }
+    .to_bytes();
+    // noord-b's gossip peer score at noord-a before it lies.
+    let liar_peer = zorgmesh_node::gossip::peer_id(&liar.0).unwrap().to_string();
+    let score = || {
+        mesh.node(0)
+            .gossip_status
+            .peer_scores
+            .lock()
+            .unwrap()
+            .get(&liar_peer)
+            .copied()
+    };
+    assert!(wait_until(Duration::from_secs(10), || score().is_some()).await);
+    let before = score().unwrap();
+    let resolver = &mesh.node(0).mesh;
+    assert_eq!(
+        resolver.handle_gossip(&message, Some(liar.0)),
+        Verdict::Accept
+    );
+    assert_eq!(resolver.holders(&patient).len(), 2);
+
+    // Every resolution names it, and counts it.
+    for round in 1..=3u64 {
+        let dossier = mesh.dossier(0, BSN).await.unwrap();
+        let summary = summarise(&dossier);
+        assert_eq!(summary.total, honest, "{dossier}");
+        assert_eq!(summary.unverified, vec!["noord-b".to_owned()], "{dossier}");
+        assert!(
+            dossier.to_string().contains("served none (a false claim"),
+            "{dossier}"
+        );
+        let standing = resolver
+            .holder_standings()
+            .into_iter()
+            .find(|(id, _)| *id == liar)
+            .map(|(_, s)| s)
+            .unwrap();
+        assert_eq!(standing.false_claims, round);
+    }
+    // The gossip layer applies it: three false claims take 30 off noord-b's peer score
+    // (its other parts move a little meanwhile).
+    let scored = wait_until(Duration::from_secs(10), || {
+        score().is_some_and(|now| now <= before - 20.0)
+    })
+    .await;
+    assert!(scored, "{before} -> {:?}", score());
+    let (_, status) = mesh.get(0, "../admin/status").await.unwrap();
+    assert_eq!(status["holders"]["noord-b"]["false_claims"], 3, "{status}");
+    mesh.shutdown().await;
+}

@@ -55,6 +55,30 @@ pub struct GossipStatus {
     pub accepted: AtomicUsize,
     /// Connections refused by the membership handshake (either side refused).
     pub refused_connections: AtomicUsize,
+    /// Gossipsub's score of each connected peer (by peer id), as of the last tick.
+    pub peer_scores: std::sync::Mutex<std::collections::BTreeMap<String, f64>>,
+}
+
+/// Gives every connected holder the application score its false claims earned, and keeps
+/// every connected peer's score for the status.
+fn apply_holder_scores(swarm: &mut Swarm<Behaviour>, mesh: &Mesh, status: &GossipStatus) {
+    let now = crate::fhir::service::now_ms();
+    for (key, score) in mesh.gossip_scores(now) {
+        if let Some(peer) = peer_id(&key.0) {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .set_application_score(&peer, score);
+        }
+    }
+    let connected: Vec<PeerId> = swarm.connected_peers().copied().collect();
+    let mut scores = status.peer_scores.lock().unwrap_or_else(|e| e.into_inner());
+    scores.clear();
+    for peer in connected {
+        if let Some(score) = swarm.behaviour().gossipsub.peer_score(&peer) {
+            scores.insert(peer.to_string(), score);
+        }
+    }
 }
 
 /// Converts the node's ed25519 key into its libp2p identity.
@@ -155,6 +179,8 @@ fn build_swarm(
             params.topics.insert(topic_hash.clone(), topic_params);
             // Test meshes and replication platforms put many nodes behind one address.
             params.ip_colocation_factor_threshold = 1000.0;
+            // False claims (see `zorgmesh_protocol::standing`) count one for one.
+            params.app_specific_weight = 1.0;
             let thresholds = PeerScoreThresholds {
                 gossip_threshold: -10.0,
                 publish_threshold: -50.0,
@@ -334,6 +360,7 @@ async fn run(
             _ = tick.tick() => {
                 ticks += 1;
                 flush(&mut swarm, &topic, &mut unpublished);
+                apply_holder_scores(&mut swarm, &mesh, &status);
                 // Every 5 s, re-dial bootstrap peers we are not connected to (restarts,
                 // healed partitions).
                 if ticks.is_multiple_of(10) {
