@@ -14,6 +14,40 @@ use zorgmesh_node::{demo, provision};
 use zorgmesh_protocol::NodeRole;
 use zorgmesh_topology::Topology;
 
+/// mimalloc, set to give freed memory back to the system at once (see
+/// [`settle_allocator`]): after a burst of large Bundles the node returns to about its idle
+/// size, where the system malloc keeps most of the burst (`scripts/bench-burst-memory.sh`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc reads its options from the environment when the process starts, before `main`:
+/// purge freed memory without delay and commit arena memory only when used. When they are
+/// not set (an operator may set their own), the binary runs itself again with them (same
+/// process id, same arguments); if that fails it goes on with mimalloc's defaults.
+#[cfg(feature = "mimalloc")]
+fn settle_allocator() {
+    use std::os::unix::process::CommandExt;
+    const OPTIONS: [(&str, &str); 2] = [
+        ("MIMALLOC_PURGE_DELAY", "0"),
+        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
+    ];
+    if OPTIONS
+        .iter()
+        .any(|(name, _)| std::env::var_os(name).is_some())
+    {
+        return;
+    }
+    let Ok(myself) = std::env::current_exe() else {
+        return;
+    };
+    let error = std::process::Command::new(myself)
+        .args(std::env::args_os().skip(1))
+        .envs(OPTIONS)
+        .exec();
+    eprintln!("warning: cannot tune the allocator ({error}); going on with its defaults");
+}
+
 #[derive(Parser)]
 #[command(
     name = "zorgmesh",
@@ -264,6 +298,8 @@ async fn post_admin(url: &str, pem: Option<Vec<u8>>, refused: &str) -> anyhow::R
 }
 
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "mimalloc")]
+    settle_allocator();
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Node(_) => "warn,zorgmesh_node=info",
