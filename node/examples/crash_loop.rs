@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo build --release --bin zorgmesh && cargo run --release --example crash_loop -- --runs 100`
 //! Options: `--runs N` (default 100), `--seed S` (default 1), `--binary PATH`
-//! (default `target/release/zorgmesh`).
+//! (default `target/release/zorgmesh`), `--engine sled|redb` (the store's engine, default
+//! sled).
 
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -40,19 +41,32 @@ impl Drop for NodeProcess {
     }
 }
 
+/// Starts the node; its log goes to `node.log` beside its config.
 fn start(binary: &str, config: &std::path::Path) -> NodeProcess {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.with_file_name("node.log"))
+        .expect("node log");
     NodeProcess(
         Command::new(binary)
             .args(["node", "run", "--config"])
             .arg(config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start zorgmesh"),
     )
 }
 
-async fn wait_ready(http: &reqwest::Client, admin: &str) -> Duration {
+/// The last lines of the node's log.
+fn log_tail(config: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(config.with_file_name("node.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+async fn wait_ready(http: &reqwest::Client, admin: &str, config: &std::path::Path) -> Duration {
     let started = Instant::now();
     loop {
         if let Ok(r) = http.get(format!("{admin}/admin/status")).send().await {
@@ -62,7 +76,8 @@ async fn wait_ready(http: &reqwest::Client, admin: &str) -> Duration {
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "node did not come back within 60 s"
+            "node did not come back within 60 s; its log ends:\n{}",
+            log_tail(config)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -95,6 +110,18 @@ async fn main() -> anyhow::Result<()> {
         .status()?;
     anyhow::ensure!(status.success(), "topology generate failed");
     let config = dir.path().join("mesh/nodes/victim/node.toml");
+    let engine = arg("--engine", "sled");
+    anyhow::ensure!(
+        engine == "sled" || engine == "redb",
+        "--engine is sled or redb"
+    );
+    // The generated config names its engine; a top-level key goes before its tables.
+    let text: String = std::fs::read_to_string(&config)?
+        .lines()
+        .filter(|line| !line.starts_with("storage_engine"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(&config, format!("storage_engine = \"{engine}\"\n{text}"))?;
     let base = format!("http://127.0.0.1:{}/fhir", ports[0]);
     let admin = format!("http://127.0.0.1:{}", ports[0]);
     let http = reqwest::Client::builder()
@@ -106,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let mut lost = 0usize;
     let mut next = 0u64;
     let mut child = start(&binary, &config);
-    wait_ready(&http, &admin).await;
+    wait_ready(&http, &admin, &config).await;
     let patient = json!({"resourceType": "Patient", "id": "crash-patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}]});
     http.put(format!("{base}/Patient/crash-patient"))
         .header("content-type", "application/fhir+json")
@@ -142,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.0.wait();
 
         child = start(&binary, &config);
-        let took = wait_ready(&http, &admin).await;
+        let took = wait_ready(&http, &admin, &config).await;
         recovery.push(took);
         // Every acknowledged write so far must be there: the latest 200 one by one, and all
         // of them by count.

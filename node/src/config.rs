@@ -9,6 +9,9 @@
 //! # Where `zorgmesh node backup` (POST /admin/backup) writes backups; default: `backups`
 //! # beside `data_dir`. Put it on another disk.
 //! # backup_dir = "/var/backups/zorgmesh"
+//! # The embedded engine of a new store: "sled" (default) or "redb". An existing store
+//! # keeps the engine it was created with.
+//! # storage_engine = "redb"
 //! # FHIR API (HTTP). Loopback by default: authentication comes with a later release.
 //! http_listen = "127.0.0.1:8080"
 //! # libp2p gossip (TCP).
@@ -63,6 +66,9 @@ pub struct NodeConfig {
     /// Where online backups go (default: `backups` beside `data_dir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_dir: Option<PathBuf>,
+    /// The embedded engine of a new store (an existing store keeps its own).
+    #[serde(default)]
+    pub storage_engine: crate::storage::EngineKind,
     /// FHIR API listen address.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,

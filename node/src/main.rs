@@ -218,6 +218,10 @@ enum NodeCommand {
         from: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
+        /// The engine of the restored store: sled or redb (default: the config's
+        /// storage_engine, else sled). Restoring into another engine migrates the store.
+        #[arg(long)]
+        engine: Option<String>,
     },
 }
 
@@ -588,9 +592,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(NodeCommand::Check(store)) => {
             let dir = store_dir(store.config, store.data_dir)?;
-            if !dir.join("db").exists() {
-                bail!("{} holds no store", dir.display());
-            }
             let report = zorgmesh_node::storage::Storage::check(&dir)?;
             if report.is_damaged() {
                 bail!("{report}");
@@ -645,12 +646,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("content digest {}", summary.content_digest);
             }
         }
-        Command::Node(NodeCommand::Restore { from, store }) => {
+        Command::Node(NodeCommand::Restore {
+            from,
+            store,
+            engine,
+        }) => {
+            let configured = match &store.config {
+                Some(config) => NodeConfig::load(config)?.storage_engine,
+                None => Default::default(),
+            };
+            let engine = match engine.as_deref() {
+                None => configured,
+                Some("sled") => zorgmesh_node::storage::EngineKind::Sled,
+                Some("redb") => zorgmesh_node::storage::EngineKind::Redb,
+                Some(other) => bail!("--engine {other:?}: the engines are sled and redb"),
+            };
             let dir = store_dir(store.config, store.data_dir)?;
             zorgmesh_node::at_rest::restrict_new_files();
-            let summary = zorgmesh_node::storage::Storage::restore(&from, &dir)?;
+            let summary = zorgmesh_node::storage::Storage::restore(&from, &dir, engine)?;
             println!(
-                "restored {} records from {} into {} in {} ms",
+                "restored {} records from {} into {} ({engine}) in {} ms",
                 summary.records,
                 from.display(),
                 dir.display(),

@@ -83,7 +83,7 @@ async fn open_storage(config: &NodeConfig) -> anyhow::Result<Storage> {
     // A node that was just stopped in this process may still be releasing the lock.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match Storage::open(&config.data_dir) {
+        match Storage::open_with(&config.data_dir, config.storage_engine) {
             Ok(storage) => return Ok(storage),
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 tokio::time::sleep(Duration::from_millis(50)).await;

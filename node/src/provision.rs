@@ -188,6 +188,7 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
         name: spec.name.clone(),
         data_dir: "data".into(),
         backup_dir: None,
+        storage_engine: Default::default(),
         http_listen: spec.http,
         gossip_listen: spec.gossip,
         data_listen: spec.data,

@@ -198,10 +198,15 @@ impl Storage {
         })
     }
 
-    /// Restores a backup into `dir`, which must be absent or empty. The store is built in
-    /// a temporary directory beside `dir` and moved into place only when every tree matched
-    /// its count and digest, so a failed restore leaves nothing behind.
-    pub fn restore(from: &Path, dir: &Path) -> Result<BackupSummary, RestoreError> {
+    /// Restores a backup into `dir`, which must be absent or empty, as a store of `engine`
+    /// (a backup is engine-neutral: backup and restore move a store to another engine). The
+    /// store is built in a temporary directory beside `dir` and moved into place only when
+    /// every tree matched its count and digest, so a failed restore leaves nothing behind.
+    pub fn restore(
+        from: &Path,
+        dir: &Path,
+        engine: super::EngineKind,
+    ) -> Result<BackupSummary, RestoreError> {
         let started = std::time::Instant::now();
         if let Ok(mut entries) = std::fs::read_dir(dir) {
             if entries.next().is_some() {
@@ -225,7 +230,7 @@ impl Storage {
             source: std::io::Error::other(e.to_string()),
         })?;
         let result = (|| {
-            let storage = Storage::open(&building)?;
+            let storage = Storage::open_with(&building, engine)?;
             let summary = read_backup(from, &storage)?;
             storage.seal()?;
             drop(storage);

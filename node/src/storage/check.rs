@@ -3,6 +3,7 @@
 //! The node runs it at every start (and refuses a damaged store); `zorgmesh node check`
 //! runs it on a stopped node's directory.
 
+use super::engine::{Engine, EngineKind, OpenFailure};
 use super::seal;
 use super::sealed_tree::{SealedTree, TreeCheck, TreeState};
 use super::StorageError;
@@ -132,38 +133,43 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Opens the engine and its trees. The engine's own refusals (and panics, which sled 0.34
 /// raises on some damaged files) become a [`StorageError`] that names the directory.
-pub fn open_engine(dir: &Path) -> Result<(sled::Db, [SealedTree; 7]), StorageError> {
+pub fn open_engine(
+    dir: &Path,
+    kind: EngineKind,
+) -> Result<(Engine, [SealedTree; 7]), StorageError> {
     let unavailable = |message: String| StorageError::Unavailable {
         dir: dir.display().to_string(),
         message,
     };
+    let damaged = |what: String| {
+        unavailable(format!(
+            "the {kind} storage engine cannot read it, the store is damaged: {what}; restore the newest backup ('zorgmesh node restore')"
+        ))
+    };
     let opened = std::panic::catch_unwind(|| -> Result<_, StorageError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let engine = match Engine::open(dir, kind) {
+            Ok(engine) => engine,
+            Err(OpenFailure::InUse(e)) => {
+                return Err(unavailable(format!(
+                    "it is in use by another process (a running node?): {e}"
+                )))
+            }
+            Err(OpenFailure::Io(e)) => return Err(unavailable(e)),
+            Err(OpenFailure::Damaged(e)) => return Err(damaged(e)),
+        };
         let mut trees = Vec::with_capacity(TREE_NAMES.len());
         for name in TREE_NAMES {
-            trees.push(SealedTree::open(&db, name)?);
+            trees.push(SealedTree::open(&engine, name).map_err(|e| damaged(e.to_string()))?);
         }
         let trees: [SealedTree; 7] = trees
             .try_into()
             .unwrap_or_else(|_| unreachable!("one tree per name"));
-        Ok((db, trees))
+        Ok((engine, trees))
     });
     match opened {
-        Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(StorageError::Engine(sled::Error::Io(e)))) if e.to_string().contains("lock") => {
-            Err(unavailable(format!(
-                "it is in use by another process (a running node?): {e}"
-            )))
-        }
-        Ok(Err(StorageError::Engine(sled::Error::Io(e)))) => Err(unavailable(e.to_string())),
-        Ok(Err(StorageError::Engine(e))) => Err(unavailable(format!(
-            "the storage engine cannot read it, the store is damaged: {e}; restore the newest backup ('zorgmesh node restore')"
-        ))),
-        Ok(Err(e)) => Err(unavailable(format!(
-            "the store is damaged: {e}; restore the newest backup ('zorgmesh node restore')"
-        ))),
-        Err(panic) => Err(unavailable(format!(
-            "the storage engine failed reading it, the store is damaged ({}); restore the newest backup ('zorgmesh node restore')",
+        Ok(result) => result,
+        Err(panic) => Err(damaged(format!(
+            "it failed reading it ({})",
             panic_text(panic.as_ref())
         ))),
     }

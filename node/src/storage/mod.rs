@@ -30,11 +30,13 @@
 
 mod backup;
 mod check;
+pub mod engine;
 mod seal;
 mod sealed_tree;
 
 pub use backup::{BackupRefused, BackupSummary, BackupTaker, RestoreError, TakenBackup};
 pub use check::CheckReport;
+pub use engine::EngineKind;
 use sealed_tree::SealedTree;
 pub use sealed_tree::TreeState;
 
@@ -51,7 +53,7 @@ use zorgmesh_protocol::{Bsn, PatientKey};
 pub enum StorageError {
     /// The engine failed (disk full, corruption, I/O error).
     #[error("storage engine: {0}")]
-    Engine(#[from] sled::Error),
+    Engine(String),
     /// The store is damaged: the start-up check or `zorgmesh node check` found records
     /// that fail their checksums, records lost or added outside a write, or an engine that
     /// went back to an older commit. The node does not serve a damaged store.
@@ -215,7 +217,7 @@ pub struct EvaluationAudit {
 /// The storage of one node.
 pub struct Storage {
     dir: PathBuf,
-    db: sled::Db,
+    engine: engine::Engine,
     fhir: SealedTree,
     own_log: SealedTree,
     own_snapshot: SealedTree,
@@ -236,6 +238,12 @@ pub struct Storage {
 impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Storage").finish_non_exhaustive()
+    }
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        StorageError::Engine(e.to_string())
     }
 }
 
@@ -444,11 +452,18 @@ fn decode_record(key: &[u8], bytes: &[u8]) -> Result<VersionRecord, StorageError
 }
 
 impl Storage {
-    /// Opens (or creates) the storage in `dir`, after checking all of it: a damaged store
-    /// is refused ([`StorageError::Damaged`] says what is damaged), never served in part.
+    /// Opens (or creates, with the default engine) the storage in `dir`, after checking
+    /// all of it: a damaged store is refused ([`StorageError::Damaged`] says what is
+    /// damaged), never served in part.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        Self::open_with(dir, EngineKind::default())
+    }
+
+    /// Like [`Storage::open`]; a new store uses `engine` (an existing one keeps its own).
+    pub fn open_with(dir: &Path, engine: EngineKind) -> Result<Self, StorageError> {
         let started = std::time::Instant::now();
-        let (db, trees) = check::open_engine(dir)?;
+        let kind = EngineKind::of_store(dir).unwrap_or(engine);
+        let (db, trees) = check::open_engine(dir, kind)?;
         let report = check::inspect(dir, &trees, started);
         if report.is_damaged() {
             return Err(StorageError::Damaged(Box::new(report)));
@@ -462,7 +477,7 @@ impl Storage {
         if report.unsealed {
             // Written before records carried checksums (or new): give each tree its state.
             for tree in &trees {
-                if !tree.is_untouched() && !tree.has_state_record()? {
+                if !tree.is_untouched()? && !tree.has_state_record()? {
                     tree.upgrade_unchecked_records()?;
                 }
             }
@@ -488,7 +503,7 @@ impl Storage {
             trust,
             sealed: Mutex::new(None),
             holding_secret: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
-            db,
+            engine: db,
             writer: Mutex::new(()),
             pending_keys: tokio::sync::Notify::new(),
         };
@@ -500,7 +515,11 @@ impl Storage {
     /// engine, reads and verifies every record. Fails only when the store cannot be opened.
     pub fn check(dir: &Path) -> Result<CheckReport, StorageError> {
         let started = std::time::Instant::now();
-        let (_db, trees) = check::open_engine(dir)?;
+        let kind = EngineKind::of_store(dir).ok_or_else(|| StorageError::Unavailable {
+            dir: dir.display().to_string(),
+            message: "it holds no store".into(),
+        })?;
+        let (_db, trees) = check::open_engine(dir, kind)?;
         Ok(check::inspect(dir, &trees, started))
     }
 
@@ -529,7 +548,7 @@ impl Storage {
         if sealed.as_ref() == Some(&states) {
             return Ok(());
         }
-        self.db.flush()?;
+        self.engine.flush()?;
         seal::write_seal(&self.dir, &states).map_err(StorageError::Seal)?;
         *sealed = Some(states);
         Ok(())
@@ -558,7 +577,7 @@ impl Storage {
             self.fhir.apply(tx.overlay)?;
             (value, tx.dirty, tx.added_pending)
         };
-        self.db.flush_async().await.map_err(StorageError::from)?;
+        self.engine.flush_async().await?;
         if added_pending {
             self.pending_keys.notify_one();
         }
@@ -869,7 +888,7 @@ impl Storage {
         covered: &[(PatientKey, u64)],
     ) -> Result<(), StorageError> {
         self.own_log.insert(&sequence.to_be_bytes(), bytes)?;
-        self.db.flush_async().await?;
+        self.engine.flush_async().await?;
         // Clear a patient's mark only if it is older than the entry the batch carries: a
         // write after the entry was computed keeps its mark, so a crash before the next
         // batch re-stages it at start. Compare-and-swap keeps a concurrent write's mark.
@@ -959,13 +978,13 @@ impl Storage {
             snapshot.insert((part as u32).to_be_bytes().to_vec(), Some(bytes.clone()));
         }
         self.own_snapshot.apply(snapshot)?;
-        self.db.flush_async().await?;
+        self.engine.flush_async().await?;
         let mut prune = Vec::new();
         for item in self.own_log.range(..=upto.to_be_bytes()) {
             prune.push((item?.0, None));
         }
         self.own_log.apply(prune)?;
-        self.db.flush_async().await?;
+        self.engine.flush_async().await?;
         Ok(())
     }
 
@@ -1098,7 +1117,7 @@ impl Storage {
     /// Durably keeps the newest revocation list (encoded), replacing the one held.
     pub fn store_revocations(&self, list: &[u8]) -> Result<(), StorageError> {
         self.trust.insert(b"revocations", list)?;
-        self.db.flush()?;
+        self.engine.flush()?;
         Ok(())
     }
 
@@ -1111,7 +1130,7 @@ impl Storage {
     /// the moment it is kept, the node signs with the new key.
     pub fn store_own_handovers(&self, chain: &[u8]) -> Result<(), StorageError> {
         self.trust.insert(b"own-handovers", chain)?;
-        self.db.flush()?;
+        self.engine.flush()?;
         Ok(())
     }
 
@@ -1122,7 +1141,7 @@ impl Storage {
 
     /// Flushes everything to disk.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await?;
+        self.engine.flush_async().await?;
         Ok(())
     }
 }

@@ -10,9 +10,10 @@
 //! records themselves, which catches records that vanished or appeared without a write; the
 //! seal file (see `seal.rs`) catches an engine that went back to an older commit.
 
+use super::engine::{Engine, EngineTree, PairResult};
 use super::StorageError;
 use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::sync::{Mutex, MutexGuard};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -84,7 +85,7 @@ fn checksum(tree: &str, key: &[u8], payload: &[u8]) -> u64 {
 /// One tree of the store, checksummed.
 pub struct SealedTree {
     name: &'static str,
-    tree: sled::Tree,
+    tree: EngineTree,
     /// The state as last committed; its lock serialises the tree's writers.
     state: Mutex<TreeState>,
 }
@@ -119,8 +120,8 @@ impl TreeCheck {
 impl SealedTree {
     /// Opens a tree. A tree without a state record is new (or written before checksums:
     /// see [`SealedTree::upgrade_unchecked_records`]).
-    pub fn open(db: &sled::Db, name: &'static str) -> Result<Self, StorageError> {
-        let tree = db.open_tree(name)?;
+    pub fn open(engine: &Engine, name: &'static str) -> Result<Self, StorageError> {
+        let tree = engine.open_tree(name)?;
         let state = match tree.get(STATE_KEY)? {
             Some(bytes) => TreeState::decode(&bytes).ok_or_else(|| StorageError::Corrupt {
                 key: format!("{name} (state record)"),
@@ -142,11 +143,11 @@ impl SealedTree {
 
     /// True when the tree holds a state record.
     pub fn has_state_record(&self) -> Result<bool, StorageError> {
-        Ok(self.tree.contains_key(STATE_KEY)?)
+        self.tree.contains_key(STATE_KEY)
     }
 
     /// True when the tree holds no records (and no state record).
-    pub fn is_untouched(&self) -> bool {
+    pub fn is_untouched(&self) -> Result<bool, StorageError> {
         self.tree.is_empty()
     }
 
@@ -154,18 +155,18 @@ impl SealedTree {
     /// the tree its state. Runs once, when a store without a seal file is opened.
     pub fn upgrade_unchecked_records(&self) -> Result<(), StorageError> {
         let mut state = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::new();
         let mut next = TreeState::default();
-        for item in self.tree.iter() {
+        for item in self.tree.range(Bound::Unbounded, Bound::Unbounded) {
             let (key, payload) = item?;
             let sum = checksum(self.name, &key, &payload);
-            batch.insert(key, self.encode_with(sum, &payload));
+            batch.push((key, Some(self.encode_with(sum, &payload))));
             next.digest ^= sum;
             next.records += 1;
         }
         next.generation = 1;
-        batch.insert(STATE_KEY, next.encode());
-        self.tree.apply_batch(batch)?;
+        batch.push((STATE_KEY.to_vec(), Some(next.encode())));
+        self.tree.apply(batch)?;
         *state = next;
         Ok(())
     }
@@ -244,7 +245,7 @@ impl SealedTree {
         ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let mut next = *state;
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::with_capacity(ops.len() + 1);
         for (key, value) in ops {
             if key.is_empty() {
                 return Err(self.damage(&key, "a record may not have an empty key".into()));
@@ -261,14 +262,15 @@ impl SealedTree {
                     let sum = checksum(self.name, &key, &payload);
                     next.digest ^= sum;
                     next.records += 1;
-                    batch.insert(key, self.encode_with(sum, &payload));
+                    let stored = self.encode_with(sum, &payload);
+                    batch.push((key, Some(stored)));
                 }
-                None => batch.remove(key),
+                None => batch.push((key, None)),
             }
         }
         next.generation += 1;
-        batch.insert(STATE_KEY, next.encode());
-        self.tree.apply_batch(batch)?;
+        batch.push((STATE_KEY.to_vec(), Some(next.encode())));
+        self.tree.apply(batch)?;
         *state = next;
         Ok(())
     }
@@ -310,15 +312,12 @@ impl SealedTree {
 
     fn verified<'a>(
         &'a self,
-        items: impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + 'a,
+        items: impl DoubleEndedIterator<Item = PairResult> + 'a,
     ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a {
         items.filter_map(move |item| match item {
-            Err(e) => Some(Err(e.into())),
+            Err(e) => Some(Err(e)),
             Ok((key, _)) if key.is_empty() => None,
-            Ok((key, stored)) => Some(
-                self.payload_of(&key, &stored)
-                    .map(|payload| (key.to_vec(), payload)),
-            ),
+            Ok((key, stored)) => Some(self.payload_of(&key, &stored).map(|payload| (key, payload))),
         })
     }
 
@@ -335,14 +334,17 @@ impl SealedTree {
         &self,
         range: R,
     ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
-        self.verified(self.tree.range(range))
+        self.verified(self.tree.range(
+            range.start_bound().map(AsRef::as_ref),
+            range.end_bound().map(AsRef::as_ref),
+        ))
     }
 
     /// Every record, in key order, verified.
     pub fn iter(
         &self,
     ) -> impl DoubleEndedIterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
-        self.verified(self.tree.iter())
+        self.verified(self.tree.range(Bound::Unbounded, Bound::Unbounded))
     }
 
     /// Keys of records whose keys start with `prefix` (their payloads are not read).
@@ -352,7 +354,7 @@ impl SealedTree {
     ) -> impl DoubleEndedIterator<Item = Result<Vec<u8>, StorageError>> + '_ {
         self.tree
             .scan_prefix(prefix)
-            .map(|item| item.map(|(key, _)| key.to_vec()).map_err(Into::into))
+            .map(|item| item.map(|(key, _)| key))
     }
 
     /// Number of records (from the state: no scan).
@@ -373,7 +375,7 @@ impl SealedTree {
                 return check;
             }
         };
-        for item in self.tree.iter() {
+        for item in self.tree.range(Bound::Unbounded, Bound::Unbounded) {
             let (key, stored) = match item {
                 Ok(item) => item,
                 Err(e) => {
@@ -433,57 +435,68 @@ impl SealedTree {
 
 #[cfg(test)]
 mod tests {
+    use super::super::engine::EngineKind;
     use super::*;
 
-    fn tree() -> (tempfile::TempDir, sled::Db, SealedTree) {
+    const KINDS: [EngineKind; 2] = [EngineKind::Sled, EngineKind::Redb];
+
+    fn tree(kind: EngineKind) -> (tempfile::TempDir, Engine, SealedTree) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let tree = SealedTree::open(&db, "t").unwrap();
-        (dir, db, tree)
+        let engine = Engine::open(dir.path(), kind).unwrap();
+        let tree = SealedTree::open(&engine, "t").unwrap();
+        (dir, engine, tree)
     }
 
     #[test]
     fn state_follows_every_write_and_a_check_agrees() {
-        let (_dir, _db, tree) = tree();
-        tree.insert(b"a", b"1").unwrap();
-        tree.insert(b"b", b"2").unwrap();
-        tree.apply([(b"a".to_vec(), None), (b"c".to_vec(), Some(b"3".to_vec()))])
-            .unwrap();
-        assert_eq!(tree.state().generation, 3);
-        assert_eq!(tree.len(), 2);
-        let check = tree.check();
-        assert!(check.damage.is_empty(), "{:?}", check.damage);
-        assert_eq!(check.records, 2);
-        let keys: Vec<_> = tree.iter().map(|i| i.unwrap().0).collect();
-        assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        for kind in KINDS {
+            let (_dir, _engine, tree) = tree(kind);
+            tree.insert(b"a", b"1").unwrap();
+            tree.insert(b"b", b"2").unwrap();
+            tree.apply([(b"a".to_vec(), None), (b"c".to_vec(), Some(b"3".to_vec()))])
+                .unwrap();
+            assert_eq!(tree.state().generation, 3);
+            assert_eq!(tree.len(), 2);
+            let check = tree.check();
+            assert!(check.damage.is_empty(), "{kind}: {:?}", check.damage);
+            assert_eq!(check.records, 2);
+            let keys: Vec<_> = tree.iter().map(|i| i.unwrap().0).collect();
+            assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+        }
     }
 
     #[test]
     fn a_changed_byte_is_an_error_naming_the_record() {
-        let (_dir, _db, tree) = tree();
-        tree.insert(b"r\0Patient\0p1", b"{\"a\":1}").unwrap();
-        let mut stored = tree.tree.get(b"r\0Patient\0p1").unwrap().unwrap().to_vec();
-        *stored.last_mut().unwrap() ^= 0x04;
-        tree.tree.insert(b"r\0Patient\0p1", stored).unwrap();
-        let error = tree.get(b"r\0Patient\0p1").unwrap_err().to_string();
-        assert!(error.contains("t/r/Patient/p1"), "{error}");
-        let check = tree.check();
-        assert_eq!(check.damaged_total, 1, "{:?}", check.damage);
-        assert!(check.damage[0].contains("fails its checksum"));
+        for kind in KINDS {
+            let (_dir, _engine, tree) = tree(kind);
+            tree.insert(b"r\0Patient\0p1", b"{\"a\":1}").unwrap();
+            let mut stored = tree.tree.get(b"r\0Patient\0p1").unwrap().unwrap();
+            *stored.last_mut().unwrap() ^= 0x04;
+            tree.tree
+                .apply(vec![(b"r\0Patient\0p1".to_vec(), Some(stored))])
+                .unwrap();
+            let error = tree.get(b"r\0Patient\0p1").unwrap_err().to_string();
+            assert!(error.contains("t/r/Patient/p1"), "{kind}: {error}");
+            let check = tree.check();
+            assert_eq!(check.damaged_total, 1, "{kind}: {:?}", check.damage);
+            assert!(check.damage[0].contains("fails its checksum"));
+        }
     }
 
     #[test]
     fn a_vanished_record_is_found_by_the_check() {
-        let (_dir, _db, tree) = tree();
-        tree.insert(b"a", b"1").unwrap();
-        tree.insert(b"b", b"2").unwrap();
-        tree.tree.remove(b"a").unwrap();
-        let check = tree.check();
-        assert_eq!(check.damaged_total, 1);
-        assert!(
-            check.damage[0].contains("lost or added"),
-            "{:?}",
-            check.damage
-        );
+        for kind in KINDS {
+            let (_dir, _engine, tree) = tree(kind);
+            tree.insert(b"a", b"1").unwrap();
+            tree.insert(b"b", b"2").unwrap();
+            tree.tree.apply(vec![(b"a".to_vec(), None)]).unwrap();
+            let check = tree.check();
+            assert_eq!(check.damaged_total, 1, "{kind}");
+            assert!(
+                check.damage[0].contains("lost or added"),
+                "{:?}",
+                check.damage
+            );
+        }
     }
 }
