@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Fuzzes every wire decoder of zorgmesh-protocol with cargo-fuzz (libFuzzer), each target for
-# a bounded time. Installs cargo-fuzz when it is missing; needs a nightly toolchain.
+# Fuzzes every decoder with cargo-fuzz (libFuzzer), each target for a bounded time: the wire
+# decoders of zorgmesh-protocol (protocol/fuzz) and the FHIR Bundle intake of the node
+# (node/fuzz). Installs cargo-fuzz when it is missing; needs a nightly toolchain.
 # Usage: scripts/fuzz.sh [seconds per target]   (CI: 20; for >= 10 million executions per
 #        decoder on 2 cores: 900)
 # Prints the executions per target; exits non-zero on a crash (the input is kept under
-# protocol/fuzz/artifacts/<target>/).
+# <crate>/fuzz/artifacts/<target>/).
 set -euo pipefail
-cd "$(dirname "$0")/../protocol"
+root="$(cd "$(dirname "$0")/.." && pwd)"
 seconds="${1:-20}"
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   rustup toolchain install nightly --profile minimal
@@ -14,19 +15,26 @@ fi
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
-cargo +nightly fuzz build -O
-targets=$(cargo +nightly fuzz list)
 status=0
-for target in $targets; do
-  log=$(mktemp)
-  if cargo +nightly fuzz run -O "$target" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
-    runs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
-    echo "fuzz $target: ${runs:-?} executions in ${seconds} s, no crash"
-  else
-    echo "fuzz $target: CRASH" >&2
-    tail -40 "$log" >&2
-    status=1
-  fi
-  rm -f "$log"
+for crate in protocol node; do
+  cd "$root/$crate"
+  cargo +nightly fuzz build -O
+  for target in $(cargo +nightly fuzz list); do
+    corpus=(fuzz/corpus/"$target")
+    mkdir -p "${corpus[0]}"
+    if [ -d fuzz/seeds/"$target" ]; then
+      corpus+=(fuzz/seeds/"$target")
+    fi
+    log=$(mktemp)
+    if cargo +nightly fuzz run -O "$target" "${corpus[@]}" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+      runs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
+      echo "fuzz $crate/$target: ${runs:-?} executions in ${seconds} s, no crash"
+    else
+      echo "fuzz $crate/$target: CRASH" >&2
+      tail -40 "$log" >&2
+      status=1
+    fi
+    rm -f "$log"
+  done
 done
 exit "$status"

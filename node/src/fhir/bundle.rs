@@ -23,8 +23,10 @@ enum Method {
     Get,
 }
 
+/// One entry of a Bundle, checked (and in a transaction: its id assigned and its
+/// references to other entries rewritten).
 #[derive(Debug)]
-struct Entry {
+pub struct Entry {
     index: usize,
     method: Method,
     resource_type: String,
@@ -32,6 +34,20 @@ struct Entry {
     resource: Option<Value>,
     full_url: Option<String>,
     if_match: Option<u64>,
+}
+
+impl Entry {
+    /// The target id (assigned to a POST in a transaction plan).
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// True when the resource still holds a `urn:uuid:`/`urn:oid:` reference.
+    pub fn refers_to_unknown_entry(&self) -> bool {
+        self.resource
+            .as_ref()
+            .is_some_and(|r| unresolved_reference(r).is_some())
+    }
 }
 
 fn status_line(status: StatusCode) -> String {
@@ -174,19 +190,36 @@ fn unresolved_reference(value: &Value) -> Option<&str> {
     }
 }
 
-/// Processes a transaction or batch Bundle and returns the response Bundle.
-pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, FhirError> {
+/// A Bundle checked and planned; nothing is written yet.
+#[derive(Debug)]
+pub enum BundlePlan {
+    /// A transaction: every entry valid, ids assigned, references rewritten.
+    Transaction(Vec<Entry>),
+    /// A batch: each entry on its own, valid or with the error it is answered with.
+    Batch(Vec<Result<Entry, FhirError>>),
+}
+
+/// The intake of `POST /fhir`: a request body (JSON) checked and planned, with the error a
+/// client gets for a bad one. Pure: no storage, no clock beyond new ids (fuzzed by
+/// `node/fuzz`).
+pub fn intake(body: &[u8]) -> Result<BundlePlan, FhirError> {
+    let bundle: Value = serde_json::from_slice(body)
+        .map_err(|e| FhirError::invalid(format!("the body is not valid JSON: {e}")))?;
+    plan(&bundle)
+}
+
+/// Checks a transaction or batch Bundle and plans its writes.
+pub fn plan(bundle: &Value) -> Result<BundlePlan, FhirError> {
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Err(FhirError::invalid("POST to the base expects a Bundle"));
     }
     let kind = bundle
         .get("type")
         .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let raw_entries = match bundle.get("entry") {
-        None => Vec::new(),
-        Some(Value::Array(entries)) => entries.clone(),
+        .unwrap_or_default();
+    let raw_entries: &[Value] = match bundle.get("entry") {
+        None => &[],
+        Some(Value::Array(entries)) => entries,
         Some(_) => return Err(FhirError::invalid("Bundle.entry must be an array")),
     };
     if raw_entries.len() > MAX_BUNDLE_ENTRIES {
@@ -196,19 +229,30 @@ pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, Fhir
             format!("a Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries"),
         ));
     }
-    if matches!(kind.as_str(), "transaction" | "batch") {
-        check_unique_full_urls(&raw_entries)?;
-    }
-    match kind.as_str() {
-        "transaction" => transaction(service, &raw_entries).await,
-        "batch" => Ok(batch(service, &raw_entries).await),
+    match kind {
+        "transaction" => {
+            check_unique_full_urls(raw_entries)?;
+            plan_transaction(raw_entries).map(BundlePlan::Transaction)
+        }
+        "batch" => {
+            check_unique_full_urls(raw_entries)?;
+            Ok(BundlePlan::Batch(plan_batch(raw_entries)))
+        }
         other => Err(FhirError::invalid(format!(
             "Bundle.type {other:?} cannot be processed: use 'transaction' or 'batch'"
         ))),
     }
 }
 
-async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, FhirError> {
+/// Processes a transaction or batch Bundle and returns the response Bundle.
+pub async fn process(service: &FhirService, bundle: Value) -> Result<Value, FhirError> {
+    match plan(&bundle)? {
+        BundlePlan::Transaction(entries) => transaction(service, entries).await,
+        BundlePlan::Batch(entries) => Ok(batch(service, entries).await),
+    }
+}
+
+fn plan_transaction(raw: &[Value]) -> Result<Vec<Entry>, FhirError> {
     let mut entries = raw
         .iter()
         .enumerate()
@@ -245,6 +289,10 @@ async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, Fhir
             }
         }
     }
+    Ok(entries)
+}
+
+async fn transaction(service: &FhirService, mut entries: Vec<Entry>) -> Result<Value, FhirError> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&i| (entries[i].method, i));
     let (responses, dirty) = service
@@ -303,26 +351,26 @@ async fn transaction(service: &FhirService, raw: &[Value]) -> Result<Value, Fhir
     }))
 }
 
-async fn batch(service: &FhirService, raw: &[Value]) -> Value {
-    let mut responses = Vec::with_capacity(raw.len());
-    for (i, raw_entry) in raw.iter().enumerate() {
-        let response = match parse_entry(i, raw_entry) {
-            Err(e) => error_response(&e),
-            Ok(entry)
-                if entry
-                    .resource
-                    .as_ref()
-                    .is_some_and(|r| unresolved_reference(r).is_some()) =>
-            {
-                let reference = entry
-                    .resource
-                    .as_ref()
-                    .and_then(unresolved_reference)
-                    .unwrap_or_default();
-                error_response(&FhirError::invalid(format!(
+fn plan_batch(raw: &[Value]) -> Vec<Result<Entry, FhirError>> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw_entry)| {
+            let entry = parse_entry(i, raw_entry)?;
+            if let Some(reference) = entry.resource.as_ref().and_then(unresolved_reference) {
+                return Err(FhirError::invalid(format!(
                     "Bundle.entry[{i}]: reference {reference:?} cannot be resolved (entries of a batch do not refer to each other)"
-                )))
+                )));
             }
+            Ok(entry)
+        })
+        .collect()
+}
+
+async fn batch(service: &FhirService, planned: Vec<Result<Entry, FhirError>>) -> Value {
+    let mut responses = Vec::with_capacity(planned.len());
+    for entry in planned {
+        let response = match entry {
+            Err(e) => error_response(&e),
             Ok(entry) => run_batch_entry(service, entry)
                 .await
                 .unwrap_or_else(|e| error_response(&e)),
