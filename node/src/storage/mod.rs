@@ -475,6 +475,14 @@ impl Storage {
             "store checked"
         );
         if report.unsealed {
+            // A seal first (every tree at commit 0, true of a new store), so that a crash
+            // right after the first writes below leaves a sealed store, not one whose seal
+            // is missing.
+            let zero: seal::Seal = trees
+                .iter()
+                .map(|tree| (tree.name().to_owned(), TreeState::default()))
+                .collect();
+            seal::write_seal(dir, &zero).map_err(StorageError::Seal)?;
             // Written before records carried checksums (or new): give each tree its state.
             for tree in &trees {
                 if !tree.is_untouched()? && !tree.has_state_record()? {
@@ -1243,6 +1251,21 @@ mod tests {
         let report = Storage::check(dir.path()).unwrap();
         assert!(!report.unsealed && !report.is_damaged(), "{report}");
         assert!(dir.path().join(seal::SEAL_FILE).exists());
+    }
+
+    #[test]
+    fn a_crash_during_the_first_open_leaves_a_store_that_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Storage::open(dir.path()).unwrap());
+        // As if the process died after the first writes, before the seal that follows them.
+        let zero: seal::Seal = check::TREE_NAMES
+            .iter()
+            .map(|name| (name.to_string(), TreeState::default()))
+            .collect();
+        seal::write_seal(dir.path(), &zero).unwrap();
+        let report = Storage::check(dir.path()).unwrap();
+        assert!(!report.is_damaged(), "{report}");
+        drop(Storage::open(dir.path()).unwrap());
     }
 
     #[test]
