@@ -14,4 +14,5 @@ cleanup() {
 trap cleanup EXIT
 
 scripts/build-node-image.sh "$image"
-cargo test -p zorgmesh-tests --features containers --test containers -- --test-threads=1 --nocapture
+# --workspace: the same feature set as the test suite's build, so nothing is built again.
+cargo test --workspace --test containers -- --ignored --test-threads=1 --nocapture

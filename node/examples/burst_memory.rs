@@ -97,6 +97,23 @@ data = "127.0.0.1:{data}"
         ],
     );
     let config = out.join("nodes").join("solo").join("node.toml");
+    run(
+        &binary,
+        &[
+            "client",
+            "add",
+            "--config",
+            config.to_str().unwrap(),
+            "--id",
+            "bench",
+            "--scope",
+            "system/*.cruds",
+        ],
+    );
+    let credentials = out
+        .join("nodes")
+        .join("solo")
+        .join("bench.credentials.json");
     let node = Node(
         Command::new(&binary)
             .args(["node", "run", "--config", config.to_str().unwrap()])
@@ -122,6 +139,22 @@ data = "127.0.0.1:{data}"
         assert!(Instant::now() < deadline, "the node did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let token = {
+        let out = Command::new(&binary)
+            .args([
+                "client",
+                "token",
+                "--credentials",
+                credentials.to_str().unwrap(),
+            ])
+            .output()
+            .expect("client token");
+        assert!(out.status.success(), "client token failed");
+        String::from_utf8(out.stdout)
+            .expect("text")
+            .trim()
+            .to_owned()
+    };
     let idle = resident_mib(pid);
 
     let filler = "x".repeat(30 * 1024 * 1024);
@@ -133,9 +166,11 @@ data = "127.0.0.1:{data}"
     let burst: Vec<_> = (0..12)
         .map(|_| {
             let (client, url, body) = (client.clone(), base.clone(), large.clone());
+            let token = token.clone();
             tokio::spawn(async move {
                 client
                     .post(url)
+                    .bearer_auth(token)
                     .header("content-type", "application/fhir+json")
                     .body(body)
                     .send()
@@ -166,6 +201,7 @@ data = "127.0.0.1:{data}"
         let began = Instant::now();
         let answer = client
             .post(format!("{base}/Patient"))
+            .bearer_auth(&token)
             .header("content-type", "application/fhir+json")
             .body(r#"{"resourceType":"Patient","active":true}"#)
             .send()

@@ -66,10 +66,24 @@ fn log_tail(config: &std::path::Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// A fresh access token for the loop's client (`zorgmesh client token`).
+fn token(binary: &str, credentials: &std::path::Path) -> anyhow::Result<String> {
+    let out = Command::new(binary)
+        .args(["client", "token", "--credentials"])
+        .arg(credentials)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "client token failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 async fn wait_ready(http: &reqwest::Client, admin: &str, config: &std::path::Path) -> Duration {
     let started = Instant::now();
     loop {
-        if let Ok(r) = http.get(format!("{admin}/admin/status")).send().await {
+        if let Ok(r) = http.get(format!("{admin}/health")).send().await {
             if r.status().is_success() {
                 return started.elapsed();
             }
@@ -122,6 +136,21 @@ async fn main() -> anyhow::Result<()> {
         .map(|line| format!("{line}\n"))
         .collect();
     std::fs::write(&config, format!("storage_engine = \"{engine}\"\n{text}"))?;
+    let status = Command::new(&binary)
+        .args([
+            "client",
+            "add",
+            "--id",
+            "crash-loop",
+            "--scope",
+            "system/*.cruds",
+            "--config",
+        ])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "client add failed");
+    let credentials = config.with_file_name("crash-loop.credentials.json");
     let base = format!("http://127.0.0.1:{}/fhir", ports[0]);
     let admin = format!("http://127.0.0.1:{}", ports[0]);
     let http = reqwest::Client::builder()
@@ -134,8 +163,10 @@ async fn main() -> anyhow::Result<()> {
     let mut next = 0u64;
     let mut child = start(&binary, &config);
     wait_ready(&http, &admin, &config).await;
+    let mut bearer = token(&binary, &credentials)?;
     let patient = json!({"resourceType": "Patient", "id": "crash-patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}]});
     http.put(format!("{base}/Patient/crash-patient"))
+        .bearer_auth(&bearer)
         .header("content-type", "application/fhir+json")
         .body(patient.to_string())
         .send()
@@ -156,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             let body = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "crash loop"}, "subject": {"reference": "Patient/crash-patient"}});
             let sent = http
                 .put(format!("{base}/Observation/{id}"))
+                .bearer_auth(&bearer)
                 .header("content-type", "application/fhir+json")
                 .body(body.to_string())
                 .send()
@@ -171,10 +203,12 @@ async fn main() -> anyhow::Result<()> {
         child = start(&binary, &config);
         let took = wait_ready(&http, &admin, &config).await;
         recovery.push(took);
+        bearer = token(&binary, &credentials)?;
         // Every acknowledged write so far must be there: the latest 200 one by one, and all
         // of them by count.
         let total: Value = http
             .get(format!("{base}/Observation?_count=0"))
+            .bearer_auth(&bearer)
             .send()
             .await?
             .json()
@@ -182,7 +216,11 @@ async fn main() -> anyhow::Result<()> {
         let stored = total["total"].as_u64().unwrap_or(0) as usize;
         let mut lost_now = acknowledged.len().saturating_sub(stored);
         for id in acknowledged.iter().rev().take(200) {
-            let r = http.get(format!("{base}/Observation/{id}")).send().await?;
+            let r = http
+                .get(format!("{base}/Observation/{id}"))
+                .bearer_auth(&bearer)
+                .send()
+                .await?;
             if r.status().as_u16() != 200 {
                 lost_now += 1;
             }

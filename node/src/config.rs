@@ -12,7 +12,7 @@
 //! # The embedded engine of a new store: "sled" (default) or "redb". An existing store
 //! # keeps the engine it was created with.
 //! # storage_engine = "redb"
-//! # FHIR API (HTTP). Loopback by default: authentication comes with a later release.
+//! # FHIR API (HTTP). Every endpoint but discovery needs an access token (see [auth]).
 //! http_listen = "127.0.0.1:8080"
 //! # libp2p gossip (TCP).
 //! gossip_listen = "127.0.0.1:9000"
@@ -28,6 +28,13 @@
 //! node_key = "node.key"
 //! evaluator_set = "evaluators.pem"   # the CA-signed threshold-OPRF evaluator set
 //! # oprf_share = "node.share"        # only on evaluator nodes: this node's key share
+//!
+//! [auth]
+//! clients_file = "clients.json"   # the registered clients (`zorgmesh client add`)
+//! token_key = "token.key"         # the secret access tokens are signed with (made at start)
+//! # public_url = "https://umcg.example.net:8080"   # how clients reach this node; default
+//! #                                                # http://<http_listen>
+//! access_token_lifetime_secs = 300
 //!
 //! [publishing]
 //! batch_max_entries = 1024   # cut a batch at this many patients
@@ -93,6 +100,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// Trust material.
     pub trust: TrustConfig,
+    /// Client authentication (SMART Backend Services).
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// Locator publishing.
     #[serde(default)]
     pub publishing: PublishingConfig,
@@ -108,6 +118,47 @@ pub struct NodeConfig {
     /// Serving partial evaluations (evaluator nodes only).
     #[serde(default)]
     pub evaluator: EvaluatorConfig,
+}
+
+/// Client authentication: the registered clients and the node's access tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The registered clients (written by `zorgmesh client add|revoke`, read by the node
+    /// whenever it changes).
+    #[serde(default = "default_clients_file")]
+    pub clients_file: PathBuf,
+    /// The secret the node signs its access tokens with; made, owner-only, when missing.
+    #[serde(default = "default_token_key")]
+    pub token_key: PathBuf,
+    /// The URL clients reach this node's API at (`https://host:port`, no path): the issuer of
+    /// its tokens and the audience of client assertions. Default `http://<http_listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// How long an access token is valid (seconds, 60 to 3600).
+    #[serde(default = "default_token_lifetime")]
+    pub access_token_lifetime_secs: u64,
+}
+
+fn default_clients_file() -> PathBuf {
+    PathBuf::from("clients.json")
+}
+fn default_token_key() -> PathBuf {
+    PathBuf::from("token.key")
+}
+fn default_token_lifetime() -> u64 {
+    300
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            clients_file: default_clients_file(),
+            token_key: default_token_key(),
+            public_url: None,
+            access_token_lifetime_secs: default_token_lifetime(),
+        }
+    }
 }
 
 /// Patient-key derivation settings.
@@ -315,6 +366,8 @@ impl NodeConfig {
             &mut self.trust.node_certificate,
             &mut self.trust.node_key,
             &mut self.trust.evaluator_set,
+            &mut self.auth.clients_file,
+            &mut self.auth.token_key,
         ] {
             if path.is_relative() {
                 *path = base.join(&*path);
@@ -381,11 +434,37 @@ impl NodeConfig {
                 self.data_listen
             );
         }
+        if !(60..=3600).contains(&self.auth.access_token_lifetime_secs) {
+            anyhow::bail!("auth.access_token_lifetime_secs must be between 60 and 3600");
+        }
+        if let Some(url) = &self.auth.public_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if !rest.is_some_and(|r| !r.is_empty() && !r.trim_end_matches('/').contains('/')) {
+                anyhow::bail!(
+                    "auth.public_url {url:?} must be http(s)://host[:port], without a path"
+                );
+            }
+        } else if self.http_listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "http_listen = {} listens on every interface: set auth.public_url to the URL clients reach the API at",
+                self.http_listen
+            );
+        }
         for peer in &self.bootstrap {
             peer.parse::<libp2p::Multiaddr>()
                 .with_context(|| format!("bootstrap entry {peer:?} is not a multiaddr"))?;
         }
         Ok(())
+    }
+
+    /// The URL clients reach the API at, given the address it is bound to.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        match &self.auth.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{bound}"),
+        }
     }
 
     /// The config as TOML text.

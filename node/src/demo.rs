@@ -191,6 +191,9 @@ pub async fn start_mesh(
     Ok(running)
 }
 
+/// The demo's client, registered on every node.
+pub const DEMO_CLIENT: &str = "demo-ehr";
+
 /// Runs the demo.
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let temp;
@@ -223,6 +226,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let total_started = Instant::now();
     let provisioned =
         provision::generate_material(&topology, &dir, time::OffsetDateTime::now_utc())?;
+    // One system client, registered on every node (as `zorgmesh client add` does): an EHR
+    // that writes and reads everything.
+    let (demo_client, demo_key) =
+        crate::auth::assertion::ClientCredentials::generate(DEMO_CLIENT, "unset")?;
+    for node in &provisioned {
+        crate::auth::registration::add_client(
+            &node.dir.join("clients.json"),
+            crate::auth::registration::NewClient {
+                client_id: DEMO_CLIENT.to_owned(),
+                name: "demo EHR".to_owned(),
+                scopes: "system/*.cruds".to_owned(),
+                patient_bsn: None,
+                public_keys: Some(jsonwebtoken::jwk::JwkSet {
+                    keys: vec![demo_key.clone()],
+                }),
+            },
+            "unset",
+            crate::auth::now_secs(),
+        )?;
+    }
     let started = Instant::now();
     let nodes = start_mesh(&provisioned).await?;
     for (node, spec) in nodes.iter().zip(NODES) {
@@ -263,7 +286,34 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
-    let (resources, transactions, ingest_time) = ingest(&client, &nodes, &patients).await?;
+    // Its credentials per node (the token endpoint differs), and a token from each.
+    let mut tokens = Vec::new();
+    let mut credential_files = Vec::new();
+    for (node, provisioned) in nodes.iter().zip(&provisioned) {
+        let mut credentials = demo_client.clone();
+        credentials.token_endpoint = format!(
+            "{}{}",
+            node.base_url().trim_end_matches("/fhir"),
+            crate::auth::TOKEN_PATH
+        );
+        let file = provisioned
+            .dir
+            .join(format!("{DEMO_CLIENT}.credentials.json"));
+        crate::auth::registration::write_credentials(&file, &credentials)?;
+        credential_files.push(file);
+        tokens.push(
+            crate::auth::request_token(&client, &credentials, None)
+                .await
+                .with_context(|| format!("a token from {}", node.name()))?
+                .access_token,
+        );
+    }
+    println!(
+        "client {DEMO_CLIENT:?} registered on every node; an access token from each node's {} (SMART Backend Services)",
+        crate::auth::TOKEN_PATH
+    );
+    let (resources, transactions, ingest_time) =
+        ingest(&client, &nodes, &tokens, &patients).await?;
     println!(
         "ingested {resources} resources in {transactions} transaction Bundles in {:.2} s ({:.0} resources/s)",
         ingest_time.as_secs_f64(),
@@ -303,7 +353,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             patient.bsn.as_str()
         );
         let t = Instant::now();
-        let response = client.get(&url).send().await?;
+        let response = client
+            .get(&url)
+            .bearer_auth(&tokens[resolver])
+            .send()
+            .await?;
         let status = response.status();
         let bundle: Value = response.json().await?;
         let elapsed = t.elapsed();
@@ -364,8 +418,13 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         for node in &nodes {
             println!("  {:<20} {}", node.name(), node.base_url());
         }
+        println!("try:");
         println!(
-            "try: curl '{}/Patient/$dossier?identifier={}|{}'",
+            "  TOKEN=$(zorgmesh client token --credentials {})",
+            credential_files[3].display()
+        );
+        println!(
+            "  curl -H \"Authorization: Bearer $TOKEN\" '{}/Patient/$dossier?identifier={}|{}'",
             nodes[3].base_url(),
             zorgmesh_protocol::patient::BSN_SYSTEM,
             patients
@@ -400,6 +459,7 @@ fn pick_resolver(holders: &BTreeSet<usize>) -> usize {
 async fn ingest(
     client: &reqwest::Client,
     nodes: &[RunningNode],
+    tokens: &[String],
     patients: &[SyntheticPatient],
 ) -> anyhow::Result<(usize, usize, Duration)> {
     let started = Instant::now();
@@ -412,28 +472,31 @@ async fn ingest(
         }
     }
     let transactions: usize = per_node.iter().map(Vec::len).sum();
-    let uploads = per_node
-        .iter()
-        .zip(nodes)
-        .map(|(bundles, node)| async move {
-            for bundle in bundles {
-                let response = client
-                    .post(node.base_url())
-                    .header("content-type", "application/fhir+json")
-                    .body(bundle.to_string())
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    let status = response.status();
-                    bail!(
-                        "{} refused a transaction: {status} {}",
-                        node.name(),
-                        response.text().await?
-                    );
+    let uploads =
+        per_node
+            .iter()
+            .zip(nodes)
+            .zip(tokens)
+            .map(|((bundles, node), token)| async move {
+                for bundle in bundles {
+                    let response = client
+                        .post(node.base_url())
+                        .bearer_auth(token)
+                        .header("content-type", "application/fhir+json")
+                        .body(bundle.to_string())
+                        .send()
+                        .await?;
+                    if !response.status().is_success() {
+                        let status = response.status();
+                        bail!(
+                            "{} refused a transaction: {status} {}",
+                            node.name(),
+                            response.text().await?
+                        );
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
     for result in futures::future::join_all(uploads).await {
         result?;
     }

@@ -57,23 +57,7 @@ fn origin_source(network: &str, node: &str) -> String {
 impl DossierResolver {
     /// Handles the query parameters of `$dossier`.
     pub async fn resolve_request(&self, params: &[(String, String)]) -> Result<Value, FhirError> {
-        let identifier = params
-            .iter()
-            .find(|(n, _)| n == "identifier")
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| {
-                FhirError::invalid(format!("$dossier needs identifier={BSN_SYSTEM}|<bsn>"))
-            })?;
-        let (system, value) = identifier
-            .split_once('|')
-            .ok_or_else(|| FhirError::invalid(format!("identifier must be {BSN_SYSTEM}|<bsn>")))?;
-        if system != BSN_SYSTEM {
-            return Err(FhirError::invalid(format!(
-                "$dossier resolves by BSN only: identifier system must be {BSN_SYSTEM}"
-            )));
-        }
-        let bsn = Bsn::parse(value)
-            .map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))?;
+        let bsn = requested_bsn(params)?;
         let cached = self
             .fhir
             .storage()
@@ -405,6 +389,26 @@ fn add_origin(resource: &mut Value, network: &str, holder: &HolderLocation, firs
     let tags = tags.as_array_mut().expect("array");
     tags.push(json!({"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}));
     tags.push(json!({"system": URA_SYSTEM, "code": holder.info.organisation_ura, "display": holder.info.organisation_name}));
+}
+
+/// The BSN a `$dossier` request asks for (`identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>`).
+pub fn requested_bsn(params: &[(String, String)]) -> Result<Bsn, FhirError> {
+    let identifier = params
+        .iter()
+        .find(|(n, _)| n == "identifier")
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| {
+            FhirError::invalid(format!("$dossier needs identifier={BSN_SYSTEM}|<bsn>"))
+        })?;
+    let (system, value) = identifier
+        .split_once('|')
+        .ok_or_else(|| FhirError::invalid(format!("identifier must be {BSN_SYSTEM}|<bsn>")))?;
+    if system != BSN_SYSTEM {
+        return Err(FhirError::invalid(format!(
+            "$dossier resolves by BSN only: identifier system must be {BSN_SYSTEM}"
+        )));
+    }
+    Bsn::parse(value).map_err(|e| FhirError::invalid(format!("identifier value is not a BSN: {e}")))
 }
 
 #[cfg(test)]

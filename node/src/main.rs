@@ -70,6 +70,9 @@ enum Command {
     /// Run a node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Register, list and revoke the clients that may call a node's API, and get tokens.
+    #[command(subcommand)]
+    Client(ClientCommand),
     /// Start a local mesh on loopback, load synthetic patients and resolve dossiers.
     Demo(DemoArgs),
 }
@@ -112,6 +115,10 @@ enum CertsCommand {
         /// A node's HTTP address (http://host:port) to hand the list to; any node will do.
         #[arg(long)]
         publish: Option<String>,
+        /// An admin client's credentials for the node's /admin endpoint ('zorgmesh client
+        /// add --scope zorgmesh.admin').
+        #[arg(long, env = "ZORGMESH_CREDENTIALS")]
+        credentials: Option<PathBuf>,
     },
     /// Roll a node to a new key: the CA issues a certificate for the same node and a new
     /// key, written beside the node's files as <name>.next.key and <name>.next.crt; with
@@ -131,6 +138,10 @@ enum CertsCommand {
         /// The node's HTTP address (http://host:port) to activate the new key on now.
         #[arg(long)]
         activate: Option<String>,
+        /// An admin client's credentials for the node's /admin endpoint ('zorgmesh client
+        /// add --scope zorgmesh.admin').
+        #[arg(long, env = "ZORGMESH_CREDENTIALS")]
+        credentials: Option<PathBuf>,
     },
     /// Show (and verify) a certificate.
     Show {
@@ -209,6 +220,10 @@ enum NodeCommand {
         /// The backup file to write (stopped node only).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// An admin client's credentials for the node's /admin endpoint ('zorgmesh client
+        /// add --scope zorgmesh.admin').
+        #[arg(long, env = "ZORGMESH_CREDENTIALS")]
+        credentials: Option<PathBuf>,
     },
     /// Restore a backup into a new data directory (then start the node on it: it takes
     /// what it signed since the backup back from its peers and signs on after it).
@@ -222,6 +237,64 @@ enum NodeCommand {
         /// storage_engine, else sled). Restoring into another engine migrates the store.
         #[arg(long)]
         engine: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Register a client (SMART Backend Services). Without --public-key a P-384 key pair is
+    /// made and the client's credentials (its private key and the node's token endpoint)
+    /// written to --credentials, owner-only. A running node takes the client within a
+    /// second.
+    Add {
+        /// The node's config (TOML); its auth.clients_file is edited.
+        #[arg(long)]
+        config: PathBuf,
+        /// The client's id (client_id): 1 to 64 of A-Z a-z 0-9 . _ -.
+        #[arg(long)]
+        id: String,
+        /// A name people recognise.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A scope it may be granted, e.g. 'system/*.rs', 'system/Observation.cruds',
+        /// 'patient/*.rs' (a patient app), 'zorgmesh.admin' (the /admin endpoints). Repeat.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// Makes it a patient's app bound to this patient: it reads only that patient's own
+        /// dossier.
+        #[arg(long)]
+        patient_bsn: Option<String>,
+        /// The client's own public key (a JWK or a JWK Set, JSON) instead of a made one.
+        #[arg(long, conflicts_with = "credentials")]
+        public_key: Option<PathBuf>,
+        /// Where the made credentials go (default: <id>.credentials.json beside the config).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+    },
+    /// List the registered clients.
+    List {
+        /// The node's config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Revoke a client: its tokens stop working within a second.
+    Revoke {
+        /// The node's config (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// The client's id.
+        #[arg(long)]
+        id: String,
+    },
+    /// Get an access token with a client's credentials and print it (for curl:
+    /// TOKEN=$(zorgmesh client token --credentials ehr.credentials.json)).
+    Token {
+        /// The client's credentials file.
+        #[arg(long, env = "ZORGMESH_CREDENTIALS")]
+        credentials: PathBuf,
+        /// The scopes to ask for (default: every scope the client is registered for).
+        #[arg(long)]
+        scope: Option<String>,
     },
 }
 
@@ -280,10 +353,27 @@ struct DemoArgs {
     dir: Option<PathBuf>,
 }
 
-/// POSTs to a node's admin endpoint (a PEM body when given); the answer's text, or an
-/// error that says what the node refused.
-async fn post_admin(url: &str, pem: Option<Vec<u8>>, refused: &str) -> anyhow::Result<String> {
-    let mut request = reqwest::Client::new().post(url);
+/// POSTs to a node's admin endpoint (a PEM body when given) with a token for the admin
+/// client in `credentials`; the answer's text, or an error that says what the node refused.
+async fn post_admin(
+    url: &str,
+    pem: Option<Vec<u8>>,
+    refused: &str,
+    credentials: Option<&std::path::Path>,
+) -> anyhow::Result<String> {
+    let Some(credentials) = credentials else {
+        bail!("the node's admin endpoints need an admin client's credentials: --credentials FILE (or ZORGMESH_CREDENTIALS), made by 'zorgmesh client add --scope zorgmesh.admin'");
+    };
+    let credentials = zorgmesh_node::auth::assertion::ClientCredentials::read(credentials)?;
+    let http = reqwest::Client::new();
+    let grant = zorgmesh_node::auth::request_token(
+        &http,
+        &credentials,
+        Some(zorgmesh_node::auth::scope::ADMIN_SCOPE),
+    )
+    .await
+    .context("cannot get an admin token")?;
+    let mut request = http.post(url).bearer_auth(grant.access_token);
     if let Some(pem) = pem {
         request = request
             .header("content-type", "application/x-pem-file")
@@ -299,6 +389,139 @@ async fn post_admin(url: &str, pem: Option<Vec<u8>>, refused: &str) -> anyhow::R
         bail!("{url} {refused} ({status}): {text}");
     }
     Ok(text)
+}
+
+async fn client_command(command: ClientCommand) -> anyhow::Result<()> {
+    use zorgmesh_node::auth;
+    match command {
+        ClientCommand::Add {
+            config: config_path,
+            id,
+            name,
+            scopes,
+            patient_bsn,
+            public_key,
+            credentials,
+        } => {
+            let config = NodeConfig::load(&config_path)?;
+            let public_keys = public_key
+                .as_deref()
+                .map(auth::registration::read_public_keys)
+                .transpose()?;
+            let token_endpoint = format!(
+                "{}{}",
+                config.public_url(config.http_listen),
+                auth::TOKEN_PATH
+            );
+            let credentials_path = credentials.unwrap_or_else(|| {
+                config_path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join(format!("{id}.credentials.json"))
+            });
+            if public_keys.is_none() && credentials_path.exists() {
+                bail!(
+                    "{} exists: refusing to overwrite credentials (say --credentials FILE)",
+                    credentials_path.display()
+                );
+            }
+            zorgmesh_node::at_rest::restrict_new_files();
+            let registered = auth::registration::add_client(
+                &config.auth.clients_file,
+                auth::registration::NewClient {
+                    client_id: id,
+                    name,
+                    scopes: scopes.join(" "),
+                    patient_bsn,
+                    public_keys,
+                },
+                &token_endpoint,
+                auth::now_secs(),
+            )?;
+            let client = &registered.client;
+            println!(
+                "client {} registered in {} ({:?}; scopes {})",
+                client.client_id,
+                config.auth.clients_file.display(),
+                client.kind,
+                client.scopes
+            );
+            if let Some(credentials) = &registered.credentials {
+                auth::registration::write_credentials(&credentials_path, credentials)?;
+                println!(
+                    "credentials (its private key; owner-only) in {}",
+                    credentials_path.display()
+                );
+                println!(
+                    "get a token: zorgmesh client token --credentials {}",
+                    credentials_path.display()
+                );
+            } else {
+                println!("the client signs its assertions with its own key; token endpoint {token_endpoint}");
+            }
+        }
+        ClientCommand::List { config } => {
+            let config = NodeConfig::load(&config)?;
+            let file = auth::clients::ClientsFile::read(&config.auth.clients_file)?;
+            if file.clients.is_empty() {
+                println!("no clients in {}", config.auth.clients_file.display());
+            }
+            for client in &file.clients {
+                let state = match client.revoked_at {
+                    Some(at) => format!("revoked at {}", format_secs(at)),
+                    None => "active".to_owned(),
+                };
+                println!(
+                    "{:<24} {:<12} {:<28} {} key(s), registered {}, {state}{}",
+                    client.client_id,
+                    format!("{:?}", client.kind),
+                    client.scopes,
+                    client.jwks.keys.len(),
+                    format_secs(client.registered_at),
+                    if client.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — {}", client.name)
+                    }
+                );
+            }
+        }
+        ClientCommand::Revoke { config, id } => {
+            let config = NodeConfig::load(&config)?;
+            let was_active = auth::registration::revoke_client(
+                &config.auth.clients_file,
+                &id,
+                auth::now_secs(),
+            )?;
+            if was_active {
+                println!("client {id} revoked: its tokens stop working within a second");
+            } else {
+                println!("client {id} was revoked already");
+            }
+        }
+        ClientCommand::Token { credentials, scope } => {
+            let credentials = auth::assertion::ClientCredentials::read(&credentials)?;
+            let grant =
+                auth::request_token(&reqwest::Client::new(), &credentials, scope.as_deref())
+                    .await?;
+            eprintln!(
+                "token for {} (scopes {}), valid {} s",
+                credentials.client_id, grant.scope, grant.expires_in
+            );
+            println!("{}", grant.access_token);
+        }
+    }
+    Ok(())
+}
+
+fn format_secs(secs: u64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
 }
 
 fn main() -> std::process::ExitCode {
@@ -438,6 +661,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certificate,
             reason,
             publish,
+            credentials,
         }) => {
             let files = CaFiles::in_dir(&ca_dir);
             let der = read_certificate(&certificate)?;
@@ -459,11 +683,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(base) => {
                     let url = format!("{}/admin/revocations", base.trim_end_matches('/'));
                     let pem = std::fs::read(&files.revocations)?;
-                    let text = post_admin(&url, Some(pem), "refused the list").await?;
+                    let text = post_admin(&url, Some(pem), "refused the list", credentials.as_deref()).await?;
                     println!("published through {url}: {text}");
                 }
                 None => println!(
-                    "hand it to any node: curl --data-binary @{} http://<node>/admin/revocations",
+                    "hand it to any node: zorgmesh certs revoke ... --publish http://<node> --credentials <admin client>, or curl -H \"Authorization: Bearer $TOKEN\" --data-binary @{} http://<node>/admin/revocations",
                     files.revocations.display()
                 ),
             }
@@ -473,6 +697,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             certificate,
             days,
             activate,
+            credentials,
         }) => {
             let key_files = zorgmesh_node::rotation::issue_next(&ca_dir, &certificate, days)?;
             let next_cert = key_files.next_certificate();
@@ -491,7 +716,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             match activate {
                 Some(base) => {
                     let url = format!("{}/admin/rotate", base.trim_end_matches('/'));
-                    let text = post_admin(&url, None, "did not rotate").await?;
+                    let text = post_admin(&url, None, "did not rotate", credentials.as_deref()).await?;
                     println!("activated through {url}: {text}");
                     println!(
                         "once peers have caught up, revoke the old certificate: zorgmesh certs revoke --ca-dir {} --certificate {}",
@@ -500,7 +725,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 None => println!(
-                    "activate it on the running node: curl -X POST http://<node>/admin/rotate"
+                    "activate it on the running node: zorgmesh certs rotate ... --activate http://<node> --credentials <admin client> (POST /admin/rotate)"
                 ),
             }
         }
@@ -606,10 +831,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("content digest {}", report.content_digest());
         }
-        Command::Node(NodeCommand::Backup { node, store, out }) => {
+        Command::Node(NodeCommand::Backup {
+            node,
+            store,
+            out,
+            credentials,
+        }) => {
             if let Some(node) = node {
                 let url = format!("{}/admin/backup", node.trim_end_matches('/'));
-                let text = post_admin(&url, None, "took no backup").await?;
+                let text = post_admin(&url, None, "took no backup", credentials.as_deref()).await?;
                 let taken: serde_json::Value = serde_json::from_str(&text)
                     .with_context(|| format!("{url} answered something else: {text}"))?;
                 println!(
@@ -673,6 +903,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("content digest {}", summary.content_digest);
         }
+        Command::Client(command) => client_command(command).await?,
         Command::Demo(args) => {
             if args.patients == 0 {
                 bail!("--patients must be at least 1");

@@ -537,7 +537,15 @@ impl RunningNode {
             .await
             .with_context(|| format!("cannot bind the FHIR API on {}", config.http_listen))?;
         let http_addr = listener.local_addr()?;
+        let public_url = config.public_url(http_addr);
+        let auth = Arc::new(crate::auth::Authenticator::open(
+            &config.auth.clients_file,
+            &config.auth.token_key,
+            &public_url,
+            config.auth.access_token_lifetime_secs,
+        )?);
         let state = ApiState {
+            auth,
             fhir: fhir.clone(),
             dossier: DossierResolver {
                 mesh: mesh.clone(),
@@ -547,7 +555,7 @@ impl RunningNode {
                 network: anchor.network().to_owned(),
                 holder_timeout_ms: config.resolve.holder_timeout_ms,
             },
-            base: format!("http://{http_addr}/fhir"),
+            base: format!("{public_url}/fhir"),
             node_name: config.name.clone(),
             rotator: Some(Arc::new(Rotator {
                 keys: keys.clone(),

@@ -211,6 +211,14 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
             evaluator_set: "evaluators.pem".into(),
             oprf_share: evaluator.then(|| "node.share".into()),
         },
+        auth: crate::config::AuthConfig {
+            // A node in a container is reached by its host name.
+            public_url: spec
+                .host
+                .as_ref()
+                .map(|host| format!("http://{host}:{}", spec.http.port())),
+            ..Default::default()
+        },
         publishing: PublishingConfig::default(),
         resolve: ResolveConfig::default(),
         sync: SyncConfig::default(),

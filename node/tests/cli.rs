@@ -309,6 +309,89 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     );
     set_mode(&key, 0o600);
 
+    // Clients: an EHR writing at umcg, a viewer reading at rp-zuid, an operator's admin
+    // client at umcg. Each gets its credentials (its private key) beside the config.
+    let node_config = |name: &str| out.join("nodes").join(name).join("node.toml");
+    let said = ok(&zorgmesh(&[
+        "client",
+        "add",
+        "--config",
+        s(&node_config("umcg")),
+        "--id",
+        "ehr",
+        "--name",
+        "EPD UMCG",
+        "--scope",
+        "system/*.cruds",
+    ]));
+    let ehr_credentials = out.join("nodes").join("umcg").join("ehr.credentials.json");
+    assert!(said.contains("credentials"), "{said}");
+    assert_eq!(mode(&ehr_credentials), 0o600);
+    ok(&zorgmesh(&[
+        "client",
+        "add",
+        "--config",
+        s(&node_config("rp-zuid")),
+        "--id",
+        "viewer",
+        "--scope",
+        "system/*.rs",
+    ]));
+    let viewer_credentials = out
+        .join("nodes")
+        .join("rp-zuid")
+        .join("viewer.credentials.json");
+    ok(&zorgmesh(&[
+        "client",
+        "add",
+        "--config",
+        s(&node_config("umcg")),
+        "--id",
+        "ops",
+        "--scope",
+        "zorgmesh.admin",
+    ]));
+    let ops_credentials = out.join("nodes").join("umcg").join("ops.credentials.json");
+    let err = failed(&zorgmesh(&[
+        "client",
+        "add",
+        "--config",
+        s(&node_config("umcg")),
+        "--id",
+        "ehr",
+        "--scope",
+        "system/*.rs",
+    ]));
+    assert!(
+        err.contains("registered already") || err.contains("exists"),
+        "{err}"
+    );
+    let err = failed(&zorgmesh(&[
+        "client",
+        "add",
+        "--config",
+        s(&node_config("umcg")),
+        "--id",
+        "app",
+        "--scope",
+        "system/*.rs",
+        "--patient-bsn",
+        "999911120",
+        "--credentials",
+        s(&dir.path().join("app.json")),
+    ]));
+    assert!(err.contains("does not fit"), "{err}");
+    let listed = ok(&zorgmesh(&[
+        "client",
+        "list",
+        "--config",
+        s(&node_config("umcg")),
+    ]));
+    assert!(
+        listed.contains("ehr") && listed.contains("ops") && listed.contains("active"),
+        "{listed}"
+    );
+
     let _umcg = start("umcg");
     let _rp = start("rp-zuid");
     let client = reqwest::Client::builder()
@@ -328,6 +411,28 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    // Without a token nothing but discovery answers; `client token` gets one.
+    let response = client
+        .get(format!("{}/Patient", base(ports[0])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    let token = |credentials: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zorgmesh"))
+            .args(["client", "token", "--credentials", s(credentials)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let ehr_token = token(&ehr_credentials);
+    let viewer_token = token(&viewer_credentials);
     let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:a", "resource": {"resourceType": "Patient", "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": "999911120"}]}, "request": {"method": "POST", "url": "Patient"}},
         {"fullUrl": "urn:uuid:b", "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": "urn:uuid:a"}}, "request": {"method": "POST", "url": "Observation"}}
@@ -335,6 +440,7 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     // Gossip needs the two processes connected; retry the write's effect, not the write.
     let response = client
         .post(base(ports[0]))
+        .bearer_auth(&ehr_token)
         .header("content-type", "application/fhir+json")
         .body(bundle.to_string())
         .send()
@@ -347,7 +453,15 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let dossier: Value = loop {
-        let dossier: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+        let dossier: Value = client
+            .get(&url)
+            .bearer_auth(&viewer_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if dossier["total"] == 2 {
             break dossier;
         }
@@ -382,7 +496,25 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
 
     // An online backup of the running umcg; a check of a running node's store is refused.
     let umcg_url = format!("http://127.0.0.1:{}", ports[0]);
-    let backed_up = ok(&zorgmesh(&["node", "backup", "--node", &umcg_url]));
+    let err = failed(&zorgmesh(&["node", "backup", "--node", &umcg_url]));
+    assert!(err.contains("--credentials"), "{err}");
+    let err = failed(&zorgmesh(&[
+        "node",
+        "backup",
+        "--node",
+        &umcg_url,
+        "--credentials",
+        s(&ehr_credentials),
+    ]));
+    assert!(err.contains("admin"), "{err}");
+    let backed_up = ok(&zorgmesh(&[
+        "node",
+        "backup",
+        "--node",
+        &umcg_url,
+        "--credentials",
+        s(&ops_credentials),
+    ]));
     let backup = backed_up
         .split("backup written by the node to ")
         .nth(1)
@@ -442,6 +574,44 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     assert!(err.contains("not a sound zorgmesh backup"), "{err}");
     assert!(!elsewhere.exists());
 
+    // A revoked client's tokens stop working within a second or so.
+    let said = ok(&zorgmesh(&[
+        "client",
+        "revoke",
+        "--config",
+        s(&node_config("rp-zuid")),
+        "--id",
+        "viewer",
+    ]));
+    assert!(said.contains("revoked"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = client
+            .get(&url)
+            .bearer_auth(&viewer_token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status.as_u16() == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a revoked client's token still works: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out_of_date = Command::new(env!("CARGO_BIN_EXE_zorgmesh"))
+        .args(["client", "token", "--credentials", s(&viewer_credentials)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out_of_date.stderr);
+    assert!(
+        !out_of_date.status.success() && err.contains("invalid_client"),
+        "{err}"
+    );
+
     // The documented restore: stop the node, put the restored store in its place, start it.
     drop(_umcg);
     let data = out.join("nodes").join("umcg").join("data");
@@ -454,7 +624,7 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(&search).send().await {
+        if let Ok(r) = client.get(&search).bearer_auth(&ehr_token).send().await {
             if r.status().is_success() {
                 let found: Value = r.json().await.unwrap();
                 assert_eq!(found["total"], 1, "{found}");

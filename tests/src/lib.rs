@@ -5,6 +5,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
+use zorgmesh_node::auth::assertion::ClientCredentials;
 use zorgmesh_node::config::NodeConfig;
 use zorgmesh_node::node::RunningNode;
 use zorgmesh_node::provision::{self, ProvisionedNode};
@@ -29,7 +30,20 @@ pub struct TestMesh {
     pub compact_after_batches: usize,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The tests' own client, registered on every node with every scope and the admin
+    /// scope (its token endpoint follows the node asked).
+    client: ClientCredentials,
+    /// Access tokens of [`Self::client`] per node: the node's address when it was issued
+    /// (a restart changes it), the token and when it was issued.
+    tokens: std::sync::Mutex<
+        std::collections::HashMap<usize, (std::net::SocketAddr, String, std::time::Instant)>,
+    >,
 }
+
+/// The id of the tests' own client on every node.
+pub const TEST_CLIENT: &str = "tests";
+/// Its scopes.
+pub const TEST_CLIENT_SCOPES: &str = "system/*.cruds zorgmesh.admin";
 
 fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("valid")
@@ -94,7 +108,22 @@ impl TestMesh {
         let root = dir.path().to_owned();
         let provisioned =
             provision::generate_material(&topology, &root, time::OffsetDateTime::now_utc())?;
+        // One key pair for the tests' client, registered on every node.
+        let (client, jwk) = ClientCredentials::generate(TEST_CLIENT, "unset")?;
+        for node in &provisioned {
+            register_client(
+                &node.dir,
+                TEST_CLIENT,
+                TEST_CLIENT_SCOPES,
+                None,
+                Some(jsonwebtoken::jwk::JwkSet {
+                    keys: vec![jwk.clone()],
+                }),
+            )?;
+        }
         let mut mesh = Self {
+            client,
+            tokens: Default::default(),
             _dir: dir,
             root,
             provisioned,
@@ -219,6 +248,79 @@ impl TestMesh {
         Ok(())
     }
 
+    /// An access token of the tests' client for node `i` (every scope and admin), fetched
+    /// from the node's token endpoint and reused while it is fresh.
+    pub async fn token(&self, i: usize) -> anyhow::Result<String> {
+        let addr = self.node(i).http_addr;
+        if let Some((at, token, issued)) = self.tokens.lock().unwrap().get(&i) {
+            if *at == addr && issued.elapsed() < Duration::from_secs(120) {
+                return Ok(token.clone());
+            }
+        }
+        let token = self.token_for(i, &self.client, None).await?;
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(i, (addr, token.clone(), std::time::Instant::now()));
+        Ok(token)
+    }
+
+    /// A fresh access token for `credentials` from node `i` (whatever endpoint the
+    /// credentials name), with `scope` or every registered scope.
+    pub async fn token_for(
+        &self,
+        i: usize,
+        credentials: &ClientCredentials,
+        scope: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let mut credentials = credentials.clone();
+        credentials.token_endpoint = self.token_endpoint(i);
+        Ok(
+            zorgmesh_node::auth::request_token(&self.http, &credentials, scope)
+                .await?
+                .access_token,
+        )
+    }
+
+    /// Node `i`'s token endpoint.
+    pub fn token_endpoint(&self, i: usize) -> String {
+        format!(
+            "http://{}{}",
+            self.node(i).http_addr,
+            zorgmesh_node::auth::TOKEN_PATH
+        )
+    }
+
+    /// Registers another client on node `i` (running or not) with a key made here; its
+    /// credentials point at the node's current token endpoint when it runs.
+    pub fn add_client(
+        &self,
+        i: usize,
+        client_id: &str,
+        scopes: &str,
+        patient_bsn: Option<&str>,
+    ) -> anyhow::Result<ClientCredentials> {
+        let registered = register_client(&self.node_dir(i), client_id, scopes, patient_bsn, None)?;
+        let mut credentials = registered.context("a made key has credentials")?;
+        if let Some(Some(node)) = self.nodes.get(i) {
+            credentials.token_endpoint = format!(
+                "http://{}{}",
+                node.http_addr,
+                zorgmesh_node::auth::TOKEN_PATH
+            );
+        }
+        Ok(credentials)
+    }
+
+    /// `request` with the tests' client's token for node `i`.
+    pub async fn authorized(
+        &self,
+        i: usize,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::RequestBuilder> {
+        Ok(request.bearer_auth(self.token(i).await?))
+    }
+
     /// Hands a CA-signed revocation list (PEM) to node `i` (`POST /admin/revocations`); its
     /// answer, or an error when the node refused the list.
     pub async fn post_revocations(&self, i: usize, pem: Vec<u8>) -> anyhow::Result<Value> {
@@ -228,6 +330,7 @@ impl TestMesh {
                 "http://{}/admin/revocations",
                 self.node(i).http_addr
             ))
+            .bearer_auth(self.token(i).await?)
             .body(pem)
             .send()
             .await?;
@@ -245,6 +348,7 @@ impl TestMesh {
         let response = self
             .http
             .delete(format!("{}/{path}", self.node(i).base_url()))
+            .bearer_auth(self.token(i).await?)
             .send()
             .await?;
         Ok(response.status().as_u16())
@@ -272,6 +376,7 @@ impl TestMesh {
         let response = self
             .http
             .post(self.node(i).base_url())
+            .bearer_auth(self.token(i).await?)
             .header("content-type", "application/fhir+json")
             .body(bundle.to_string())
             .send()
@@ -287,6 +392,7 @@ impl TestMesh {
         let response = self
             .http
             .get(format!("{}/{path}", self.node(i).base_url()))
+            .bearer_auth(self.token(i).await?)
             .send()
             .await?;
         let status = response.status().as_u16();
@@ -311,6 +417,31 @@ impl TestMesh {
             self.stop(i).await;
         }
     }
+}
+
+/// Registers a client in the clients file of the node whose files are in `node_dir`, as
+/// `zorgmesh client add` does: with `public_keys`, or with a key made here, whose
+/// credentials are returned (their token endpoint still to be set).
+pub fn register_client(
+    node_dir: &std::path::Path,
+    client_id: &str,
+    scopes: &str,
+    patient_bsn: Option<&str>,
+    public_keys: Option<jsonwebtoken::jwk::JwkSet>,
+) -> anyhow::Result<Option<ClientCredentials>> {
+    let registered = zorgmesh_node::auth::registration::add_client(
+        &node_dir.join("clients.json"),
+        zorgmesh_node::auth::registration::NewClient {
+            client_id: client_id.to_owned(),
+            name: String::new(),
+            scopes: scopes.to_owned(),
+            patient_bsn: patient_bsn.map(str::to_owned),
+            public_keys,
+        },
+        "unset",
+        zorgmesh_node::auth::now_secs(),
+    )?;
+    Ok(registered.credentials)
 }
 
 /// Revokes the node whose files are in `node_dir` with the CA in `ca_dir`, as

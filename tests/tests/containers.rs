@@ -61,6 +61,10 @@ struct Cluster {
     dir: tempfile::TempDir,
     provisioned: Vec<zorgmesh_node::provision::ProvisionedNode>,
     http: reqwest::Client,
+    /// The tests' client, registered on every node (its token endpoint is set per node).
+    client: zorgmesh_node::auth::assertion::ClientCredentials,
+    /// Access tokens per node name, with when they were issued.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, (String, Instant)>>,
 }
 
 fn topology(nodes: &[(&str, &str)], subnet_prefix: &str) -> Topology {
@@ -155,7 +159,23 @@ impl Cluster {
                 .replace("holder_timeout_ms = 5000", "holder_timeout_ms = 3000");
             std::fs::write(&path, text).unwrap();
         }
+        let (client, key) =
+            zorgmesh_node::auth::assertion::ClientCredentials::generate("tests", "unset").unwrap();
+        for node in &provisioned {
+            zorgmesh_tests::register_client(
+                &node.dir,
+                "tests",
+                zorgmesh_tests::TEST_CLIENT_SCOPES,
+                None,
+                Some(jsonwebtoken::jwk::JwkSet {
+                    keys: vec![key.clone()],
+                }),
+            )
+            .unwrap();
+        }
         let mut cluster = Self {
+            client,
+            tokens: Default::default(),
             nodes: Vec::new(),
             network,
             dir,
@@ -224,11 +244,46 @@ impl Cluster {
         format!("http://127.0.0.1:{port}")
     }
 
+    /// An access token of the tests' client for node `i`, reused while fresh. The assertion
+    /// names the node's own token endpoint (its address on the test network); the request
+    /// goes through the mapped port.
+    async fn token(&self, i: usize) -> String {
+        let name = self.nodes[i].name.clone();
+        if let Some((token, issued)) = self.tokens.lock().unwrap().get(&name) {
+            if issued.elapsed() < Duration::from_secs(120) {
+                return token.clone();
+            }
+        }
+        let spec = &self
+            .provisioned
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap()
+            .spec;
+        let mut credentials = self.client.clone();
+        credentials.token_endpoint = format!(
+            "http://{}:{}{}",
+            spec.host.as_deref().unwrap(),
+            spec.http.port(),
+            zorgmesh_node::auth::TOKEN_PATH
+        );
+        let via = format!("{}{}", self.base(i).await, zorgmesh_node::auth::TOKEN_PATH);
+        let token = zorgmesh_node::auth::request_token_via(&self.http, &credentials, &via, None)
+            .await
+            .unwrap_or_else(|e| panic!("no token from {name}: {e:#}"))
+            .access_token;
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(name, (token.clone(), Instant::now()));
+        token
+    }
+
     async fn wait_http(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(port) = self.nodes[i].container.get_host_port_ipv4(8080).await {
-                let url = format!("http://127.0.0.1:{port}/admin/status");
+                let url = format!("http://127.0.0.1:{port}/health");
                 if let Ok(r) = self.http.get(&url).send().await {
                     if r.status().is_success() {
                         return;
@@ -246,7 +301,16 @@ impl Cluster {
 
     async fn status(&self, i: usize) -> Option<Value> {
         let url = format!("{}/admin/status", self.base(i).await);
-        self.http.get(url).send().await.ok()?.json().await.ok()
+        let token = self.token(i).await;
+        self.http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
     }
 
     async fn post(&self, i: usize, bundle: &Value) -> Value {
@@ -254,6 +318,7 @@ impl Cluster {
         let response = self
             .http
             .post(url)
+            .bearer_auth(self.token(i).await)
             .header("content-type", "application/fhir+json")
             .body(bundle.to_string())
             .send()
@@ -277,6 +342,7 @@ impl Cluster {
         let bundle: Value = self
             .http
             .get(url)
+            .bearer_auth(self.token(i).await)
             .send()
             .await
             .unwrap()
@@ -438,6 +504,7 @@ const FIVE: &[(&str, &str)] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn partition_then_heal_converges() {
     let cluster = Cluster::start("partition", FIVE, 5).await;
     cluster
@@ -485,6 +552,7 @@ async fn partition_then_heal_converges() {
     let answer: Value = cluster
         .http
         .post(format!("{}/admin/revocations", cluster.base(0).await))
+        .bearer_auth(cluster.token(0).await)
         .body(pem)
         .send()
         .await
@@ -526,6 +594,7 @@ async fn partition_then_heal_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
     let cluster = Cluster::start("crash", &FIVE[..3], 3).await;
     let victim = 2;
@@ -539,6 +608,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
     // Stream single writes; kill -9 once 40 are acknowledged, while the stream goes on.
     let base = cluster.base(victim).await;
     let http = cluster.http.clone();
+    let token = cluster.token(victim).await;
     let container_id = cluster.nodes[victim].container.id().to_owned();
     let writer = tokio::spawn(async move {
         let mut acknowledged = Vec::new();
@@ -547,6 +617,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
             let body = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": format!("stream {n}")}, "subject": {"reference": format!("Patient/{patient_id}")}});
             let sent = http
                 .put(format!("{base}/fhir/Observation/{id}"))
+                .bearer_auth(&token)
                 .header("content-type", "application/fhir+json")
                 .body(body.to_string())
                 .send()
@@ -576,6 +647,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
         let r = cluster
             .http
             .get(format!("{base}/fhir/Observation/{id}"))
+            .bearer_auth(cluster.token(victim).await)
             .send()
             .await
             .unwrap();
@@ -610,6 +682,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn a_late_joiner_catches_up_with_100_000_entries() {
     const PATIENTS: u32 = 100_000;
     const PER_BUNDLE: u32 = 2_500;
@@ -671,6 +744,7 @@ async fn a_late_joiner_catches_up_with_100_000_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn a_dossier_names_a_stopped_holder_and_completes_after_its_restart() {
     let cluster = Cluster::start("holderdown", &FIVE[..4], 4).await;
     let b = bsn(50_000_000);

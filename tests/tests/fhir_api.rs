@@ -12,7 +12,10 @@ async fn send(
     headers: &[(&str, &str)],
 ) -> (u16, reqwest::header::HeaderMap, Value) {
     let url = format!("{}/{path}", mesh.node(0).base_url());
-    let mut request = mesh.http.request(method, url);
+    let mut request = mesh
+        .http
+        .request(method, url)
+        .bearer_auth(mesh.token(0).await.unwrap());
     if let Some(body) = body {
         request = request
             .header("content-type", "application/fhir+json")
@@ -162,6 +165,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let response = mesh
         .http
         .post(&url)
+        .bearer_auth(mesh.token(0).await.unwrap())
         .header("content-type", "application/fhir+json")
         .body("{not json")
         .send()
@@ -172,6 +176,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let response = mesh
         .http
         .post(&url)
+        .bearer_auth(mesh.token(0).await.unwrap())
         .header("content-type", "text/plain")
         .body("{}")
         .send()
@@ -183,6 +188,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let response = mesh
         .http
         .post(&url)
+        .bearer_auth(mesh.token(0).await.unwrap())
         .header("content-type", "application/json")
         .body(r#"{"resourceType":"Patient"}"#)
         .send()
@@ -249,6 +255,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let response = mesh
         .http
         .get(format!("http://{}/elsewhere", mesh.node(0).http_addr))
+        .bearer_auth(mesh.token(0).await.unwrap())
         .send()
         .await
         .unwrap();
@@ -308,6 +315,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let response = mesh
         .http
         .post(mesh.node(0).base_url())
+        .bearer_auth(mesh.token(0).await.unwrap())
         .body(dangling.to_string())
         .send()
         .await
@@ -386,6 +394,7 @@ async fn search_by_patient_identifier_and_last_updated_with_paging() {
         page = mesh
             .http
             .get(next)
+            .bearer_auth(mesh.token(0).await.unwrap())
             .send()
             .await
             .unwrap()
@@ -461,6 +470,7 @@ async fn search_by_patient_identifier_and_last_updated_with_paging() {
 async fn create_small_patients(
     client: &reqwest::Client,
     base: &str,
+    token: &str,
     count: usize,
 ) -> std::time::Duration {
     let mut slowest = std::time::Duration::ZERO;
@@ -468,6 +478,7 @@ async fn create_small_patients(
         let started = std::time::Instant::now();
         let response = client
             .post(format!("{base}/Patient"))
+            .bearer_auth(token)
             .header("content-type", "application/fhir+json")
             .body(
                 json!({"resourceType": "Patient", "name": [{"family": format!("Small{k}")}]})
@@ -525,7 +536,7 @@ async fn slow_and_idle_clients_do_not_keep_others_out() {
         .build()
         .unwrap();
     let base = mesh.node(0).base_url();
-    let slowest = create_small_patients(&client, &base, 20).await;
+    let slowest = create_small_patients(&client, &base, &mesh.token(0).await.unwrap(), 20).await;
     // Connections over a host's share are closed at once: they hold no descriptor.
     let mut closed = 0;
     for stream in idle.iter_mut().rev() {
@@ -572,12 +583,15 @@ async fn a_burst_of_large_bundles_is_parsed_a_few_at_a_time_and_others_are_serve
         .timeout(std::time::Duration::from_secs(120))
         .build()
         .unwrap();
+    let token = mesh.token(0).await.unwrap();
     let burst: Vec<_> = (0..12)
         .map(|_| {
             let (client, url, body) = (client.clone(), base.clone(), large.clone());
+            let token = token.clone();
             tokio::spawn(async move {
                 client
                     .post(url)
+                    .bearer_auth(token)
                     .header("content-type", "application/fhir+json")
                     .body(body)
                     .send()
@@ -587,7 +601,7 @@ async fn a_burst_of_large_bundles_is_parsed_a_few_at_a_time_and_others_are_serve
         })
         .collect();
     // Small requests keep being served while the burst is parsed.
-    let slowest = create_small_patients(&client, &base, 20).await;
+    let slowest = create_small_patients(&client, &base, &mesh.token(0).await.unwrap(), 20).await;
     let mut statuses = Vec::new();
     for request in burst {
         statuses.push(request.await.unwrap().unwrap());

@@ -228,9 +228,18 @@ async fn a_node_certified_by_another_ca_is_refused_at_the_connection_and_hears_n
     let mut config = zorgmesh_node::provision::node_config(&rogue.spec, bootstrap, rogue.evaluator);
     config.publishing.batch_window_ms = 20;
     config.resolve_paths(&rogue.dir);
+    let mut rogue_client =
+        zorgmesh_tests::register_client(&rogue.dir, "rogue-ehr", "system/*.cruds", None, None)
+            .unwrap()
+            .unwrap();
     let rogue_node = zorgmesh_node::node::RunningNode::start(config)
         .await
         .unwrap();
+    rogue_client.token_endpoint = format!(
+        "http://{}{}",
+        rogue_node.http_addr,
+        zorgmesh_node::auth::TOKEN_PATH
+    );
     let rogue_id = rogue_node.identity.node;
     let refused = || {
         mesh.running()
@@ -249,8 +258,13 @@ async fn a_node_certified_by_another_ca_is_refused_at_the_connection_and_hears_n
     );
     // The rogue writes; members write. Nothing crosses either way.
     let client = reqwest::Client::new();
+    let rogue_token = zorgmesh_node::auth::request_token(&client, &rogue_client, None)
+        .await
+        .unwrap()
+        .access_token;
     let response = client
         .post(rogue_node.base_url())
+        .bearer_auth(rogue_token)
         .header("content-type", "application/fhir+json")
         .body(patient_bundle(BSN, "rogue", 1).to_string())
         .send()

@@ -39,6 +39,7 @@ async fn post_rotate(mesh: &TestMesh, i: usize) -> (u16, Value) {
     let response = mesh
         .http
         .post(format!("http://{}/admin/rotate", mesh.node(i).http_addr))
+        .bearer_auth(mesh.token(i).await.unwrap())
         .send()
         .await
         .unwrap();

@@ -5,9 +5,11 @@
 use super::outcome::FHIR_JSON;
 use super::resource::{http_date, MAX_RESOURCE_BYTES, RESOURCE_TYPES};
 use super::{bundle, search, FhirError, FhirService};
+use crate::auth::scope::Interaction;
+use crate::auth::{Authenticator, Principal};
 use crate::dossier::DossierResolver;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,6 +26,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
+    /// Who may call: tokens, clients, scopes.
+    pub auth: std::sync::Arc<Authenticator>,
     /// FHIR interactions.
     pub fhir: FhirService,
     /// Mesh-wide dossier resolution.
@@ -46,6 +50,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir", post(base_post).get(base_get))
         .route("/fhir/", post(base_post).get(base_get))
         .route("/fhir/metadata", get(metadata))
+        .route("/.well-known/smart-configuration", get(smart_configuration))
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(smart_configuration),
+        )
+        .route("/health", get(health))
+        .route(crate::auth::TOKEN_PATH, post(token))
         .route("/fhir/{type}", get(search_type).post(create))
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
@@ -59,10 +70,197 @@ pub fn router(state: ApiState) -> Router {
         )
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
         .with_state(state)
+}
+
+/// The principal of an authenticated request (set by [`authenticate`]).
+type Who = Extension<std::sync::Arc<Principal>>;
+
+/// Lets the open endpoints through, and every other request only with a valid access token
+/// (401 otherwise); `/admin/*` only with the admin scope (403 otherwise). Handlers check the
+/// scopes for what they do.
+async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::auth::is_open(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    match state.auth.authenticate(request.headers()) {
+        Ok(principal) => {
+            if request.uri().path().starts_with("/admin/") {
+                if let Err(e) = principal.require_admin() {
+                    return e.into_response();
+                }
+            }
+            request
+                .extensions_mut()
+                .insert(std::sync::Arc::new(principal));
+            next.run(request).await
+        }
+        Err(failure) => {
+            tracing::info!(method = %request.method(), path = %request.uri().path(), reason = ?failure, "request refused: not authenticated");
+            failure.into_response()
+        }
+    }
+}
+
+/// `POST /auth/token`: the client-credentials grant of SMART Backend Services.
+async fn token(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media != "application/x-www-form-urlencoded" {
+        return crate::auth::OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: "invalid_request",
+            description: "send the token request as application/x-www-form-urlencoded".into(),
+        }
+        .into_response();
+    }
+    let bytes = match read_body(body, crate::auth::MAX_TOKEN_REQUEST_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return crate::auth::OAuthError {
+                status: e.status,
+                error: "invalid_request",
+                description: e.diagnostics,
+            }
+            .into_response()
+        }
+    };
+    let form: Vec<(String, String)> = form_urlencoded::parse(&bytes).into_owned().collect();
+    let auth = state.auth.clone();
+    match tokio::task::spawn_blocking(move || auth.token_request(&form)).await {
+        Ok(Ok(grant)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            serde_json::to_string(&grant).unwrap_or_default(),
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::info!(error = e.error, reason = %e.description, "token request refused");
+            e.into_response()
+        }
+        Err(e) => FhirError::internal(e.to_string()).into_response(),
+    }
+}
+
+/// `GET /.well-known/smart-configuration`: where and how to get a token.
+async fn smart_configuration(State(state): State<ApiState>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        state.auth.smart_configuration().to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /health`: the liveness probe (open; says nothing but that the API answers).
+async fn health() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"up"}"#,
+    )
+        .into_response()
+}
+
+/// What each entry of a transaction or batch Bundle does, as (resource type, interaction):
+/// the token must allow all of it.
+fn bundle_interactions(bundle: &Value) -> Vec<(String, Interaction)> {
+    let Some(entries) = bundle.get("entry").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    let mut needed = Vec::new();
+    for entry in entries {
+        let request = entry.get("request");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = request
+            .and_then(|r| r.get("url"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let path = url.split('?').next().unwrap_or("");
+        let resource_type = path.split('/').next().unwrap_or("").to_owned();
+        let interaction = match method {
+            "POST" => Interaction::Create,
+            "PUT" | "PATCH" => Interaction::Update,
+            "DELETE" => Interaction::Delete,
+            "GET" | "HEAD" if path.contains('/') => Interaction::Read,
+            "GET" | "HEAD" => Interaction::Search,
+            // Anything else is refused by the Bundle's own checks.
+            _ => continue,
+        };
+        if !resource_type.is_empty() {
+            needed.push((resource_type, interaction));
+        }
+    }
+    needed
+}
+
+/// Leaves out of a result Bundle the resources the token may not read, and says how many.
+fn withhold_unreadable(bundle: &mut Value, who: &Principal) {
+    let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let mut withheld: std::collections::BTreeMap<String, usize> = Default::default();
+    entries.retain(|entry| {
+        let Some(resource_type) = entry
+            .get("resource")
+            .and_then(|r| r.get("resourceType"))
+            .and_then(Value::as_str)
+        else {
+            return true;
+        };
+        if resource_type == "OperationOutcome" || who.may_read(resource_type) {
+            return true;
+        }
+        *withheld.entry(resource_type.to_owned()).or_default() += 1;
+        false
+    });
+    if withheld.is_empty() {
+        return;
+    }
+    let text = withheld
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    entries.push(json!({
+        "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "information",
+                "code": "suppressed",
+                "diagnostics": format!("left out because the token's scopes do not allow reading them: {text}")
+            }]
+        },
+        "search": {"mode": "outcome"}
+    }));
+    if let Some(total) = bundle.get("total").and_then(Value::as_u64) {
+        let left_out: usize = withheld.values().sum();
+        bundle["total"] = json!(total.saturating_sub(left_out as u64));
+    }
 }
 
 fn fhir_response(status: StatusCode, body: &Value) -> Response {
@@ -235,9 +433,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
         .map_err(|_| FhirError::invalid(format!("If-Match {text:?} must be W/\"<version>\"")))
 }
 
-async fn base_post(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+async fn base_post(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let result = async {
         let (bundle, _permit) = read_json(&headers, body, MAX_BODY_BYTES).await?;
+        for (resource_type, interaction) in bundle_interactions(&bundle) {
+            who.require(&resource_type, interaction)?;
+        }
         bundle::process(&state.fhir, bundle).await
     }
     .await;
@@ -258,9 +464,13 @@ async fn metadata(State(state): State<ApiState>) -> Response {
 
 async fn search_type(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Search) {
+        return e.into_response();
+    }
     match search::search(
         &state.fhir,
         &resource_type,
@@ -274,12 +484,14 @@ async fn search_type(
 
 async fn create(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path(resource_type): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result = async {
         super::resource::check_type(&resource_type)?;
+        who.require(&resource_type, Interaction::Create)?;
         let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
         state.fhir.create(&resource_type, resource).await
     }
@@ -302,14 +514,28 @@ async fn create(
 
 async fn read(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path((resource_type, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
     if resource_type == "Patient" && id == "$dossier" {
-        return match state.dossier.resolve_request(&parse_query(query)).await {
-            Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+        let params = parse_query(query);
+        let result = async {
+            let bsn = crate::dossier::requested_bsn(&params)?;
+            who.require_dossier_of(Some(&bsn))?;
+            state.dossier.resolve_request(&params).await
+        }
+        .await;
+        return match result {
+            Ok(mut bundle) => {
+                withhold_unreadable(&mut bundle, &who);
+                fhir_response(StatusCode::OK, &bundle)
+            }
             Err(e) => e.into_response(),
         };
+    }
+    if let Err(e) = who.require(&resource_type, Interaction::Read) {
+        return e.into_response();
     }
     match state.fhir.read(&resource_type, &id) {
         Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
@@ -319,12 +545,14 @@ async fn read(
 
 async fn update(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path((resource_type, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let result = async {
         super::resource::check_type(&resource_type)?;
+        who.require(&resource_type, Interaction::Update)?;
         let expected = if_match(&headers)?;
         let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
         state
@@ -352,8 +580,12 @@ async fn update(
 
 async fn delete(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path((resource_type, id)): Path<(String, String)>,
 ) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Delete) {
+        return e.into_response();
+    }
     match state.fhir.delete(&resource_type, &id).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
@@ -362,8 +594,12 @@ async fn delete(
 
 async fn instance_operation(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path((resource_type, id, operation)): Path<(String, String, String)>,
 ) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Read) {
+        return e.into_response();
+    }
     match (resource_type.as_str(), operation.as_str()) {
         ("Patient", "$everything") => match state.fhir.everything(&id) {
             Ok(resources) => {
@@ -379,10 +615,9 @@ async fn instance_operation(
                         json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
                     })
                     .collect();
-                fhir_response(
-                    StatusCode::OK,
-                    &json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-                )
+                let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
+                withhold_unreadable(&mut bundle, &who);
+                fhir_response(StatusCode::OK, &bundle)
             }
             Err(e) => e.into_response(),
         },
@@ -399,8 +634,12 @@ async fn instance_operation(
 
 async fn vread(
     State(state): State<ApiState>,
+    Extension(who): Who,
     Path((resource_type, id, version)): Path<(String, String, String)>,
 ) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Read) {
+        return e.into_response();
+    }
     match state.fhir.vread(&resource_type, &id, &version) {
         Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
         Err(e) => e.into_response(),
@@ -599,6 +838,17 @@ fn capability_statement(state: &ApiState) -> Value {
         "format": ["application/fhir+json", "application/json"],
         "rest": [{
             "mode": "server",
+            "security": {
+                "service": [{"coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]}],
+                "description": "SMART Backend Services: client-credentials grant with a signed JWT assertion; SMART v2 scopes",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": state.auth.token_endpoint}]
+                }]
+            },
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}]
         }]
