@@ -244,8 +244,7 @@ enum NodeCommand {
 enum ClientCommand {
     /// Register a client (SMART Backend Services). Without --public-key a P-384 key pair is
     /// made and the client's credentials (its private key and the node's token endpoint)
-    /// written to --credentials, owner-only. A running node takes the client within a
-    /// second.
+    /// written to --credentials, owner-only. A running node takes the client at once.
     Add {
         /// The node's config (TOML); its auth.clients_file is edited.
         #[arg(long)]
@@ -277,7 +276,7 @@ enum ClientCommand {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Revoke a client: its tokens stop working within a second.
+    /// Revoke a client: its tokens stop working at once.
     Revoke {
         /// The node's config (TOML).
         #[arg(long)]
@@ -494,7 +493,7 @@ async fn client_command(command: ClientCommand) -> anyhow::Result<()> {
                 auth::now_secs(),
             )?;
             if was_active {
-                println!("client {id} revoked: its tokens stop working within a second");
+                println!("client {id} revoked: its tokens stop working at once");
             } else {
                 println!("client {id} was revoked already");
             }

@@ -252,8 +252,9 @@ impl ClientsFile {
     }
 }
 
-/// The registry as the node sees it: the file, read again when it changes (checked at most
-/// once a second), so a revocation takes effect within a second.
+/// The registry as the node sees it: the file, read again when it changes (its metadata is
+/// looked at on every use, a microsecond), so an added client or a revocation takes effect
+/// at the next request.
 pub struct ClientRegistry {
     path: PathBuf,
     cache: Mutex<Cached>,
@@ -268,14 +269,10 @@ impl std::fmt::Debug for ClientRegistry {
 }
 
 struct Cached {
-    checked: Option<std::time::Instant>,
     modified: Option<(SystemTime, u64, u64)>,
     file: std::sync::Arc<ClientsFile>,
     error: Option<String>,
 }
-
-/// How often the file's modification time is looked at.
-const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ClientRegistry {
     /// A registry over `path`; reads it once now, so a broken file stops the node at start.
@@ -285,7 +282,6 @@ impl ClientRegistry {
         Ok(ClientRegistry {
             path,
             cache: Mutex::new(Cached {
-                checked: Some(std::time::Instant::now()),
                 modified,
                 file: std::sync::Arc::new(file),
                 error: None,
@@ -302,14 +298,6 @@ impl ClientRegistry {
     /// force (and is logged), so a half-edited file never opens or closes the node.
     pub fn current(&self) -> std::sync::Arc<ClientsFile> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
-        if cache
-            .checked
-            .is_some_and(|t| now.duration_since(t) < RECHECK)
-        {
-            return cache.file.clone();
-        }
-        cache.checked = Some(now);
         let modified = stamp(&self.path);
         if modified != cache.modified {
             match ClientsFile::read(&self.path) {
@@ -320,6 +308,8 @@ impl ClientRegistry {
                     cache.error = None;
                 }
                 Err(e) => {
+                    // Not read again until it changes again.
+                    cache.modified = modified;
                     let text = format!("{e:#}");
                     if cache.error.as_deref() != Some(&text) {
                         tracing::error!(error = %text, "the clients file cannot be read: the clients read before stay in force");

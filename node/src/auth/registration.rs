@@ -1,5 +1,5 @@
 //! Registering and revoking clients (`zorgmesh client add|list|revoke`): edits of the
-//! node's clients file, which a running node picks up within a second.
+//! node's clients file, which a running node picks up at its next request.
 
 use super::assertion::ClientCredentials;
 use super::clients::{Client, ClientKind, ClientsFile};
@@ -84,7 +84,7 @@ pub fn add_client(
     })
 }
 
-/// Revokes a client; its tokens stop working within a second. Says whether it was active.
+/// Revokes a client; its tokens stop working at once. Says whether it was active.
 pub fn revoke_client(clients_file: &Path, client_id: &str, now: u64) -> anyhow::Result<bool> {
     let mut file = ClientsFile::read(clients_file)?;
     let was_active = file.revoke(client_id, now)?;
