@@ -1,7 +1,9 @@
 //! The data plane: QUIC (quinn) with TLS 1.3 mutual authentication. Both sides present
 //! their node certificate and verify the other's chain to the network CA; the client also
 //! checks that the server's key is the holder it meant to reach. Requests and responses
-//! are `zorgmesh/fetch/2` frames (see `zorgmesh_protocol::fetch`), every one bounded.
+//! are `zorgmesh/fetch/3` frames (see `zorgmesh_protocol::fetch`), every one bounded. A
+//! request for patient data carries the requester's signed claims, bound to the connection
+//! (`zorgmesh_protocol::claims`), which the holder checks before anything leaves it.
 
 use crate::fhir::FhirService;
 use crate::mesh::Mesh;
@@ -15,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
+use zorgmesh_protocol::claims::{
+    ClaimsGuard, Practitioner, PurposeOfUse, RequesterClaims, CHANNEL_LABEL, CLAIMS_VERSION,
+};
 use zorgmesh_protocol::fetch::{
     frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES,
     MAX_REQUEST_BYTES, MAX_RESOURCES_PER_RESPONSE,
@@ -24,6 +29,39 @@ use zorgmesh_protocol::sync::{
     heads_digest, heads_vector, PublisherHead, RangeRequest, MAX_BATCHES_PER_REQUEST, MAX_HEADS,
 };
 use zorgmesh_protocol::{NodeId, PatientKey};
+
+/// What a resolver says about a request for patient data; the data plane adds the
+/// requester, the patient, a nonce, the time and the connection's binding, and signs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The practitioner the request is for (none for a patient's own request).
+    pub practitioner: Option<Practitioner>,
+    /// Why.
+    pub purpose: PurposeOfUse,
+    /// The reason of an emergency request.
+    pub emergency_reason: String,
+}
+
+impl RequestContext {
+    /// A system's own request for treatment, naming no person.
+    pub fn system_treatment() -> Self {
+        Self {
+            practitioner: None,
+            purpose: PurposeOfUse::Treatment,
+            emergency_reason: String::new(),
+        }
+    }
+}
+
+/// The channel binding of a QUIC connection: its TLS exporter value under
+/// [`CHANNEL_LABEL`]; both ends compute the same 32 bytes, which no third connection shares.
+pub fn channel_binding(connection: &quinn::Connection) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    connection
+        .export_keying_material(&mut out, CHANNEL_LABEL, b"")
+        .map_err(|e| format!("no channel binding: {e:?}"))?;
+    Ok(out)
+}
 
 /// The evaluator this node runs, if it holds an OPRF key share.
 pub type MaybeEvaluator = Option<Arc<crate::pseudonym::evaluator::Evaluator>>;
@@ -244,12 +282,14 @@ pub async fn resolve_address(address: &str) -> Result<SocketAddr, FetchError> {
 #[derive(Clone)]
 pub struct DataPlane {
     endpoint: quinn::Endpoint,
-    /// The client side's certificate and key (replaced by a key rotation).
-    client_config: Arc<std::sync::RwLock<quinn::ClientConfig>>,
+    /// The client side's TLS config and the key of its certificate, which signs requester
+    /// claims (both replaced by a key rotation).
+    client_config: Arc<std::sync::RwLock<(quinn::ClientConfig, SigningKey)>>,
     /// Where the client may connect.
     dial_policy: Arc<std::sync::RwLock<DialPolicy>>,
     anchor: TrustAnchor,
-    connections: Arc<tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>>,
+    /// Open connections by holder, with the key whose certificate each presented.
+    connections: Arc<tokio::sync::Mutex<HashMap<NodeId, (quinn::Connection, SigningKey)>>>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -278,7 +318,7 @@ impl DataPlane {
         )?;
         Ok(Self {
             endpoint,
-            client_config: Arc::new(std::sync::RwLock::new(client)),
+            client_config: Arc::new(std::sync::RwLock::new((client, identity.key.clone()))),
             dial_policy: Arc::new(std::sync::RwLock::new(DialPolicy::default())),
             anchor: identity.anchor.clone(),
             connections: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
@@ -299,6 +339,7 @@ impl DataPlane {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let claims_guard = Arc::new(std::sync::Mutex::new(ClaimsGuard::default()));
         let per_address = crate::limits::AddressSlots::new(MAX_CONNECTIONS_PER_ADDRESS);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
@@ -330,10 +371,13 @@ impl DataPlane {
             let anchor = self.anchor.clone();
             let mesh = mesh.clone();
             let evaluator = evaluator.clone();
+            let claims_guard = claims_guard.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let _address_slot = address_slot;
-                if let Err(e) = serve_connection(incoming, fhir, mesh, evaluator, anchor).await {
+                let served =
+                    serve_connection(incoming, fhir, mesh, evaluator, anchor, claims_guard);
+                if let Err(e) = served.await {
                     tracing::debug!(error = %e, "data-plane connection ended");
                 }
             });
@@ -351,14 +395,14 @@ impl DataPlane {
         name: &str,
         addr: SocketAddr,
         reuse: bool,
-    ) -> Result<(quinn::Connection, bool), FetchError> {
+    ) -> Result<(quinn::Connection, SigningKey, bool), FetchError> {
         // The cache lock is never held across a handshake: a holder that does not answer
         // must not hold up fetches from the others.
         if reuse {
             let cache = self.connections.lock().await;
-            if let Some(connection) = cache.get(&holder) {
+            if let Some((connection, key)) = cache.get(&holder) {
                 if connection.close_reason().is_none() && connection.remote_address() == addr {
-                    return Ok((connection.clone(), true));
+                    return Ok((connection.clone(), key.clone(), true));
                 }
             }
         }
@@ -375,7 +419,7 @@ impl DataPlane {
                 ),
             });
         }
-        let client_config = self
+        let (client_config, key) = self
             .client_config
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -406,8 +450,8 @@ impl DataPlane {
         self.connections
             .lock()
             .await
-            .insert(holder, connection.clone());
-        Ok((connection, false))
+            .insert(holder, (connection.clone(), key.clone()));
+        Ok((connection, key, false))
     }
 
     /// Sends one request to `holder` and collects the answer's frames up to `End`. A
@@ -420,12 +464,26 @@ impl DataPlane {
         addr: SocketAddr,
         request: &FetchRequest,
     ) -> Result<Vec<FetchFrame>, FetchError> {
-        let (connection, reused) = self.connection(holder, holder_name, addr, true).await?;
-        match self.exchange(&connection, request).await {
+        self.request_built(holder, holder_name, addr, |_, _| Ok(request.clone()))
+            .await
+    }
+
+    /// [`Self::request`] with a request made for the connection it goes on (claims are
+    /// bound to the connection and signed by the key its certificate names).
+    async fn request_built(
+        &self,
+        holder: NodeId,
+        holder_name: &str,
+        addr: SocketAddr,
+        build: impl Fn(&quinn::Connection, &SigningKey) -> Result<FetchRequest, FetchError>,
+    ) -> Result<Vec<FetchFrame>, FetchError> {
+        let (connection, key, reused) = self.connection(holder, holder_name, addr, true).await?;
+        match self.exchange(&connection, &build(&connection, &key)?).await {
             Err(FetchError::Transport(reason)) if reused => {
                 tracing::debug!(holder = %holder_name, reason = %reason, "cached connection failed; reconnecting");
-                let (connection, _) = self.connection(holder, holder_name, addr, false).await?;
-                self.exchange(&connection, request).await
+                let (connection, key, _) =
+                    self.connection(holder, holder_name, addr, false).await?;
+                self.exchange(&connection, &build(&connection, &key)?).await
             }
             other => other,
         }
@@ -502,14 +560,28 @@ impl DataPlane {
         holder_name: &str,
         addr: SocketAddr,
         patient: PatientKey,
+        context: &RequestContext,
     ) -> Result<(Vec<serde_json::Value>, Option<Holding>), FetchError> {
+        let network = self.anchor.network().to_owned();
         let frames = self
-            .request(
-                holder,
-                holder_name,
-                addr,
-                &FetchRequest::PatientResources { patient },
-            )
+            .request_built(holder, holder_name, addr, |connection, key| {
+                let channel = channel_binding(connection).map_err(FetchError::Transport)?;
+                let claims = RequesterClaims {
+                    version: CLAIMS_VERSION,
+                    network: network.clone(),
+                    requester: NodeId(key.verifying_key().to_bytes()),
+                    practitioner: context.practitioner.clone(),
+                    purpose: context.purpose,
+                    emergency_reason: context.emergency_reason.clone(),
+                    patient,
+                    nonce: rand::random(),
+                    issued_at_ms: crate::fhir::service::now_ms(),
+                    channel,
+                };
+                Ok(FetchRequest::PatientResources {
+                    claims: Box::new(claims.sign(key)),
+                })
+            })
             .await?;
         let mut resources = Vec::with_capacity(frames.len());
         let mut holding = None;
@@ -609,7 +681,7 @@ impl DataPlane {
         *self
             .client_config
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = client;
+            .unwrap_or_else(|e| e.into_inner()) = (client, identity.key.clone());
         Ok(())
     }
 
@@ -618,7 +690,7 @@ impl DataPlane {
         let mut cache = self.connections.lock().await;
         let mut closed = 0;
         let anchor = self.anchor.clone();
-        cache.retain(|node, connection| {
+        cache.retain(|node, (connection, _)| {
             let key = peer_certificate(connection, &anchor).map_or(*node, |peer| peer.node);
             if revoked.contains(&key) {
                 connection.close(3u32.into(), b"revoked");
@@ -669,12 +741,23 @@ impl DataPlane {
     }
 }
 
+/// What a holder knows of the peer on a connection, for checking its claims.
+#[derive(Clone)]
+struct Peer {
+    name: String,
+    key: NodeId,
+    channel: [u8; 32],
+    network: String,
+    guard: Arc<std::sync::Mutex<ClaimsGuard>>,
+}
+
 async fn serve_connection(
     incoming: quinn::Incoming,
     fhir: FhirService,
     mesh: Arc<Mesh>,
     evaluator: MaybeEvaluator,
     anchor: TrustAnchor,
+    claims_guard: Arc<std::sync::Mutex<ClaimsGuard>>,
 ) -> anyhow::Result<()> {
     let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
         .await
@@ -685,6 +768,13 @@ async fn serve_connection(
             tracing::warn!(remote = %connection.remote_address(), error = %e, "data-plane peer refused");
             connection.close(2u32.into(), b"certificate refused");
             return Ok(());
+        }
+    };
+    let channel = match channel_binding(&connection) {
+        Ok(channel) => channel,
+        Err(e) => {
+            connection.close(2u32.into(), b"no channel binding");
+            return Err(anyhow::anyhow!(e));
         }
     };
     let mut revocations = mesh.watch_revocations();
@@ -714,11 +804,17 @@ async fn serve_connection(
         let fhir = fhir.clone();
         let mesh = mesh.clone();
         let evaluator = evaluator.clone();
-        let requester = peer.identity.name.clone();
+        let requester = Peer {
+            name: peer.identity.name.clone(),
+            key: peer.node,
+            channel,
+            network: anchor.network().to_owned(),
+            guard: claims_guard.clone(),
+        };
         tokio::spawn(async move {
             let served = serve_stream(send, recv, fhir, mesh, evaluator, &requester);
             if let Err(e) = served.await {
-                tracing::debug!(error = %e, requester = %requester, "data-plane stream failed");
+                tracing::debug!(error = %e, requester = %requester.name, "data-plane stream failed");
             }
         });
     }
@@ -745,14 +841,37 @@ async fn serve_stream(
     fhir: FhirService,
     mesh: Arc<Mesh>,
     evaluator: MaybeEvaluator,
-    requester: &str,
+    peer: &Peer,
 ) -> anyhow::Result<()> {
+    let requester = peer.name.as_str();
     let request = match recv.read_to_end(4 + MAX_REQUEST_BYTES).await {
         Ok(bytes) => parse_request(&bytes),
         Err(e) => Err(format!("request unreadable: {e}")),
     };
-    let patient = match request {
-        Ok(FetchRequest::PatientResources { patient }) => patient,
+    let (patient, claims) = match request {
+        Ok(FetchRequest::PatientResources { claims }) => {
+            let admitted = peer.guard.lock().unwrap_or_else(|p| p.into_inner()).admit(
+                &claims,
+                &peer.network,
+                &peer.key,
+                &peer.channel,
+                crate::fhir::service::now_ms(),
+            );
+            if let Err(e) = admitted {
+                tracing::warn!(requester = %requester, reason = %e, "patient data request refused: its claims do not hold");
+                send_frame(
+                    &mut send,
+                    &FetchFrame::Error {
+                        code: e.code(),
+                        message: e.to_string(),
+                    },
+                )
+                .await?;
+                send.finish()?;
+                return Ok(());
+            }
+            (claims.claims.patient, claims)
+        }
         Ok(FetchRequest::HeadsDigest) => {
             let digest = heads_digest(&mesh.heads());
             send_frame(&mut send, &FetchFrame::HeadsDigest { digest }).await?;
@@ -862,7 +981,14 @@ async fn serve_stream(
         tokio::task::spawn_blocking(move || storage_fhir.holding_for_key(&patient)).await?;
     match resources {
         Ok((resources, members, salt)) => {
-            tracing::info!(requester = %requester, patient = ?patient, resources = resources.len(), "served patient resources");
+            tracing::info!(
+                requester = %requester,
+                patient = ?patient,
+                purpose = claims.claims.purpose.as_str(),
+                practitioner = claims.claims.practitioner.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
+                resources = resources.len(),
+                "served patient resources"
+            );
             for resource in &resources {
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;

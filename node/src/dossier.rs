@@ -56,7 +56,11 @@ fn origin_source(network: &str, node: &str) -> String {
 
 impl DossierResolver {
     /// Handles the query parameters of `$dossier`.
-    pub async fn resolve_request(&self, params: &[(String, String)]) -> Result<Value, FhirError> {
+    pub async fn resolve_request(
+        &self,
+        params: &[(String, String)],
+        context: &crate::data_plane::RequestContext,
+    ) -> Result<Value, FhirError> {
         let bsn = requested_bsn(params)?;
         let cached = self
             .fhir
@@ -79,11 +83,15 @@ impl DossierResolver {
                 .get(&bsn)
                 .ok_or_else(|| FhirError::internal("the evaluators returned no key"))?,
         };
-        Ok(self.resolve(key).await)
+        Ok(self.resolve(key, context).await)
     }
 
     /// Resolves one patient's dossier.
-    pub async fn resolve(&self, patient: PatientKey) -> Value {
+    pub async fn resolve(
+        &self,
+        patient: PatientKey,
+        context: &crate::data_plane::RequestContext,
+    ) -> Value {
         let started = Instant::now();
         let holders = self.mesh.holders(&patient);
         let mut plan = ResolutionPlan::new(
@@ -107,14 +115,14 @@ impl DossierResolver {
                     match holder.data_address.as_deref() {
                         Some(address) => match crate::data_plane::resolve_address(address).await {
                             Ok(addr) => data_plane
-                                .fetch_patient(node, &holder.info.name, addr, patient)
+                                .fetch_patient(node, &holder.info.name, addr, patient, context)
                                 .await
                                 .map(|(resources, holding)| {
                                     let mismatch =
                                         holding_mismatch(&holder.entry, &resources, holding);
                                     (resources, mismatch)
                                 })
-                                .map_err(|e| e.to_string()),
+                                .map_err(|e| failure_reason(&e)),
                             Err(e) => Err(e.to_string()),
                         },
                         None => Err("no data-plane address known for this holder".to_owned()),
@@ -218,9 +226,10 @@ impl DossierResolver {
                         }
                     }
                 }
-                HolderState::Failed { reason } => {
-                    issues.push(unreachable_issue(&holder.location, reason))
-                }
+                HolderState::Failed { reason } => match reason.strip_prefix(REFUSED) {
+                    Some(why) => issues.push(refused_issue(&holder.location, why)),
+                    None => issues.push(unreachable_issue(&holder.location, reason)),
+                },
                 HolderState::TimedOut => issues.push(unreachable_issue(
                     &holder.location,
                     &format!("no answer within {} ms", self.holder_timeout_ms),
@@ -275,6 +284,44 @@ impl DossierResolver {
             "entry": entries,
         })
     }
+}
+
+/// Marks a failure reason as a refusal of the request (not an unreachable holder).
+const REFUSED: &str = "refused: ";
+
+/// What the dossier says of a failed fetch: a holder that refused the request's claims is
+/// named as refusing it, with its code; anything else as unreachable.
+fn failure_reason(error: &crate::data_plane::FetchError) -> String {
+    use zorgmesh_protocol::fetch::FetchErrorCode;
+    match error {
+        crate::data_plane::FetchError::Remote { code, message }
+            if matches!(
+                code,
+                FetchErrorCode::ClaimsInvalid
+                    | FetchErrorCode::ClaimsReplayed
+                    | FetchErrorCode::ClaimsStale
+            ) =>
+        {
+            format!("{REFUSED}{code:?}: {message}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn refused_issue(holder: &HolderLocation, why: &str) -> Value {
+    json!({
+        "severity": "error",
+        "code": "security",
+        "details": {
+            "coding": [{"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}],
+            "text": format!("holder {} ({}, region {}) refused the request", holder.info.name, holder.info.organisation_name, holder.info.region),
+        },
+        "diagnostics": format!(
+            "holder {} refused the request ({why}); the dossier lacks its data ({})",
+            holder.info.name,
+            category_names(holder.entry.categories).join(", ")
+        ),
+    })
 }
 
 fn unreachable_issue(holder: &HolderLocation, reason: &str) -> Value {
@@ -418,6 +465,57 @@ mod tests {
 
     fn resource(resource_type: &str, id: &str, version: u64) -> Value {
         json!({"resourceType": resource_type, "id": id, "meta": {"versionId": version.to_string()}})
+    }
+
+    #[test]
+    fn a_holder_that_refuses_the_claims_is_named_as_refusing_not_as_unreachable() {
+        use crate::data_plane::FetchError;
+        use zorgmesh_protocol::fetch::FetchErrorCode;
+        let replayed = FetchError::Remote {
+            code: FetchErrorCode::ClaimsReplayed,
+            message: "the claims' nonce was used before: a replayed request".into(),
+        };
+        let reason = failure_reason(&replayed);
+        assert_eq!(
+            reason,
+            "refused: ClaimsReplayed: the claims' nonce was used before: a replayed request"
+        );
+        let busy = FetchError::Remote {
+            code: FetchErrorCode::Busy,
+            message: "busy".into(),
+        };
+        assert!(!failure_reason(&busy).starts_with(REFUSED));
+        let location = HolderLocation {
+            info: zorgmesh_protocol::PublisherInfo {
+                node: NodeId([2; 32]),
+                name: "umcg".into(),
+                organisation_ura: "00001234".into(),
+                organisation_name: "UMCG".into(),
+                region: "noord".into(),
+                role: zorgmesh_protocol::NodeRole::Institution,
+                valid_from_ms: 0,
+                valid_until_ms: u64::MAX,
+            },
+            data_address: None,
+            entry: LocatorEntry {
+                patient: PatientKey([1; 32]),
+                holder: NodeId([2; 32]),
+                categories: category::OBSERVATIONS,
+                commitment: [0; 32],
+                updated_at_ms: 1,
+                retracted: false,
+            },
+        };
+        let issue = refused_issue(&location, reason.strip_prefix(REFUSED).unwrap());
+        assert_eq!(issue["code"], "security");
+        assert!(issue["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("ClaimsReplayed"));
+        assert!(issue["details"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("refused the request"));
     }
 
     #[test]

@@ -6,10 +6,15 @@ use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
 use tokio::sync::watch;
 use zorgmesh_certs::{CertificateAuthority, NodeIdentity, TrustAnchor};
-use zorgmesh_node::data_plane::{quic_configs, DataPlane, FetchError, TlsIdentity};
+use zorgmesh_node::data_plane::{
+    channel_binding, quic_configs, DataPlane, FetchError, RequestContext, TlsIdentity,
+};
 use zorgmesh_node::fhir::FhirService;
 use zorgmesh_node::publishing::Publisher;
 use zorgmesh_node::storage::Storage;
+use zorgmesh_protocol::claims::{
+    Practitioner, PurposeOfUse, RequesterClaims, SignedClaims, CLAIMS_VERSION,
+};
 use zorgmesh_protocol::fetch::{frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN};
 use zorgmesh_protocol::{BatchPolicy, Bsn, NodeId, NodeRole, PatientKey};
 
@@ -152,7 +157,13 @@ async fn a_certified_client_fetches_the_patients_resources() {
     let holder = holder(&ca).await;
     let client = loopback_plane(&identity(&ca, "client", 20));
     let (resources, holding) = client
-        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap();
     let types: Vec<&str> = resources
@@ -171,7 +182,13 @@ async fn a_certified_client_fetches_the_patients_resources() {
     );
     // Unknown patient: an empty, complete answer.
     let (none, _) = client
-        .fetch_patient(holder.node, "holder", holder.addr, PatientKey([9; 32]))
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            PatientKey([9; 32]),
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -182,7 +199,13 @@ async fn a_client_certified_by_another_ca_gets_nothing() {
     let holder = holder(&ca(1)).await;
     let client = loopback_plane(&identity(&ca(2), "client", 20));
     let err = client
-        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::Connect { .. }), "{err}");
@@ -196,7 +219,13 @@ async fn the_client_refuses_a_server_that_is_not_the_holder_it_asked_for() {
     // A node is its name (the CA binds each of its keys to it in turn): asked for another
     // node at the holder's address, TLS refuses the holder's certificate.
     let err = client
-        .fetch_patient(NodeId([7; 32]), "someone-else", holder.addr, holder.patient)
+        .fetch_patient(
+            NodeId([7; 32]),
+            "someone-else",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -261,17 +290,179 @@ async fn malformed_and_oversized_requests_get_an_error_frame() {
         }
     }
     // And a well-formed request still works on the same server afterwards.
-    let good = frame(
+    let (_endpoint, connection) = raw_connection(&holder, &client).await;
+    let good = claims_for(&client, &connection, holder.patient, now_ms()).sign(&client.key);
+    assert!(matches!(
+        ask(&connection, &good).await,
+        FetchFrame::Resource { .. }
+    ));
+}
+
+async fn raw_connection(
+    holder: &Holder,
+    client: &TlsIdentity,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let (_, client_config) = quic_configs(client).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client_config);
+    let connection = endpoint
+        .connect(holder.addr, &zorgmesh_certs::node_dns_name("holder"))
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, connection)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Claims of `client` for `patient` on `connection`, made at `at`.
+fn claims_for(
+    client: &TlsIdentity,
+    connection: &quinn::Connection,
+    patient: PatientKey,
+    at: u64,
+) -> RequesterClaims {
+    RequesterClaims {
+        version: CLAIMS_VERSION,
+        network: "quicnet".into(),
+        requester: NodeId(client.key.verifying_key().to_bytes()),
+        practitioner: Some(Practitioner {
+            id: "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|123456789".into(),
+            role: "01.015".into(),
+            name: "J. Jansen".into(),
+        }),
+        purpose: PurposeOfUse::Treatment,
+        emergency_reason: String::new(),
+        patient,
+        nonce: rand::random(),
+        issued_at_ms: at,
+        channel: channel_binding(connection).unwrap(),
+    }
+}
+
+/// Sends one patient-data request on `connection`; the answer's first frame.
+async fn ask(connection: &quinn::Connection, claims: &SignedClaims) -> FetchFrame {
+    let request = frame(
         &FetchRequest::PatientResources {
-            patient: holder.patient,
+            claims: Box::new(claims.clone()),
         }
         .to_bytes(),
     );
-    let response = raw_exchange(&holder, &client, &good).await;
+    let (mut send, mut recv) = connection.open_bi().await.unwrap();
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    first_frame(&recv.read_to_end(1 << 20).await.unwrap())
+}
+
+fn refused_with(frame: FetchFrame, expected: FetchErrorCode, says: &str) {
+    match frame {
+        FetchFrame::Error { code, message } => {
+            assert_eq!(code, expected, "{message}");
+            assert!(message.contains(says), "expected {says:?} in {message:?}");
+        }
+        other => panic!("expected {expected:?}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_holder_refuses_altered_forged_moved_replayed_and_stale_claims() {
+    let ca = ca(1);
+    let holder = holder(&ca).await;
+    let alice = identity(&ca, "alice", 20);
+    let mallory = identity(&ca, "mallory", 21);
+    let (_a, to_holder) = raw_connection(&holder, &alice).await;
+
+    // Good claims: served; the same signed claims again: a replay.
+    let good = claims_for(&alice, &to_holder, holder.patient, now_ms()).sign(&alice.key);
     assert!(matches!(
-        first_frame(&response),
+        ask(&to_holder, &good).await,
         FetchFrame::Resource { .. }
     ));
+    refused_with(
+        ask(&to_holder, &good).await,
+        FetchErrorCode::ClaimsReplayed,
+        "used before",
+    );
+
+    // Altered after signing: a research request dressed as treatment, another patient.
+    let mut altered = claims_for(&alice, &to_holder, holder.patient, now_ms()).sign(&alice.key);
+    altered.claims.purpose = PurposeOfUse::Research;
+    refused_with(
+        ask(&to_holder, &altered).await,
+        FetchErrorCode::ClaimsInvalid,
+        "signature",
+    );
+    let mut other_patient =
+        claims_for(&alice, &to_holder, holder.patient, now_ms()).sign(&alice.key);
+    other_patient.claims.patient = PatientKey([2; 32]);
+    refused_with(
+        ask(&to_holder, &other_patient).await,
+        FetchErrorCode::ClaimsInvalid,
+        "signature",
+    );
+
+    // Stale, and from the future.
+    let stale =
+        claims_for(&alice, &to_holder, holder.patient, now_ms() - 10 * 60_000).sign(&alice.key);
+    refused_with(
+        ask(&to_holder, &stale).await,
+        FetchErrorCode::ClaimsStale,
+        "ms away",
+    );
+    let early =
+        claims_for(&alice, &to_holder, holder.patient, now_ms() + 10 * 60_000).sign(&alice.key);
+    refused_with(
+        ask(&to_holder, &early).await,
+        FetchErrorCode::ClaimsStale,
+        "ms away",
+    );
+
+    // A forged requesting organisation: mallory, certified, claims to be alice. Signed by
+    // mallory, or alice's own signed claims lifted off alice's connection: either way not
+    // the node on mallory's connection.
+    let (_m, mallory_to_holder) = raw_connection(&holder, &mallory).await;
+    let mut posing = claims_for(&mallory, &mallory_to_holder, holder.patient, now_ms());
+    posing.requester = NodeId(alice.key.verifying_key().to_bytes());
+    let posing = posing.sign(&mallory.key);
+    refused_with(
+        ask(&mallory_to_holder, &posing).await,
+        FetchErrorCode::ClaimsInvalid,
+        "another requester",
+    );
+    let lifted = claims_for(&alice, &to_holder, holder.patient, now_ms()).sign(&alice.key);
+    refused_with(
+        ask(&mallory_to_holder, &lifted).await,
+        FetchErrorCode::ClaimsInvalid,
+        "another requester",
+    );
+
+    // Alice's fresh claims made for one connection, sent on another of hers.
+    let (_a2, second) = raw_connection(&holder, &alice).await;
+    let moved = claims_for(&alice, &to_holder, holder.patient, now_ms()).sign(&alice.key);
+    refused_with(
+        ask(&second, &moved).await,
+        FetchErrorCode::ClaimsInvalid,
+        "another connection",
+    );
+    // ... and the same claims on their own connection are still good (nothing was used).
+    assert!(matches!(
+        ask(&to_holder, &moved).await,
+        FetchFrame::Resource { .. }
+    ));
+
+    // Claims that break the purpose rules: an emergency without a reason.
+    let mut emergency = claims_for(&alice, &to_holder, holder.patient, now_ms());
+    emergency.purpose = PurposeOfUse::Emergency;
+    refused_with(
+        ask(&to_holder, &emergency.sign(&alice.key)).await,
+        FetchErrorCode::ClaimsInvalid,
+        "reason",
+    );
 }
 
 #[tokio::test]
@@ -425,7 +616,13 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
         let client = loopback_plane(&identity(&ca, &format!("client-{seed}"), 40 + seed));
         let started = std::time::Instant::now();
         let (resources, _) = client
-            .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+            .fetch_patient(
+                holder.node,
+                "holder",
+                holder.addr,
+                holder.patient,
+                &RequestContext::system_treatment(),
+            )
             .await
             .unwrap_or_else(|e| panic!("client {seed} was kept out: {e}"));
         slowest = slowest.max(started.elapsed());
@@ -467,7 +664,13 @@ async fn a_node_dials_only_the_ranges_its_operator_allows() {
     client.set_dial_policy(DialPolicy::new(Some(vec!["10.0.0.0/8".parse().unwrap()])));
     let started = std::time::Instant::now();
     let err = client
-        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("data_dial_allow"), "{err}");
@@ -475,7 +678,13 @@ async fn a_node_dials_only_the_ranges_its_operator_allows() {
     // Allowed, it is served.
     client.set_dial_policy(DialPolicy::new(Some(vec!["127.0.0.0/8".parse().unwrap()])));
     client
-        .fetch_patient(holder.node, "holder", holder.addr, holder.patient)
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
         .await
         .unwrap();
 }

@@ -1,4 +1,4 @@
-//! The data-plane protocol (`zorgmesh/fetch/2` over QUIC): one request per bidirectional
+//! The data-plane protocol (`zorgmesh/fetch/3` over QUIC): one request per bidirectional
 //! stream, answered by a stream of frames. It carries patient data (tag 0), index
 //! anti-entropy (tags 1-3, see [`crate::sync`]) and threshold-OPRF evaluations (tag 4, see
 //! [`crate::oprf`]).
@@ -8,13 +8,13 @@
 //! send side; the server answers with zero or more `Resource` frames and exactly one `End`
 //! or `Error` frame, then finishes.
 
+use crate::claims::SignedClaims;
 use crate::codec::{self, DecodeError};
 use crate::oprf::{EvaluationRequest, PartialEvaluation};
-use crate::patient::PatientKey;
 use crate::sync::{PublisherHead, RangeRequest};
 
 /// ALPN protocol id of the data plane.
-pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/2";
+pub const FETCH_ALPN: &[u8] = b"zorgmesh/fetch/3";
 /// Largest request frame (an evaluation request of 1024 elements is 32,780 bytes).
 pub const MAX_REQUEST_BYTES: usize = 36 * 1024;
 /// Largest response frame (one resource; the API accepts resources up to 8 MiB).
@@ -25,10 +25,12 @@ pub const MAX_RESOURCES_PER_RESPONSE: u32 = 200_000;
 /// What a client asks a holder.
 #[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub enum FetchRequest {
-    /// Tag 0: every resource the holder has for the patient.
+    /// Tag 0: every resource the holder has for the patient the claims name, for the
+    /// requester, practitioner and purpose they name (see [`crate::claims`]).
     PatientResources {
-        /// The patient's pseudonym.
-        patient: PatientKey,
+        /// Who asks, for whom and why, signed and bound to the connection (boxed: encoded
+        /// exactly as the claims themselves).
+        claims: Box<SignedClaims>,
     },
     /// Tag 1: the digest of the holder's index heads.
     HeadsDigest,
@@ -58,6 +60,13 @@ pub enum FetchErrorCode {
     /// Tag 3: the holder is overloaded, or (for `Evaluate`) the requester is over its rate
     /// limit; try later.
     Busy,
+    /// Tag 4: the request's claims are altered, forged, malformed, for another network or
+    /// bound to another connection.
+    ClaimsInvalid,
+    /// Tag 5: the request's claims were used before (a replay).
+    ClaimsReplayed,
+    /// Tag 6: the request's claims are too old or from the future.
+    ClaimsStale,
 }
 
 /// One frame of a response.

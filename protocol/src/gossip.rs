@@ -12,7 +12,7 @@ pub const PROTOCOL_IDS: &[&str] = &[LOCATOR_TOPIC_VERSION, FETCH_ALPN_STR];
 /// Version suffix of the locator gossip topic.
 pub const LOCATOR_TOPIC_VERSION: &str = "/zorgmesh/locators/2";
 /// ALPN of the QUIC data plane (see [`crate::fetch`]).
-pub const FETCH_ALPN_STR: &str = "zorgmesh/fetch/2";
+pub const FETCH_ALPN_STR: &str = "zorgmesh/fetch/3";
 
 /// Largest gossip message.
 pub const MAX_GOSSIP_BYTES: usize = MAX_BATCH_BYTES + MAX_RECORD_BYTES + 4096;

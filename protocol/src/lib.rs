@@ -22,6 +22,7 @@
 //! Every byte layout is specified in `protocol/SPEC.md` and pinned by golden vectors.
 
 pub mod batch;
+pub mod claims;
 pub mod codec;
 pub mod fetch;
 pub mod gossip;

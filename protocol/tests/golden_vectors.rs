@@ -286,3 +286,71 @@ fn handover_and_record_vectors() {
     assert_eq!(record.verify("zorgnet").unwrap().to_hex(), GOLDEN_NEW_KEY);
     assert!(record.verify("othernet").is_err());
 }
+
+/// The requester claims of SPEC.md ("Requester claims"): requester = the batch publisher
+/// (secret key 32 bytes of 0x07), network `zorgnet`, practitioner UZI 123456789 with role
+/// 01.015 and name `J. Jansen`, purpose treatment, patient = PatientKey(999911120) above,
+/// nonce 16 bytes of 0x0c, issued_at_ms 1767225600000, channel 32 bytes of 0x0d.
+fn golden_claims() -> zorgmesh_protocol::claims::SignedClaims {
+    use zorgmesh_protocol::claims::{Practitioner, PurposeOfUse, RequesterClaims, CLAIMS_VERSION};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let patient: [u8; 32] = hex::decode(GOLDEN_PATIENT_KEY_999911120)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    RequesterClaims {
+        version: CLAIMS_VERSION,
+        network: "zorgnet".into(),
+        requester: zorgmesh_protocol::NodeId(key.verifying_key().to_bytes()),
+        practitioner: Some(Practitioner {
+            id: "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|123456789".into(),
+            role: "01.015".into(),
+            name: "J. Jansen".into(),
+        }),
+        purpose: PurposeOfUse::Treatment,
+        emergency_reason: String::new(),
+        patient: zorgmesh_protocol::PatientKey(patient),
+        nonce: [0x0c; 16],
+        issued_at_ms: 1_767_225_600_000,
+        channel: [0x0d; 32],
+    }
+    .sign(&key)
+}
+
+const GOLDEN_CLAIMS_HEX: &str =
+    "0107000000000000007a6f72676e6574ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c013600000000000000687474703a2f2f666869722e6e6c2f666869722f4e616d696e6753797374656d2f757a692d6e722d706572737c313233343536373839060000000000000030312e30313509000000000000004a2e204a616e73656e000000000000000000000000d994d9719e73094e2b7c0587c23b569788f9013a6a407bf58c6599e7c002894a0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c00a8da769b0100000d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0d1d7eb401f28085b2a9572045377cc128ecd4750fd025521160285972657de0ccb4a5d746f362443e981d7824c06d1d170fd4cf2e0f20a6e958d8748a9e060b05";
+
+#[test]
+fn claims_vector() {
+    let signed = golden_claims();
+    assert_eq!(hex::encode(signed.to_bytes()), GOLDEN_CLAIMS_HEX);
+    // Decodes, and verifies with nothing but ed25519 over the domain and the claims bytes
+    // (everything but the last 64 bytes).
+    let bytes = hex::decode(GOLDEN_CLAIMS_HEX).unwrap();
+    let decoded = zorgmesh_protocol::claims::SignedClaims::from_bytes(&bytes).unwrap();
+    assert_eq!(decoded, signed);
+    let (body, signature) = bytes.split_at(bytes.len() - 64);
+    let mut message = b"zorgmesh/requester-claims/v1\n".to_vec();
+    message.extend_from_slice(body);
+    use ed25519_dalek::{Signature, VerifyingKey};
+    VerifyingKey::from_bytes(&hex::decode(GOLDEN_PUBLISHER).unwrap().try_into().unwrap())
+        .unwrap()
+        .verify_strict(
+            &message,
+            &Signature::from_bytes(&signature.try_into().unwrap()),
+        )
+        .unwrap();
+    // The data-plane request that carries them: tag 0, then the signed claims.
+    let request = zorgmesh_protocol::fetch::FetchRequest::PatientResources {
+        claims: Box::new(signed),
+    };
+    assert_eq!(
+        hex::encode(request.to_bytes()),
+        format!("00000000{GOLDEN_CLAIMS_HEX}")
+    );
+}
+
+#[test]
+fn print_claims_vector() {
+    println!("GOLDEN_CLAIMS_ {}", hex::encode(golden_claims().to_bytes()));
+}

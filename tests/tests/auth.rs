@@ -523,6 +523,59 @@ async fn scopes_decide_what_a_token_may_do_and_a_patient_app_sees_only_its_own_d
         assert_eq!(response.status().as_u16(), expected, "{value}");
     }
 
+    // The purpose of use travels in the signed claims: an emergency (break-the-glass) needs
+    // the practitioner and a reason; a system cannot ask as the patient.
+    let uzi = "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|123456789";
+    for (headers, expected) in [
+        (vec![("zorgmesh-purpose-of-use", "emergency")], 400),
+        (
+            vec![
+                ("zorgmesh-purpose-of-use", "emergency"),
+                ("zorgmesh-practitioner", uzi),
+            ],
+            400,
+        ),
+        (
+            vec![
+                ("zorgmesh-purpose-of-use", "emergency"),
+                ("zorgmesh-practitioner", uzi),
+                (
+                    "zorgmesh-emergency-reason",
+                    "unconscious at the emergency department",
+                ),
+            ],
+            200,
+        ),
+        (vec![("zorgmesh-purpose-of-use", "research")], 200),
+        (
+            vec![("zorgmesh-purpose-of-use", "patient-self-access")],
+            403,
+        ),
+        (vec![("zorgmesh-purpose-of-use", "marketing")], 400),
+        (vec![("zorgmesh-emergency-reason", "why not")], 400),
+    ] {
+        let mut request = mesh
+            .http
+            .get(format!(
+                "http://{}{}",
+                mesh.node(1).http_addr,
+                dossier_of(BSN)
+            ))
+            .bearer_auth(&token);
+        for (name, value) in &headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, expected, "{headers:?}: {body}");
+        if status == 200 {
+            // Pulled from umcg over the data plane: the holder admitted the claims.
+            assert!(body["total"].as_u64().unwrap() >= 3, "{body}");
+            assert!(!body.to_string().contains("refused the request"), "{body}");
+        }
+    }
+
     // Revoked: the client's live token stops working within a second or so, and it gets
     // no new one.
     let viewer_token = mesh.token_for(1, &viewer, None).await.unwrap();

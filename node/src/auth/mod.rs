@@ -44,6 +44,11 @@ pub const PRACTITIONER_HEADER: &str = "zorgmesh-practitioner";
 pub const ROLE_HEADER: &str = "zorgmesh-practitioner-role";
 /// The practitioner's name, for the audit trail.
 pub const NAME_HEADER: &str = "zorgmesh-practitioner-name";
+/// Why the data is asked for: `treatment` (default), `emergency` (break-the-glass, with
+/// [`REASON_HEADER`]) or `research`; a patient's app always asks as `patient-self-access`.
+pub const PURPOSE_HEADER: &str = "zorgmesh-purpose-of-use";
+/// The reason of an emergency request.
+pub const REASON_HEADER: &str = "zorgmesh-emergency-reason";
 
 /// Endpoints anyone may call: the CapabilityStatement, SMART discovery, the liveness probe
 /// and the token endpoint itself.
@@ -119,6 +124,86 @@ impl Principal {
     pub fn may_read(&self, resource_type: &str) -> bool {
         self.scopes
             .allows(self.context(), resource_type, Interaction::Read)
+    }
+
+    /// What a mesh request made for this principal says: the practitioner, the purpose of
+    /// use and an emergency's reason (400 when the headers do not add up).
+    pub fn request_context(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<crate::data_plane::RequestContext, FhirError> {
+        use zorgmesh_protocol::claims::{PurposeOfUse, MAX_REASON};
+        let text = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.to_str().map(|t| t.trim().to_owned()))
+                .transpose()
+                .map_err(|_| FhirError::invalid(format!("header {name} must be visible ASCII")))
+        };
+        let purpose = match text(PURPOSE_HEADER)? {
+            None => None,
+            Some(name) => Some(PurposeOfUse::parse(&name).ok_or_else(|| {
+                FhirError::invalid(format!(
+                    "{PURPOSE_HEADER} {name:?} is not one of treatment, emergency, research"
+                ))
+            })?),
+        };
+        let reason = text(REASON_HEADER)?.unwrap_or_default();
+        if self.kind == ClientKind::PatientApp {
+            if purpose.is_some_and(|p| p != PurposeOfUse::PatientSelfAccess) || !reason.is_empty() {
+                return Err(forbidden(
+                    "a patient's app asks as patient-self-access only",
+                ));
+            }
+            return Ok(crate::data_plane::RequestContext {
+                practitioner: None,
+                purpose: PurposeOfUse::PatientSelfAccess,
+                emergency_reason: String::new(),
+            });
+        }
+        let purpose = purpose.unwrap_or(PurposeOfUse::Treatment);
+        let practitioner = self
+            .person
+            .as_ref()
+            .map(|p| zorgmesh_protocol::claims::Practitioner {
+                id: p.id.clone(),
+                role: p.role.clone().unwrap_or_default(),
+                name: p.name.clone().unwrap_or_default(),
+            });
+        match purpose {
+            PurposeOfUse::PatientSelfAccess => {
+                return Err(forbidden(
+                    "only a patient's app asks as patient-self-access",
+                ))
+            }
+            PurposeOfUse::Emergency => {
+                if practitioner.is_none() {
+                    return Err(FhirError::invalid(format!(
+                        "an emergency request (break-the-glass) names the practitioner in {PRACTITIONER_HEADER}"
+                    )));
+                }
+                if reason.is_empty() || reason.len() > MAX_REASON {
+                    return Err(FhirError::invalid(format!(
+                        "an emergency request (break-the-glass) needs a reason of 1 to {MAX_REASON} characters in {REASON_HEADER}"
+                    )));
+                }
+            }
+            _ if !reason.is_empty() => {
+                return Err(FhirError::invalid(format!(
+                    "{REASON_HEADER} belongs to an emergency request only"
+                )))
+            }
+            _ => {}
+        }
+        Ok(crate::data_plane::RequestContext {
+            practitioner,
+            purpose,
+            emergency_reason: if purpose == PurposeOfUse::Emergency {
+                reason
+            } else {
+                String::new()
+            },
+        })
     }
 
     /// Allows `/admin/*`, or answers 403.

@@ -517,13 +517,15 @@ async fn read(
     Extension(who): Who,
     Path((resource_type, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     if resource_type == "Patient" && id == "$dossier" {
         let params = parse_query(query);
         let result = async {
             let bsn = crate::dossier::requested_bsn(&params)?;
             who.require_dossier_of(Some(&bsn))?;
-            state.dossier.resolve_request(&params).await
+            let context = who.request_context(&headers)?;
+            state.dossier.resolve_request(&params, &context).await
         }
         .await;
         return match result {

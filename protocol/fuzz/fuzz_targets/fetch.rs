@@ -1,4 +1,5 @@
-//! The data plane's requests and response frames, and the membership frames.
+//! The data plane's requests (with their requester claims, which are also checked as a
+//! holder checks them) and response frames, and the membership frames.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use zorgmesh_protocol::fetch::{FetchFrame, FetchRequest};
@@ -6,6 +7,16 @@ use zorgmesh_protocol::membership::{MemberAnswer, MemberHello};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = FetchRequest::from_bytes(data) {
+        if let FetchRequest::PatientResources { claims } = &request {
+            let mut guard = zorgmesh_protocol::claims::ClaimsGuard::default();
+            let _ = guard.admit(
+                claims,
+                "zorgnet",
+                &claims.claims.requester,
+                &claims.claims.channel,
+                claims.claims.issued_at_ms,
+            );
+        }
         assert_eq!(FetchRequest::from_bytes(&request.to_bytes()).ok(), Some(request));
     }
     if let Ok(frame) = FetchFrame::from_bytes(data) {
