@@ -21,6 +21,7 @@
 //!
 //! Every byte layout is specified in `protocol/SPEC.md` and pinned by golden vectors.
 
+pub mod audit;
 pub mod batch;
 pub mod claims;
 pub mod codec;
