@@ -14,5 +14,6 @@ cleanup() {
 trap cleanup EXIT
 
 scripts/build-node-image.sh "$image"
-# --workspace: the same feature set as the test suite's build, so nothing is built again.
-cargo test --workspace --test containers -- --ignored --test-threads=1 --nocapture
+# --workspace: the same dependency features as the test suite's build, so no dependency is
+# built again (the containers feature only switches the test target on).
+cargo test --workspace --features zorgmesh-tests/containers --test containers -- --test-threads=1 --nocapture

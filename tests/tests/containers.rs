@@ -504,7 +504,6 @@ const FIVE: &[(&str, &str)] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn partition_then_heal_converges() {
     let cluster = Cluster::start("partition", FIVE, 5).await;
     cluster
@@ -594,7 +593,6 @@ async fn partition_then_heal_converges() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
     let cluster = Cluster::start("crash", &FIVE[..3], 3).await;
     let victim = 2;
@@ -682,7 +680,6 @@ async fn kill_9_during_ingest_loses_no_acknowledged_write_and_forks_no_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn a_late_joiner_catches_up_with_100_000_entries() {
     const PATIENTS: u32 = 100_000;
     const PER_BUNDLE: u32 = 2_500;
@@ -744,7 +741,6 @@ async fn a_late_joiner_catches_up_with_100_000_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Docker and the node image: run scripts/container-tests.sh"]
 async fn a_dossier_names_a_stopped_holder_and_completes_after_its_restart() {
     let cluster = Cluster::start("holderdown", &FIVE[..4], 4).await;
     let b = bsn(50_000_000);
