@@ -25,6 +25,7 @@ pub mod audit;
 pub mod batch;
 pub mod claims;
 pub mod codec;
+pub mod consent;
 pub mod fetch;
 pub mod gossip;
 pub mod handover;
