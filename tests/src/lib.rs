@@ -532,3 +532,35 @@ pub fn patient_key_from_shares(root: &std::path::Path, bsn: &str) -> zorgmesh_pr
     let key = oprf::recombine_key(&set, &shares).unwrap();
     oprf::patient_key_with_whole_key(&key, &zorgmesh_protocol::Bsn::parse(bsn).unwrap())
 }
+
+/// The Python of the outside clients' virtual environment (py-libp2p, PyJWT; made by
+/// `scripts/setup-outside-clients.sh`, run here once when missing), or `ZORGMESH_PYTHON`.
+/// `None` (and a SKIPPED line) when it cannot be had, unless
+/// `ZORGMESH_REQUIRE_OUTSIDE_CLIENTS=1` (as in CI), when that panics.
+pub fn outside_python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let python = std::env::var_os("ZORGMESH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/outside-clients/bin/python"));
+    if !python.exists() && std::env::var_os("ZORGMESH_PYTHON").is_none() {
+        // The README's test command sets up what it needs: install py-libp2p (pinned) once.
+        eprintln!("installing the outside clients with scripts/setup-outside-clients.sh");
+        let status =
+            std::process::Command::new(root.join("scripts/setup-outside-clients.sh")).status();
+        if !matches!(status, Ok(s) if s.success()) {
+            eprintln!("scripts/setup-outside-clients.sh failed: {status:?}");
+        }
+    }
+    if python.exists() {
+        return Some(python);
+    }
+    let message = format!(
+        "the outside clients are not installed at {} (scripts/setup-outside-clients.sh needs python3 and PyPI; or set ZORGMESH_PYTHON)",
+        python.display()
+    );
+    if std::env::var("ZORGMESH_REQUIRE_OUTSIDE_CLIENTS").as_deref() == Ok("1") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    None
+}

@@ -608,3 +608,61 @@ async fn scopes_decide_what_a_token_may_do_and_a_patient_app_sees_only_its_own_d
     assert!(mesh.token_for(1, &viewer, None).await.is_err());
     mesh.shutdown().await;
 }
+
+/// An outside client (Python, PyJWT signing the assertion) discovers the token endpoint,
+/// gets a token for the scopes it asks, reads a dossier pulled across the mesh, and cannot
+/// use its assertion twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_client_signing_with_pyjwt_gets_a_token_and_a_dossier() {
+    let Some(python) = zorgmesh_tests::outside_python() else {
+        return;
+    };
+    let mesh = TestMesh::start("authnet", &[("umcg", "noord"), ("mst", "oost")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &patient_bundle(BSN, "umcg", 2))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    let viewer = mesh
+        .add_client(1, "outside-viewer", "system/*.rs", None)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("viewer.pem");
+    std::fs::write(&key_file, &viewer.private_key_pem).unwrap();
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("outside/smart_backend_client.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(mesh.node(1).base_url())
+        .arg("outside-viewer")
+        .arg(&viewer.kid)
+        .arg(&key_file)
+        .arg(BSN)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(said["discovery"], 200, "{said}");
+    assert_eq!(said["token"], 200, "{said}");
+    assert_eq!(
+        said["scope"], "system/Patient.rs system/Observation.rs",
+        "{said}"
+    );
+    assert_eq!(said["replay"], 401, "{said}");
+    assert_eq!(said["replay_error"], "invalid_client", "{said}");
+    assert_eq!(said["dossier"], 200, "{said}");
+    // Only what the token's scopes cover, pulled from umcg.
+    assert_eq!(
+        said["types"],
+        serde_json::json!(["Observation", "Patient"]),
+        "{said}"
+    );
+    mesh.shutdown().await;
+}

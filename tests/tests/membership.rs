@@ -24,37 +24,9 @@ const NODES: &[(&str, &str)] = &[
 /// How long a revocation may take to cut a node off everywhere (the figure is printed).
 const REVOCATION_BOUND: Duration = Duration::from_secs(10);
 
-fn outside_python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let python = std::env::var_os("ZORGMESH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/outside-clients/bin/python"));
-    if !python.exists() && std::env::var_os("ZORGMESH_PYTHON").is_none() {
-        // The README's test command sets up what it needs: install py-libp2p (pinned) once.
-        eprintln!("installing py-libp2p with scripts/setup-outside-clients.sh");
-        let status =
-            std::process::Command::new(root.join("scripts/setup-outside-clients.sh")).status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("scripts/setup-outside-clients.sh failed: {status:?}");
-        }
-    }
-    if python.exists() {
-        return Some(python);
-    }
-    let message = format!(
-        "py-libp2p is not installed at {} (scripts/setup-outside-clients.sh needs python3 and PyPI; or set ZORGMESH_PYTHON)",
-        python.display()
-    );
-    if std::env::var("ZORGMESH_REQUIRE_OUTSIDE_CLIENTS").as_deref() == Ok("1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_outside_libp2p_peer_without_a_certificate_gets_no_gossip() {
-    let Some(python) = outside_python() else {
+    let Some(python) = zorgmesh_tests::outside_python() else {
         return;
     };
     let mesh = TestMesh::start("testnet", &NODES[..2]).await.unwrap();
