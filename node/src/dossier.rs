@@ -309,31 +309,41 @@ fn failure_reason(error: &crate::data_plane::FetchError) -> String {
 }
 
 fn refused_issue(holder: &HolderLocation, why: &str) -> Value {
-    json!({
-        "severity": "error",
-        "code": "security",
-        "details": {
-            "coding": [{"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}],
-            "text": format!("holder {} ({}, region {}) refused the request", holder.info.name, holder.info.organisation_name, holder.info.region),
-        },
-        "diagnostics": format!(
-            "holder {} refused the request ({why}); the dossier lacks its data ({})",
-            holder.info.name,
-            category_names(holder.entry.categories).join(", ")
-        ),
-    })
+    holder_issue(
+        holder,
+        ("error", "security"),
+        "refused the request",
+        &format!("refused the request ({why})"),
+    )
 }
 
 fn unreachable_issue(holder: &HolderLocation, reason: &str) -> Value {
+    holder_issue(
+        holder,
+        ("warning", "incomplete"),
+        "is unreachable",
+        &format!("is unreachable: {reason}"),
+    )
+}
+
+/// An issue about a holder whose data the dossier lacks: `(severity, code)`, what happened
+/// in short (after "holder <name> (<organisation>, region <region>)") and in full (after
+/// "holder <name>").
+fn holder_issue(
+    holder: &HolderLocation,
+    (severity, code): (&str, &str),
+    short: &str,
+    full: &str,
+) -> Value {
     json!({
-        "severity": "warning",
-        "code": "incomplete",
+        "severity": severity,
+        "code": code,
         "details": {
             "coding": [{"system": ORIGIN_SYSTEM, "code": holder.info.name, "display": holder.info.organisation_name}],
-            "text": format!("holder {} ({}, region {}) is unreachable", holder.info.name, holder.info.organisation_name, holder.info.region),
+            "text": format!("holder {} ({}, region {}) {short}", holder.info.name, holder.info.organisation_name, holder.info.region),
         },
         "diagnostics": format!(
-            "holder {} is unreachable: {reason}; the dossier lacks its data ({})",
+            "holder {} {full}; the dossier lacks its data ({})",
             holder.info.name,
             category_names(holder.entry.categories).join(", ")
         ),

@@ -239,14 +239,7 @@ async fn the_client_refuses_a_server_that_is_not_the_holder_it_asked_for() {
 }
 
 async fn raw_exchange(holder: &Holder, client: &TlsIdentity, request: &[u8]) -> Vec<u8> {
-    let (_, client_config) = quic_configs(client).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client_config);
-    let connection = endpoint
-        .connect(holder.addr, &zorgmesh_certs::node_dns_name("holder"))
-        .unwrap()
-        .await
-        .unwrap();
+    let (_endpoint, connection) = raw_connection(holder, client).await;
     assert_eq!(
         connection
             .handshake_data()
