@@ -5,6 +5,7 @@
 //! request for patient data carries the requester's signed claims, bound to the connection
 //! (`zorgmesh_protocol::claims`), which the holder checks before anything leaves it.
 
+use crate::audit::{AuditAction, AuditOutcome, AuditTrail};
 use crate::fhir::FhirService;
 use crate::mesh::Mesh;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
+use zorgmesh_protocol::audit::AuditRecord;
 use zorgmesh_protocol::claims::{
     ClaimsGuard, Practitioner, PurposeOfUse, RequesterClaims, CHANNEL_LABEL, CLAIMS_VERSION,
 };
@@ -34,6 +36,8 @@ use zorgmesh_protocol::{NodeId, PatientKey};
 /// requester, the patient, a nonce, the time and the connection's binding, and signs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestContext {
+    /// The API client that asked (for this node's own trail; not sent to holders).
+    pub client_id: String,
     /// The practitioner the request is for (none for a patient's own request).
     pub practitioner: Option<Practitioner>,
     /// Why.
@@ -46,6 +50,7 @@ impl RequestContext {
     /// A system's own request for treatment, naming no person.
     pub fn system_treatment() -> Self {
         Self {
+            client_id: String::new(),
             practitioner: None,
             purpose: PurposeOfUse::Treatment,
             emergency_reason: String::new(),
@@ -336,6 +341,7 @@ impl DataPlane {
         fhir: FhirService,
         mesh: Arc<Mesh>,
         evaluator: MaybeEvaluator,
+        audit: AuditTrail,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -372,11 +378,18 @@ impl DataPlane {
             let mesh = mesh.clone();
             let evaluator = evaluator.clone();
             let claims_guard = claims_guard.clone();
+            let audit = audit.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let _address_slot = address_slot;
-                let served =
-                    serve_connection(incoming, fhir, mesh, evaluator, anchor, claims_guard);
+                let served = serve_connection(
+                    incoming,
+                    HolderServices { fhir, audit },
+                    mesh,
+                    evaluator,
+                    anchor,
+                    claims_guard,
+                );
                 if let Err(e) = served.await {
                     tracing::debug!(error = %e, "data-plane connection ended");
                 }
@@ -741,10 +754,19 @@ impl DataPlane {
     }
 }
 
+/// What a holder serves patient data from, and where it records each access.
+#[derive(Clone)]
+struct HolderServices {
+    fhir: FhirService,
+    audit: AuditTrail,
+}
+
 /// What a holder knows of the peer on a connection, for checking its claims.
 #[derive(Clone)]
 struct Peer {
     name: String,
+    /// Its organisation's URA (from its certificate).
+    organisation: String,
     key: NodeId,
     channel: [u8; 32],
     network: String,
@@ -753,7 +775,7 @@ struct Peer {
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    fhir: FhirService,
+    holding: HolderServices,
     mesh: Arc<Mesh>,
     evaluator: MaybeEvaluator,
     anchor: TrustAnchor,
@@ -801,18 +823,19 @@ async fn serve_connection(
             | Err(quinn::ConnectionError::TimedOut) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let fhir = fhir.clone();
+        let holding = holding.clone();
         let mesh = mesh.clone();
         let evaluator = evaluator.clone();
         let requester = Peer {
             name: peer.identity.name.clone(),
+            organisation: peer.identity.organisation_ura.clone(),
             key: peer.node,
             channel,
             network: anchor.network().to_owned(),
             guard: claims_guard.clone(),
         };
         tokio::spawn(async move {
-            let served = serve_stream(send, recv, fhir, mesh, evaluator, &requester);
+            let served = serve_stream(send, recv, holding, mesh, evaluator, &requester);
             if let Err(e) = served.await {
                 tracing::debug!(error = %e, requester = %requester.name, "data-plane stream failed");
             }
@@ -838,7 +861,7 @@ async fn send_frame(send: &mut quinn::SendStream, frame_value: &FetchFrame) -> a
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    fhir: FhirService,
+    holding: HolderServices,
     mesh: Arc<Mesh>,
     evaluator: MaybeEvaluator,
     peer: &Peer,
@@ -859,6 +882,16 @@ async fn serve_stream(
             );
             if let Err(e) = admitted {
                 tracing::warn!(requester = %requester, reason = %e, "patient data request refused: its claims do not hold");
+                let refused = served_record(
+                    peer,
+                    &claims.claims,
+                    AuditOutcome::Denied,
+                    String::new(),
+                    e.to_string(),
+                );
+                if let Err(audit) = holding.audit.append(refused).await {
+                    tracing::error!(error = %audit, "a refused patient data request could not be recorded");
+                }
                 send_frame(
                     &mut send,
                     &FetchFrame::Error {
@@ -976,9 +1009,38 @@ async fn serve_stream(
             return Ok(());
         }
     };
-    let storage_fhir = fhir.clone();
+    let storage_fhir = holding.fhir.clone();
     let resources =
         tokio::task::spawn_blocking(move || storage_fhir.holding_for_key(&patient)).await?;
+    // An access is answered only once it is in the trail.
+    let record = match &resources {
+        Ok((resources, _, _)) => served_record(
+            peer,
+            &claims.claims,
+            AuditOutcome::Success,
+            resource_summary_of(resources.iter()),
+            String::new(),
+        ),
+        Err(e) => served_record(
+            peer,
+            &claims.claims,
+            AuditOutcome::Failed,
+            String::new(),
+            e.diagnostics.clone(),
+        ),
+    };
+    if let Err(e) = holding.audit.append(record).await {
+        send_frame(
+            &mut send,
+            &FetchFrame::Error {
+                code: FetchErrorCode::Internal,
+                message: format!("the holder cannot record the access, so it serves nothing: {e}"),
+            },
+        )
+        .await?;
+        send.finish()?;
+        return Ok(());
+    }
     match resources {
         Ok((resources, members, salt)) => {
             tracing::info!(
@@ -1022,6 +1084,57 @@ async fn serve_stream(
     }
     send.finish()?;
     Ok(())
+}
+
+/// The holder's trail entry of a patient data request from `peer`.
+fn served_record(
+    peer: &Peer,
+    claims: &RequesterClaims,
+    outcome: AuditOutcome,
+    what: String,
+    detail: String,
+) -> AuditRecord {
+    let action = if claims.purpose == PurposeOfUse::Emergency && outcome == AuditOutcome::Success {
+        AuditAction::BreakTheGlass
+    } else {
+        AuditAction::PullServed
+    };
+    let detail = match (action, detail.is_empty()) {
+        (AuditAction::BreakTheGlass, true) => format!(
+            "served to {}: emergency: {}",
+            peer.name, claims.emergency_reason
+        ),
+        (_, true) => format!("served to {}", peer.name),
+        (_, false) => detail,
+    };
+    AuditRecord {
+        at_ms: crate::fhir::service::now_ms(),
+        action,
+        outcome,
+        actor: peer.name.clone(),
+        organisation: peer.organisation.clone(),
+        person: claims.practitioner.clone(),
+        purpose: Some(claims.purpose),
+        patient: Some(claims.patient),
+        what,
+        detail,
+    }
+}
+
+/// "3 resources: Observation 2, Patient 1".
+pub fn resource_summary_of<'a>(
+    resources: impl IntoIterator<Item = &'a serde_json::Value>,
+) -> String {
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    let mut total = 0;
+    for resource in resources {
+        total += 1;
+        *counts
+            .entry(resource["resourceType"].as_str().unwrap_or("?"))
+            .or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    format!("{total} resources: {}", parts.join(", "))
 }
 
 fn parse_request(bytes: &[u8]) -> Result<FetchRequest, String> {

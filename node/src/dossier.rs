@@ -48,6 +48,10 @@ pub struct DossierResolver {
     pub(crate) keys: Arc<crate::pseudonym::PatientKeys>,
     pub(crate) network: String,
     pub(crate) holder_timeout_ms: u64,
+    /// Where each pull made is recorded.
+    pub(crate) audit: crate::audit::AuditTrail,
+    /// This node's organisation (URA), the requesting organisation of its pulls.
+    pub(crate) organisation: String,
 }
 
 fn origin_source(network: &str, node: &str) -> String {
@@ -60,30 +64,36 @@ impl DossierResolver {
         &self,
         params: &[(String, String)],
         context: &crate::data_plane::RequestContext,
-    ) -> Result<Value, FhirError> {
+    ) -> Result<(PatientKey, Value), FhirError> {
         let bsn = requested_bsn(params)?;
+        let key = self.patient_key(bsn).await?;
+        Ok((key, self.resolve(key, context).await))
+    }
+
+    /// The patient key of a BSN: cached if this node holds the patient, else from the
+    /// evaluators.
+    pub async fn patient_key(&self, bsn: Bsn) -> Result<PatientKey, FhirError> {
         let cached = self
             .fhir
             .storage()
             .cached_patient_key(&bsn)
             .map_err(|e| FhirError::internal(e.to_string()))?;
-        let key = match cached {
-            Some(key) => key,
-            None => *self
-                .keys
-                .derive(std::slice::from_ref(&bsn))
-                .await
-                .map_err(|e| {
-                    FhirError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "transient",
-                        format!("cannot derive the patient key: {e}"),
-                    )
-                })?
-                .get(&bsn)
-                .ok_or_else(|| FhirError::internal("the evaluators returned no key"))?,
-        };
-        Ok(self.resolve(key, context).await)
+        if let Some(key) = cached {
+            return Ok(key);
+        }
+        self.keys
+            .derive(std::slice::from_ref(&bsn))
+            .await
+            .map_err(|e| {
+                FhirError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "transient",
+                    format!("cannot derive the patient key: {e}"),
+                )
+            })?
+            .get(&bsn)
+            .copied()
+            .ok_or_else(|| FhirError::internal("the evaluators returned no key"))
     }
 
     /// Resolves one patient's dossier.
@@ -105,6 +115,8 @@ impl DossierResolver {
             let me = self.mesh.own();
             let data_plane = self.data_plane.clone();
             let fhir = self.fhir.clone();
+            let audit = self.audit.clone();
+            let organisation = self.organisation.clone();
             fetches.push(async move {
                 let node = holder.info.node;
                 let result = if node == me {
@@ -128,6 +140,18 @@ impl DossierResolver {
                         None => Err("no data-plane address known for this holder".to_owned()),
                     }
                 };
+                if node != me {
+                    let record = pull_record(
+                        context,
+                        &organisation,
+                        patient,
+                        &holder.info.name,
+                        &result,
+                    );
+                    if let Err(e) = audit.append(record).await {
+                        tracing::error!(error = %e, "a pull could not be recorded in the access trail");
+                    }
+                }
                 (node, result)
             });
         }
@@ -291,6 +315,59 @@ const REFUSED: &str = "refused: ";
 
 /// What the dossier says of a failed fetch: a holder that refused the request's claims is
 /// named as refusing it, with its code; anything else as unreachable.
+/// The resolver's trail entry of a pull from `holder`.
+fn pull_record(
+    context: &crate::data_plane::RequestContext,
+    organisation: &str,
+    patient: PatientKey,
+    holder: &str,
+    result: &Result<(Vec<Value>, Option<String>), String>,
+) -> zorgmesh_protocol::audit::AuditRecord {
+    use crate::audit::{AuditAction, AuditOutcome};
+    let (outcome, what, detail) = match result {
+        Ok((resources, _)) => (
+            AuditOutcome::Success,
+            format!(
+                "from {holder}: {}",
+                crate::data_plane::resource_summary_of(resources.iter())
+            ),
+            String::new(),
+        ),
+        Err(reason) if reason.starts_with(REFUSED) => (
+            AuditOutcome::Denied,
+            format!("from {holder}"),
+            reason.clone(),
+        ),
+        Err(reason) => (
+            AuditOutcome::Failed,
+            format!("from {holder}"),
+            reason.clone(),
+        ),
+    };
+    let action = if context.purpose == zorgmesh_protocol::claims::PurposeOfUse::Emergency {
+        AuditAction::BreakTheGlass
+    } else {
+        AuditAction::PullMade
+    };
+    let detail = if action == AuditAction::BreakTheGlass {
+        format!("emergency: {}; {detail}", context.emergency_reason)
+    } else {
+        detail
+    };
+    zorgmesh_protocol::audit::AuditRecord {
+        at_ms: crate::fhir::service::now_ms(),
+        action,
+        outcome,
+        actor: context.client_id.clone(),
+        organisation: organisation.to_owned(),
+        person: context.practitioner.clone(),
+        purpose: Some(context.purpose),
+        patient: Some(patient),
+        what,
+        detail,
+    }
+}
+
 fn failure_reason(error: &crate::data_plane::FetchError) -> String {
     use zorgmesh_protocol::fetch::FetchErrorCode;
     match error {

@@ -6,6 +6,7 @@
 
 pub mod anti_entropy;
 pub mod at_rest;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod data_plane;

@@ -48,7 +48,12 @@ pub struct RunningNode {
     pub gossip_status: Arc<GossipStatus>,
     /// Anti-entropy counters.
     pub sync_stats: Arc<SyncStats>,
+    /// The access trail.
+    pub audit: crate::audit::AuditTrail,
     shutdown: watch::Sender<bool>,
+    /// Stops the trail's writer, after every task that appends to it stopped.
+    audit_stop: watch::Sender<bool>,
+    audit_task: tokio::task::JoinHandle<()>,
     /// Why the node must stop on its own (its certificate was revoked or expired).
     fatal: mpsc::Receiver<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -265,6 +270,15 @@ impl RunningNode {
         });
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let (audit_stop, audit_stop_rx) = watch::channel(false);
+        let (audit, audit_task) = crate::audit::AuditTrail::open(
+            &config.data_dir,
+            {
+                let keys = keys.clone();
+                Arc::new(move || keys.current().key.clone())
+            },
+            audit_stop_rx,
+        )?;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(seal_periodically(
             storage.clone(),
@@ -501,6 +515,7 @@ impl RunningNode {
             fhir.clone(),
             mesh.clone(),
             evaluator.clone(),
+            audit.clone(),
             shutdown_rx.clone(),
         )));
         let patient_keys = Arc::new(PatientKeys::new(
@@ -554,7 +569,11 @@ impl RunningNode {
                 keys: patient_keys.clone(),
                 network: anchor.network().to_owned(),
                 holder_timeout_ms: config.resolve.holder_timeout_ms,
+                audit: audit.clone(),
+                organisation: identity.identity.organisation_ura.clone(),
             },
+            audit: audit.clone(),
+            organisation: identity.identity.organisation_ura.clone(),
             base: format!("{public_url}/fhir"),
             node_name: config.name.clone(),
             rotator: Some(Arc::new(Rotator {
@@ -613,7 +632,10 @@ impl RunningNode {
             mesh,
             gossip_status: gossip.status,
             sync_stats,
+            audit,
             shutdown,
+            audit_stop,
+            audit_task,
             fatal,
             tasks,
         })
@@ -642,6 +664,14 @@ impl RunningNode {
                 Ok(_) => {}
                 Err(_) => tracing::warn!("a node task did not stop within 10 s"),
             }
+        }
+        // Last: the trail signs its head once nothing appends any more.
+        let _ = self.audit_stop.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), self.audit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the access trail did not close within 10 s");
         }
     }
 

@@ -64,6 +64,7 @@ fn loopback_plane(identity: &TlsIdentity) -> DataPlane {
 }
 
 struct Holder {
+    audit: zorgmesh_node::audit::AuditTrail,
     _dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
     node: NodeId,
@@ -140,8 +141,16 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
             storage.clone(),
         ))
     });
-    tokio::spawn(plane.serve(fhir, mesh, evaluator, rx));
+    let signing = tls.key.clone();
+    let (audit, _) = zorgmesh_node::audit::AuditTrail::open(
+        dir.path(),
+        Arc::new(move || signing.clone()),
+        rx.clone(),
+    )
+    .unwrap();
+    tokio::spawn(plane.serve(fhir, mesh, evaluator, audit.clone(), rx));
     Holder {
+        audit,
         _dir: dir,
         addr,
         node: NodeId(tls.key.verifying_key().to_bytes()),
@@ -456,6 +465,50 @@ async fn a_holder_refuses_altered_forged_moved_replayed_and_stale_claims() {
         FetchErrorCode::ClaimsInvalid,
         "reason",
     );
+
+    // The holder's trail holds every request, in order: who, for which patient, and what
+    // became of it.
+    use zorgmesh_node::audit::{AuditAction, AuditOutcome, AuditQuery};
+    let trail = holder
+        .audit
+        .query(AuditQuery::default(), 100)
+        .await
+        .unwrap();
+    let seen: Vec<(AuditOutcome, &str, &str)> = trail
+        .iter()
+        .map(|e| {
+            assert_eq!(e.record.action, AuditAction::PullServed);
+            assert_eq!(e.record.organisation, "00000042");
+            (
+                e.record.outcome,
+                e.record.actor.as_str(),
+                e.record.detail.as_str(),
+            )
+        })
+        .collect();
+    let expected = [
+        (AuditOutcome::Success, "alice", "served to alice"),
+        (AuditOutcome::Denied, "alice", "used before"),
+        (AuditOutcome::Denied, "alice", "signature"),
+        (AuditOutcome::Denied, "alice", "signature"),
+        (AuditOutcome::Denied, "alice", "ms away"),
+        (AuditOutcome::Denied, "alice", "ms away"),
+        (AuditOutcome::Denied, "mallory", "another requester"),
+        (AuditOutcome::Denied, "mallory", "another requester"),
+        (AuditOutcome::Denied, "alice", "another connection"),
+        (AuditOutcome::Success, "alice", "served to alice"),
+        (AuditOutcome::Denied, "alice", "reason"),
+    ];
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+    for ((outcome, actor, detail), (want_outcome, want_actor, says)) in seen.iter().zip(expected) {
+        assert_eq!((*outcome, *actor), (want_outcome, want_actor), "{detail}");
+        assert!(detail.contains(says), "{detail:?} does not say {says:?}");
+    }
+    assert_eq!(
+        trail[0].record.what,
+        "2 resources: Observation 1, Patient 1"
+    );
+    assert_eq!(trail[0].record.patient, Some(holder.patient));
 }
 
 #[tokio::test]

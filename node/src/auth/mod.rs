@@ -156,6 +156,7 @@ impl Principal {
                 ));
             }
             return Ok(crate::data_plane::RequestContext {
+                client_id: self.client_id.clone(),
                 practitioner: None,
                 purpose: PurposeOfUse::PatientSelfAccess,
                 emergency_reason: String::new(),
@@ -196,6 +197,7 @@ impl Principal {
             _ => {}
         }
         Ok(crate::data_plane::RequestContext {
+            client_id: self.client_id.clone(),
             practitioner,
             purpose,
             emergency_reason: if purpose == PurposeOfUse::Emergency {

@@ -2,6 +2,7 @@
 //! `application/json`; every response is `application/fhir+json`; every error an
 //! OperationOutcome.
 
+use super::access::{self, AccessNote};
 use super::outcome::FHIR_JSON;
 use super::resource::{http_date, MAX_RESOURCE_BYTES, RESOURCE_TYPES};
 use super::{bundle, search, FhirError, FhirService};
@@ -42,6 +43,10 @@ pub struct ApiState {
     pub status: std::sync::Arc<dyn Fn() -> Value + Send + Sync>,
     /// Takes online backups (`POST /admin/backup`).
     pub backups: Option<std::sync::Arc<crate::storage::BackupTaker>>,
+    /// The access trail every data access is recorded in before it is answered.
+    pub audit: crate::audit::AuditTrail,
+    /// This node's organisation (URA): the organisation of every request its clients make.
+    pub organisation: String,
 }
 
 /// The router.
@@ -94,20 +99,31 @@ async fn authenticate(
     if crate::auth::is_open(request.method(), request.uri().path()) {
         return next.run(request).await;
     }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     match state.auth.authenticate(request.headers()) {
         Ok(principal) => {
-            if request.uri().path().starts_with("/admin/") {
+            if path.starts_with("/admin/") {
                 if let Err(e) = principal.require_admin() {
                     return e.into_response();
                 }
             }
+            let requester =
+                access::Requester::of(&principal, request.headers(), &state.organisation);
             request
                 .extensions_mut()
                 .insert(std::sync::Arc::new(principal));
-            next.run(request).await
+            let response = next.run(request).await;
+            if path.starts_with("/fhir") {
+                access::record_answer(&state.audit, requester, &method, &path, response).await
+            } else {
+                response
+            }
         }
         Err(failure) => {
-            tracing::info!(method = %request.method(), path = %request.uri().path(), reason = ?failure, "request refused: not authenticated");
+            tracing::info!(%method, %path, reason = ?failure, "request refused: not authenticated");
+            access::record_refused_login(&state.audit, &method, &path, format!("{failure:?}"))
+                .await;
             failure.into_response()
         }
     }
@@ -453,6 +469,41 @@ async fn base_post(
     }
 }
 
+/// The resources of a Bundle's entries.
+fn bundle_resources(bundle: &Value) -> impl Iterator<Item = &Value> + Clone {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| entries.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| &entry["resource"])
+        .filter(|resource| resource.is_object())
+}
+
+/// `GET /fhir/AuditEvent?…`: this node's own trail, newest first.
+async fn search_audit_events(state: &ApiState, params: &[(String, String)]) -> Response {
+    let result = async {
+        let search =
+            access::parse_audit_search(&state.fhir, params, |bsn| state.dossier.patient_key(bsn))
+                .await?;
+        let entries = state
+            .audit
+            .query(search.query, search.count)
+            .await
+            .map_err(|e| FhirError::internal(e.to_string()))?;
+        Ok::<_, FhirError>(access::audit_bundle(
+            &state.node_name,
+            &state.base,
+            &entries,
+        ))
+    }
+    .await;
+    match result {
+        Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn base_get() -> Response {
     FhirError::not_supported("system-wide search is not supported: search a resource type")
         .into_response()
@@ -471,13 +522,19 @@ async fn search_type(
     if let Err(e) = who.require(&resource_type, Interaction::Search) {
         return e.into_response();
     }
+    if resource_type == "AuditEvent" {
+        return search_audit_events(&state, &parse_query(query)).await;
+    }
     match search::search(
         &state.fhir,
         &resource_type,
         &parse_query(query),
         &state.base,
     ) {
-        Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+        Ok(bundle) => {
+            let note = AccessNote::of_resources(&state.fhir, bundle_resources(&bundle));
+            note.attach(fhir_response(StatusCode::OK, &bundle))
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -506,7 +563,9 @@ async fn create(
                 "{}/{resource_type}/{id}/_history/{}",
                 state.base, written.stored.version
             );
-            versioned_response(StatusCode::CREATED, &written.stored, Some(location))
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
+                versioned_response(StatusCode::CREATED, &written.stored, Some(location)),
+            )
         }
         Err(e) => e.into_response(),
     }
@@ -529,9 +588,14 @@ async fn read(
         }
         .await;
         return match result {
-            Ok(mut bundle) => {
+            Ok((patient, mut bundle)) => {
                 withhold_unreadable(&mut bundle, &who);
-                fhir_response(StatusCode::OK, &bundle)
+                let what = crate::data_plane::resource_summary_of(bundle_resources(&bundle));
+                AccessNote {
+                    patients: [patient].into(),
+                    what,
+                }
+                .attach(fhir_response(StatusCode::OK, &bundle))
             }
             Err(e) => e.into_response(),
         };
@@ -540,7 +604,8 @@ async fn read(
         return e.into_response();
     }
     match state.fhir.read(&resource_type, &id) {
-        Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
+        Ok(stored) => AccessNote::of_resources(&state.fhir, [&stored.resource])
+            .attach(versioned_response(StatusCode::OK, &stored, None)),
         Err(e) => e.into_response(),
     }
 }
@@ -574,7 +639,8 @@ async fn update(
                 "{}/{resource_type}/{id}/_history/{}",
                 state.base, written.stored.version
             );
-            versioned_response(status, &written.stored, Some(location))
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
+                .attach(versioned_response(status, &written.stored, Some(location)))
         }
         Err(e) => e.into_response(),
     }
@@ -619,12 +685,14 @@ async fn instance_operation(
                     .collect();
                 let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
                 withhold_unreadable(&mut bundle, &who);
-                fhir_response(StatusCode::OK, &bundle)
+                AccessNote::of_resources(&state.fhir, bundle_resources(&bundle))
+                    .attach(fhir_response(StatusCode::OK, &bundle))
             }
             Err(e) => e.into_response(),
         },
         (_, "_history") => match state.fhir.history(&resource_type, &id, &state.base) {
-            Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+            Ok(bundle) => AccessNote::of_resources(&state.fhir, bundle_resources(&bundle))
+                .attach(fhir_response(StatusCode::OK, &bundle)),
             Err(e) => e.into_response(),
         },
         _ => FhirError::not_found(format!(
@@ -643,7 +711,8 @@ async fn vread(
         return e.into_response();
     }
     match state.fhir.vread(&resource_type, &id, &version) {
-        Ok(stored) => versioned_response(StatusCode::OK, &stored, None),
+        Ok(stored) => AccessNote::of_resources(&state.fhir, [&stored.resource])
+            .attach(versioned_response(StatusCode::OK, &stored, None)),
         Err(e) => e.into_response(),
     }
 }

@@ -6,6 +6,7 @@
 //! and durably → the patient keys whose data changed go to [`crate::publishing`], which
 //! batches, signs and gossips their locator entries.
 
+pub mod access;
 pub mod api;
 pub mod bundle;
 pub mod listener;

@@ -59,6 +59,26 @@ impl FhirService {
         &self.storage
     }
 
+    /// The patient keys of the patients whose compartments `resources` belong to (for the
+    /// access trail; a patient without a key yet is left out).
+    pub fn patient_keys_of<'a>(
+        &self,
+        resources: impl IntoIterator<Item = &'a Value>,
+    ) -> std::collections::BTreeSet<zorgmesh_protocol::PatientKey> {
+        let mut ids = std::collections::BTreeSet::new();
+        for resource in resources {
+            let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+            let id = resource["id"].as_str().unwrap_or_default();
+            if let Some(patient) = crate::storage::compartment_patient(resource_type, id, resource)
+            {
+                ids.insert(patient);
+            }
+        }
+        ids.iter()
+            .filter_map(|id| self.storage.patient_key_of(id).ok().flatten())
+            .collect()
+    }
+
     async fn after_write(&self, dirty: BTreeSet<zorgmesh_protocol::PatientKey>) {
         if !dirty.is_empty() {
             self.publisher.stage(dirty).await;

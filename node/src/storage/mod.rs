@@ -712,6 +712,15 @@ impl Storage {
             .map(PatientKey))
     }
 
+    /// The patient key of a local Patient (none while it has no BSN or waits for its key).
+    pub fn patient_key_of(&self, patient_id: &str) -> Result<Option<PatientKey>, StorageError> {
+        Ok(self
+            .fhir
+            .get(&patient_key_key(patient_id))?
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(PatientKey))
+    }
+
     /// The current record of a resource.
     pub fn current(
         &self,
