@@ -73,6 +73,9 @@ enum Command {
     /// Register, list and revoke the clients that may call a node's API, and get tokens.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Check a node's access trail (NEN 7513).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Start a local mesh on loopback, load synthetic patients and resolve dossiers.
     Demo(DemoArgs),
 }
@@ -237,6 +240,26 @@ enum NodeCommand {
         /// storage_engine, else sled). Restoring into another engine migrates the store.
         #[arg(long)]
         engine: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the access trail against the node's signed checkpoints and name every
+    /// altered, removed, inserted or reordered entry. Reads the files only: the node may
+    /// run. Exits 1 when anything is wrong.
+    Verify {
+        /// The node's data directory.
+        #[arg(
+            long = "data",
+            visible_alias = "data-dir",
+            required_unless_present = "config"
+        )]
+        data_dir: Option<PathBuf>,
+        /// The node's config: its data_dir, and its certificate's key as the only key that
+        /// may sign checkpoints.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -813,6 +836,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node.base_url()
             );
             node.run_until_ctrl_c().await?;
+        }
+        Command::Audit(AuditCommand::Verify { data_dir, config }) => {
+            let (dir, keys) = match (&config, data_dir) {
+                (Some(path), dir) => {
+                    let config = NodeConfig::load(path)?;
+                    let anchor = zorgmesh_certs::TrustAnchor::from_der(
+                        &zorgmesh_certs::read_certificate(&config.trust.ca_certificate)?,
+                    )?;
+                    let node = anchor
+                        .verify_node_certificate(
+                            &zorgmesh_certs::read_certificate(&config.trust.node_certificate)?,
+                            None,
+                        )
+                        .with_context(|| {
+                            format!(
+                                "{} is not a certificate of this network",
+                                config.trust.node_certificate.display()
+                            )
+                        })?;
+                    (dir.unwrap_or(config.data_dir), Some([node.node].into()))
+                }
+                (None, Some(dir)) => (dir, None),
+                (None, None) => bail!("say which trail: --data DIR or --config FILE"),
+            };
+            let report = zorgmesh_node::audit::verify::verify_dir(&dir, keys.as_ref())?;
+            if !report.is_intact() {
+                bail!("{report}");
+            }
+            print!("{report}");
         }
         Command::Node(NodeCommand::Check(store)) => {
             let dir = store_dir(store.config, store.data_dir)?;

@@ -637,6 +637,40 @@ async fn topology_generate_and_two_node_processes_resolve_a_dossier() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // The access trail: intact while a node runs (checked against its certificate's key),
+    // intact after a kill, and an edited entry is named.
+    let said = ok(&zorgmesh(&[
+        "audit",
+        "verify",
+        "--config",
+        s(&node_config("rp-zuid")),
+    ]));
+    assert!(said.contains("access trail intact"), "{said}");
+    let killed = out.join("nodes").join("umcg").join("data.old");
+    let said = ok(&zorgmesh(&["audit", "verify", "--data", s(&killed)]));
+    assert!(said.contains("access trail intact"), "{said}");
+    let (trail, _) = zorgmesh_node::audit::trail_file::trail_paths(&killed);
+    let mut entries: Vec<_> = zorgmesh_node::audit::trail_file::read_entries(&trail, u64::MAX)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(entries.len() > 2, "{} entries", entries.len());
+    entries[0].record.what = "nothing happened".into();
+    let mut bytes = Vec::new();
+    for entry in &entries {
+        zorgmesh_node::audit::trail_file::push_frame(&mut bytes, &entry.to_bytes());
+    }
+    std::fs::write(&trail, bytes).unwrap();
+    let err = failed(&zorgmesh(&["audit", "verify", "--data", s(&killed)]));
+    assert!(err.contains("entry 1 was altered"), "{err}");
+    let err = failed(&zorgmesh(&[
+        "audit",
+        "verify",
+        "--data",
+        s(&dir.path().join("nowhere")),
+    ]));
+    assert!(err.contains("no access trail here"), "{err}");
 }
 
 #[test]

@@ -153,6 +153,11 @@ impl TestMesh {
         self.provisioned[i].dir.clone()
     }
 
+    /// Node `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.config(i).data_dir
+    }
+
     /// Node `i`'s key (whether it runs or not).
     pub fn node_id(&self, i: usize) -> zorgmesh_protocol::NodeId {
         self.provisioned[i].node_id

@@ -476,6 +476,7 @@ fn bundle_resources(bundle: &Value) -> impl Iterator<Item = &Value> + Clone {
         .map(|entries| entries.as_slice())
         .unwrap_or_default()
         .iter()
+        .filter(|entry| entry["search"]["mode"] != "outcome")
         .map(|entry| &entry["resource"])
         .filter(|resource| resource.is_object())
 }
