@@ -354,3 +354,107 @@ fn claims_vector() {
 fn print_claims_vector() {
     println!("GOLDEN_CLAIMS_ {}", hex::encode(golden_claims().to_bytes()));
 }
+
+/// The access trail of SPEC.md ("Access trail"): two entries of the node with the batch
+/// publisher's key (secret 32 bytes of 0x07) and a checkpoint over the second.
+fn golden_trail() -> (
+    Vec<zorgmesh_protocol::audit::AuditEntry>,
+    zorgmesh_protocol::audit::SignedCheckpoint,
+) {
+    use zorgmesh_protocol::audit::{AuditAction, AuditOutcome, AuditRecord, ChainHead, Checkpoint};
+    use zorgmesh_protocol::claims::{Practitioner, PurposeOfUse};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let patient: [u8; 32] = hex::decode(GOLDEN_PATIENT_KEY_999911120)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let served = AuditRecord {
+        at_ms: 1_767_225_600_000,
+        action: AuditAction::PullServed,
+        outcome: AuditOutcome::Success,
+        actor: "umcg".into(),
+        organisation: "00001234".into(),
+        person: Some(Practitioner {
+            id: "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|123456789".into(),
+            role: "01.015".into(),
+            name: "J. Jansen".into(),
+        }),
+        purpose: Some(PurposeOfUse::Treatment),
+        patient: Some(zorgmesh_protocol::PatientKey(patient)),
+        what: "2 resources: Observation 1, Patient 1".into(),
+        detail: "served to umcg".into(),
+    };
+    let refused = AuditRecord {
+        at_ms: 1_767_225_601_000,
+        action: AuditAction::AuthenticationFailed,
+        outcome: AuditOutcome::Denied,
+        actor: String::new(),
+        organisation: String::new(),
+        person: None,
+        purpose: None,
+        patient: None,
+        what: "GET /fhir/Patient".into(),
+        detail: "Missing".into(),
+    };
+    let (first, head) = ChainHead::default().append(served);
+    let (second, head) = head.append(refused);
+    let checkpoint = Checkpoint {
+        node: zorgmesh_protocol::NodeId(key.verifying_key().to_bytes()),
+        sequence: head.sequence,
+        hash: head.hash,
+        at_ms: 1_767_225_602_000,
+    }
+    .sign(&key);
+    (vec![first, second], checkpoint)
+}
+
+const GOLDEN_ENTRY_1: &str = "0100000000000000000000000000000000000000000000000000000000000000000000000000000000a8da769b01000005000000000000000400000000000000756d636708000000000000003030303031323334013600000000000000687474703a2f2f666869722e6e6c2f666869722f4e616d696e6753797374656d2f757a692d6e722d706572737c313233343536373839060000000000000030312e30313509000000000000004a2e204a616e73656e010000000001d994d9719e73094e2b7c0587c23b569788f9013a6a407bf58c6599e7c002894a250000000000000032207265736f75726365733a204f62736572766174696f6e20312c2050617469656e7420310e0000000000000073657276656420746f20756d6367";
+const GOLDEN_ENTRY_1_HASH: &str =
+    "337439df377f977c0741f459be9d1a300324a6b9485af1abb317072bcefc71a3";
+const GOLDEN_ENTRY_2: &str = "0200000000000000337439df377f977c0741f459be9d1a300324a6b9485af1abb317072bcefc71a3e8abda769b0100000900000001000000000000000000000000000000000000000000001100000000000000474554202f666869722f50617469656e7407000000000000004d697373696e67";
+const GOLDEN_ENTRY_2_HASH: &str =
+    "cea38936bea80cd96f5556cc00e17096135552726ced9fb0a5ab3bbec8b89466";
+const GOLDEN_CHECKPOINT: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c0200000000000000cea38936bea80cd96f5556cc00e17096135552726ced9fb0a5ab3bbec8b89466d0afda769b0100006035413269e3106bad22bc3f3b59438c068827d976652c97f1679e811520366b27d504b0dc63e3b60a974fbd1c0e66dfcdc7944cd335c6bb702d4fe539a49201";
+
+#[test]
+fn trail_vector() {
+    use sha2::{Digest, Sha256};
+    let (entries, checkpoint) = golden_trail();
+    let golden = [
+        (GOLDEN_ENTRY_1, GOLDEN_ENTRY_1_HASH),
+        (GOLDEN_ENTRY_2, GOLDEN_ENTRY_2_HASH),
+    ];
+    for (entry, (bytes, hash)) in entries.iter().zip(golden) {
+        assert_eq!(hex::encode(entry.to_bytes()), bytes);
+        // The hash with nothing but SHA-256 over the domain and the entry's bytes.
+        let mut hasher = Sha256::new();
+        hasher.update(b"zorgmesh/audit-entry/v1\n");
+        hasher.update(hex::decode(bytes).unwrap());
+        assert_eq!(hex::encode(hasher.finalize()), hash);
+        assert_eq!(
+            &zorgmesh_protocol::audit::AuditEntry::from_bytes(&hex::decode(bytes).unwrap())
+                .unwrap(),
+            entry
+        );
+    }
+    assert_eq!(hex::encode(entries[1].previous), GOLDEN_ENTRY_1_HASH);
+    assert_eq!(hex::encode(codec::encode(&checkpoint)), GOLDEN_CHECKPOINT);
+    let bytes = hex::decode(GOLDEN_CHECKPOINT).unwrap();
+    let (body, signature) = bytes.split_at(bytes.len() - 64);
+    let mut message = b"zorgmesh/audit-checkpoint/v1\n".to_vec();
+    message.extend_from_slice(body);
+    use ed25519_dalek::{Signature, VerifyingKey};
+    VerifyingKey::from_bytes(&hex::decode(GOLDEN_PUBLISHER).unwrap().try_into().unwrap())
+        .unwrap()
+        .verify_strict(
+            &message,
+            &Signature::from_bytes(&signature.try_into().unwrap()),
+        )
+        .unwrap();
+    let mut verifier =
+        zorgmesh_protocol::audit::TrailVerifier::new(std::slice::from_ref(&checkpoint));
+    for entry in &entries {
+        verifier.push(entry);
+    }
+    assert!(verifier.finish().is_intact());
+}
