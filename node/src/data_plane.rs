@@ -20,7 +20,8 @@ use tokio::sync::{watch, Semaphore};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::audit::AuditRecord;
 use zorgmesh_protocol::claims::{
-    ClaimsGuard, Practitioner, PurposeOfUse, RequesterClaims, CHANNEL_LABEL, CLAIMS_VERSION,
+    ClaimsGuard, Practitioner, PurposeOfUse, RequesterClaims, SignedClaims, CHANNEL_LABEL,
+    CLAIMS_VERSION,
 };
 use zorgmesh_protocol::fetch::{
     frame, FetchErrorCode, FetchFrame, FetchRequest, FETCH_ALPN, MAX_FRAME_BYTES,
@@ -542,6 +543,7 @@ impl DataPlane {
                                 FetchFrame::Resource { .. }
                                     | FetchFrame::Message { .. }
                                     | FetchFrame::Snapshot { .. }
+                                    | FetchFrame::AccessEntry { .. }
                             )
                         })
                         .count();
@@ -578,21 +580,8 @@ impl DataPlane {
         let network = self.anchor.network().to_owned();
         let frames = self
             .request_built(holder, holder_name, addr, |connection, key| {
-                let channel = channel_binding(connection).map_err(FetchError::Transport)?;
-                let claims = RequesterClaims {
-                    version: CLAIMS_VERSION,
-                    network: network.clone(),
-                    requester: NodeId(key.verifying_key().to_bytes()),
-                    practitioner: context.practitioner.clone(),
-                    purpose: context.purpose,
-                    emergency_reason: context.emergency_reason.clone(),
-                    patient,
-                    nonce: rand::random(),
-                    issued_at_ms: crate::fhir::service::now_ms(),
-                    channel,
-                };
                 Ok(FetchRequest::PatientResources {
-                    claims: Box::new(claims.sign(key)),
+                    claims: Box::new(self.claims(connection, key, &network, patient, context)?),
                 })
             })
             .await?;
@@ -611,6 +600,62 @@ impl DataPlane {
             }
         }
         Ok((resources, holding))
+    }
+
+    /// Asks `node` for its access-trail entries about `patient` (purpose
+    /// patient-self-access or compliance).
+    pub async fn fetch_access_log(
+        &self,
+        node: NodeId,
+        node_name: &str,
+        addr: SocketAddr,
+        patient: PatientKey,
+        context: &RequestContext,
+    ) -> Result<Vec<zorgmesh_protocol::audit::AuditEntry>, FetchError> {
+        let network = self.anchor.network().to_owned();
+        let frames = self
+            .request_built(node, node_name, addr, |connection, key| {
+                Ok(FetchRequest::AccessLog {
+                    claims: Box::new(self.claims(connection, key, &network, patient, context)?),
+                })
+            })
+            .await?;
+        frames
+            .into_iter()
+            .map(|frame| match frame {
+                FetchFrame::AccessEntry { bytes } => {
+                    zorgmesh_protocol::audit::AuditEntry::from_bytes(&bytes).map_err(|e| {
+                        FetchError::Protocol(format!("an access entry does not decode: {e}"))
+                    })
+                }
+                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// Fresh claims for a request on `connection`, signed with `key`.
+    fn claims(
+        &self,
+        connection: &quinn::Connection,
+        key: &SigningKey,
+        network: &str,
+        patient: PatientKey,
+        context: &RequestContext,
+    ) -> Result<SignedClaims, FetchError> {
+        let channel = channel_binding(connection).map_err(FetchError::Transport)?;
+        Ok(RequesterClaims {
+            version: CLAIMS_VERSION,
+            network: network.to_owned(),
+            requester: NodeId(key.verifying_key().to_bytes()),
+            practitioner: context.practitioner.clone(),
+            purpose: context.purpose,
+            emergency_reason: context.emergency_reason.clone(),
+            patient,
+            nonce: rand::random(),
+            issued_at_ms: crate::fhir::service::now_ms(),
+            channel,
+        }
+        .sign(key))
     }
 
     /// Asks evaluator `peer` for its partial evaluation of `request`.
@@ -905,6 +950,72 @@ async fn serve_stream(
             }
             (claims.claims.patient, claims)
         }
+        Ok(FetchRequest::AccessLog { claims }) => {
+            let answer = access_log_answer(&holding, peer, &claims).await;
+            let count = match &answer {
+                Ok(entries) => entries.len(),
+                Err(_) => 0,
+            };
+            let record = served_record(
+                peer,
+                &claims.claims,
+                match &answer {
+                    Ok(_) => AuditOutcome::Success,
+                    Err((FetchErrorCode::Internal, _)) => AuditOutcome::Failed,
+                    Err(_) => AuditOutcome::Denied,
+                },
+                format!("access log: {count} entries"),
+                answer
+                    .as_ref()
+                    .err()
+                    .map(|(_, m)| m.clone())
+                    .unwrap_or_default(),
+            );
+            let recorded = holding
+                .audit
+                .append(AuditRecord {
+                    action: AuditAction::Read,
+                    ..record
+                })
+                .await;
+            match (answer, recorded) {
+                (Ok(entries), Ok(_)) => {
+                    for entry in &entries {
+                        send_frame(
+                            &mut send,
+                            &FetchFrame::AccessEntry {
+                                bytes: entry.to_bytes(),
+                            },
+                        )
+                        .await?;
+                    }
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::End {
+                            count: entries.len() as u32,
+                        },
+                    )
+                    .await?;
+                }
+                (Err((code, message)), _) => {
+                    send_frame(&mut send, &FetchFrame::Error { code, message }).await?;
+                }
+                (Ok(_), Err(e)) => {
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::Error {
+                            code: FetchErrorCode::Internal,
+                            message: format!(
+                                "the holder cannot record the access, so it serves nothing: {e}"
+                            ),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            send.finish()?;
+            return Ok(());
+        }
         Ok(FetchRequest::HeadsDigest) => {
             let digest = heads_digest(&mesh.heads());
             send_frame(&mut send, &FetchFrame::HeadsDigest { digest }).await?;
@@ -1084,6 +1195,49 @@ async fn serve_stream(
     }
     send.finish()?;
     Ok(())
+}
+
+/// A holder's answer to an access-log request: its trail's entries about the patient, once
+/// the claims hold and name a purpose that may ask.
+async fn access_log_answer(
+    holding: &HolderServices,
+    peer: &Peer,
+    claims: &SignedClaims,
+) -> Result<Vec<zorgmesh_protocol::audit::AuditEntry>, (FetchErrorCode, String)> {
+    peer.guard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(
+            claims,
+            &peer.network,
+            &peer.key,
+            &peer.channel,
+            crate::fhir::service::now_ms(),
+        )
+        .map_err(|e| (e.code(), e.to_string()))?;
+    if !matches!(
+        claims.claims.purpose,
+        PurposeOfUse::PatientSelfAccess | PurposeOfUse::Compliance
+    ) {
+        return Err((
+            FetchErrorCode::NotPermitted,
+            format!(
+                "an access log is given for patient-self-access or compliance, not for {}",
+                claims.claims.purpose.as_str()
+            ),
+        ));
+    }
+    holding
+        .audit
+        .query(
+            crate::audit::AuditQuery {
+                patient: Some(claims.claims.patient),
+                ..Default::default()
+            },
+            zorgmesh_protocol::fetch::MAX_ACCESS_ENTRIES,
+        )
+        .await
+        .map_err(|e| (FetchErrorCode::Internal, e.to_string()))
 }
 
 /// The holder's trail entry of a patient data request from `peer`.

@@ -55,6 +55,9 @@ pub enum PurposeOfUse {
     PatientSelfAccess,
     /// Tag 3: an approved study (secondary use).
     Research,
+    /// Tag 4: a privacy officer reviews who accessed a patient's data (names the officer
+    /// as the practitioner).
+    Compliance,
 }
 
 impl PurposeOfUse {
@@ -65,6 +68,7 @@ impl PurposeOfUse {
             PurposeOfUse::Emergency => "emergency",
             PurposeOfUse::PatientSelfAccess => "patient-self-access",
             PurposeOfUse::Research => "research",
+            PurposeOfUse::Compliance => "compliance",
         }
     }
 
@@ -75,6 +79,7 @@ impl PurposeOfUse {
             PurposeOfUse::Emergency,
             PurposeOfUse::PatientSelfAccess,
             PurposeOfUse::Research,
+            PurposeOfUse::Compliance,
         ]
         .into_iter()
         .find(|p| p.as_str() == text)
@@ -196,6 +201,9 @@ impl RequesterClaims {
             }
             (PurposeOfUse::Emergency, None) => {
                 malformed("an emergency request names the practitioner who breaks the glass")
+            }
+            (PurposeOfUse::Compliance, None) => {
+                malformed("a compliance review names the privacy officer")
             }
             _ => Ok(()),
         }

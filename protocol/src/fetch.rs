@@ -46,7 +46,17 @@ pub enum FetchRequest {
         /// The highest list sequence the requester holds (0: none).
         have: u64,
     },
+    /// Tag 6: the holder's access-trail entries about the patient the claims name (the
+    /// newest, at most [`MAX_ACCESS_ENTRIES`]), as `AccessEntry` frames, then `End`. Asked
+    /// only as `PatientSelfAccess` or `Compliance`.
+    AccessLog {
+        /// Who asks, for whom and why (as for `PatientResources`).
+        claims: Box<SignedClaims>,
+    },
 }
+
+/// Most access-trail entries one `AccessLog` answer holds.
+pub const MAX_ACCESS_ENTRIES: usize = 1000;
 
 /// Why a holder refused or failed a request. Tags are stable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
@@ -67,6 +77,8 @@ pub enum FetchErrorCode {
     ClaimsReplayed,
     /// Tag 6: the request's claims are too old or from the future.
     ClaimsStale,
+    /// Tag 7: the holder does not answer this request for the purpose it names.
+    NotPermitted,
 }
 
 /// One frame of a response.
@@ -79,7 +91,7 @@ pub enum FetchFrame {
     },
     /// Tag 1: the response is complete.
     End {
-        /// Number of `Resource` frames sent.
+        /// Number of `Resource`, `Message`, `Snapshot` or `AccessEntry` frames sent.
         count: u32,
     },
     /// Tag 2: the request failed.
@@ -123,6 +135,12 @@ pub enum FetchFrame {
         salt: [u8; 32],
         /// How many of the resources sent, from the first, the commitment covers.
         members: u32,
+    },
+    /// Tag 9: one encoded [`crate::audit::AuditEntry`] of the holder's trail, answering
+    /// `AccessLog`.
+    AccessEntry {
+        /// The entry's bytes (at most [`crate::audit::MAX_ENTRY_BYTES`]).
+        bytes: Vec<u8>,
     },
 }
 

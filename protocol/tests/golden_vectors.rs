@@ -348,6 +348,13 @@ fn claims_vector() {
         hex::encode(request.to_bytes()),
         format!("00000000{GOLDEN_CLAIMS_HEX}")
     );
+    let access_log = zorgmesh_protocol::fetch::FetchRequest::AccessLog {
+        claims: Box::new(golden_claims()),
+    };
+    assert_eq!(
+        hex::encode(access_log.to_bytes()),
+        format!("06000000{GOLDEN_CLAIMS_HEX}")
+    );
 }
 
 #[test]

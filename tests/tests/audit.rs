@@ -186,3 +186,163 @@ async fn a_resolved_dossier_is_in_the_resolvers_and_the_holders_trail() {
     std::fs::write(&trail_path, original).unwrap();
     assert!(verify_dir(&umcg_dir, None).unwrap().is_intact());
 }
+
+/// `GET Patient/$access-log` at node `i` with `token` and optional headers.
+async fn access_log(
+    mesh: &TestMesh,
+    i: usize,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = mesh
+        .http
+        .get(format!(
+            "{}/Patient/$access-log?identifier={BSN_PARAM}",
+            mesh.node(i).base_url()
+        ))
+        .bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// (observing node, action code, actor) of each AuditEvent in a Bundle.
+fn seen(bundle: &Value) -> Vec<(String, String, String)> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "AuditEvent")
+        .map(|r| {
+            (
+                r["source"]["observer"]["display"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                subtype(r).to_owned(),
+                r["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn outcome_text(bundle: &Value) -> String {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "outcome")
+        .map(|e| e["resource"].to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patient_sees_every_access_to_their_data_across_the_mesh() {
+    let mut mesh = TestMesh::start(
+        "whonet",
+        &[("umcg", "noord"), ("mst", "oost"), ("rp-app", "west")],
+    )
+    .await
+    .unwrap();
+    mesh.post_bundle(1, &patient_bundle(BSN, "mst", 2))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(1).await.unwrap();
+    // umcg resolves the dossier: it pulls from mst.
+    mesh.dossier(0, BSN).await.unwrap();
+
+    // The patient's app, at a node that never touched the data, asks who accessed it: the
+    // holder mst answers (it served umcg), so umcg is asked too (it made the pull).
+    let app = mesh
+        .add_client(2, "my-app", "patient/*.rs", Some(BSN))
+        .unwrap();
+    let app_token = mesh.token_for(2, &app, None).await.unwrap();
+    let (status, log) = access_log(&mesh, 2, &app_token, &[]).await;
+    assert_eq!(status, 200, "{log}");
+    let events = seen(&log);
+    let has = |node: &str, action: &str, actor: &str| {
+        events
+            .iter()
+            .any(|(n, a, who)| n == node && a == action && who == actor)
+    };
+    assert!(has("mst", "pull-served", "umcg"), "{events:?} {log}");
+    assert!(
+        has("umcg", "pull-made", zorgmesh_tests::TEST_CLIENT),
+        "{events:?}"
+    );
+    assert!(
+        has("umcg", "dossier", zorgmesh_tests::TEST_CLIENT),
+        "{events:?}"
+    );
+    assert!(
+        outcome_text(&log).contains("3 node(s)"),
+        "{}",
+        outcome_text(&log)
+    );
+    assert!(!log.to_string().contains(BSN), "no BSN in the log");
+    // Another patient's log is not the app's to read.
+    let (status, _) = mesh
+        .http
+        .get(format!(
+            "{}/Patient/$access-log?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999990019",
+            mesh.node(2).base_url()
+        ))
+        .bearer_auth(&app_token)
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // A privacy officer at mst: needs AuditEvent read and names themself.
+    let officer = mesh
+        .add_client(1, "privacy", "system/AuditEvent.rs", None)
+        .unwrap();
+    let officer_token = mesh.token_for(1, &officer, None).await.unwrap();
+    let (status, answer) = access_log(&mesh, 1, &officer_token, &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    let narrow = mesh
+        .add_client(1, "narrow", "system/Patient.rs", None)
+        .unwrap();
+    let narrow_token = mesh.token_for(1, &narrow, None).await.unwrap();
+    let officer_header = [(
+        "zorgmesh-practitioner",
+        "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|900055555",
+    )];
+    assert_eq!(
+        access_log(&mesh, 1, &narrow_token, &officer_header).await.0,
+        403
+    );
+    let (status, log) = access_log(&mesh, 1, &officer_token, &officer_header).await;
+    assert_eq!(status, 200, "{log}");
+    let events = seen(&log);
+    assert!(
+        events
+            .iter()
+            .any(|(n, a, _)| n == "umcg" && a == "pull-made"),
+        "{events:?}"
+    );
+    // The app's look at the log is in the trails of the nodes it asked, too.
+    assert!(
+        events
+            .iter()
+            .any(|(n, a, who)| n == "mst" && a == "read" && who == "rp-app"),
+        "{events:?}"
+    );
+
+    // A node that does not answer is named, and the rest still comes.
+    mesh.stop(0).await;
+    let (status, log) = access_log(&mesh, 2, &app_token, &[]).await;
+    assert_eq!(status, 200, "{log}");
+    assert!(seen(&log)
+        .iter()
+        .any(|(n, a, _)| n == "mst" && a == "pull-served"));
+    let said = outcome_text(&log);
+    assert!(said.contains("umcg did not answer"), "{said}");
+}

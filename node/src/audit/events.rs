@@ -93,6 +93,7 @@ pub fn purpose_code(purpose: PurposeOfUse) -> (&'static str, &'static str) {
         PurposeOfUse::Emergency => ("ETREAT", "emergency treatment"),
         PurposeOfUse::PatientSelfAccess => ("PATRQT", "patient requested"),
         PurposeOfUse::Research => ("HRESCH", "healthcare research"),
+        PurposeOfUse::Compliance => ("HCOMPL", "health compliance"),
     }
 }
 

@@ -14,6 +14,7 @@
 //! when the node stops.
 
 pub mod events;
+pub mod mesh_log;
 pub mod trail_file;
 pub mod verify;
 

@@ -177,6 +177,11 @@ impl Principal {
                     "only a patient's app asks as patient-self-access",
                 ))
             }
+            PurposeOfUse::Compliance => {
+                return Err(forbidden(
+                    "compliance is the purpose of Patient/$access-log only",
+                ))
+            }
             PurposeOfUse::Emergency => {
                 if practitioner.is_none() {
                     return Err(FhirError::invalid(format!(
@@ -223,6 +228,57 @@ impl Principal {
 
     /// Allows a dossier of the patient with `bsn`, or answers 403: a system client needs to
     /// read Patient resources, a patient's app may only ask for its own patient.
+    /// Allows the access log of the patient with `bsn` across the mesh and says for what
+    /// purpose it is asked: a patient's app for its own patient (patient-self-access), a
+    /// system client with `AuditEvent` read for a privacy officer it names in the
+    /// practitioner header (compliance).
+    pub fn access_log_context(
+        &self,
+        bsn: &zorgmesh_protocol::Bsn,
+        headers: &HeaderMap,
+    ) -> Result<crate::data_plane::RequestContext, FhirError> {
+        use zorgmesh_protocol::claims::PurposeOfUse;
+        match self.kind {
+            ClientKind::PatientApp => {
+                if self.patient.as_ref() != Some(bsn) || !self.may_read("Patient") {
+                    return Err(forbidden(
+                        "a patient's app reads only its own patient's access log",
+                    ));
+                }
+                self.request_context(headers)
+            }
+            ClientKind::System => {
+                if !self
+                    .scopes
+                    .allows(self.context(), "AuditEvent", Interaction::Read)
+                {
+                    return Err(forbidden(
+                        "the access log needs a scope that reads AuditEvent (e.g. system/AuditEvent.rs)",
+                    ));
+                }
+                let practitioner =
+                    self.person
+                        .as_ref()
+                        .map(|p| zorgmesh_protocol::claims::Practitioner {
+                            id: p.id.clone(),
+                            role: p.role.clone().unwrap_or_default(),
+                            name: p.name.clone().unwrap_or_default(),
+                        });
+                if practitioner.is_none() {
+                    return Err(FhirError::invalid(format!(
+                        "an access log review names the privacy officer in {PRACTITIONER_HEADER}"
+                    )));
+                }
+                Ok(crate::data_plane::RequestContext {
+                    client_id: self.client_id.clone(),
+                    practitioner,
+                    purpose: PurposeOfUse::Compliance,
+                    emergency_reason: String::new(),
+                })
+            }
+        }
+    }
+
     pub fn require_dossier_of(
         &self,
         bsn: Option<&zorgmesh_protocol::Bsn>,

@@ -53,7 +53,7 @@ pub fn action_of(method: &Method, path: &str) -> AuditAction {
     }
     match segments.as_slice() {
         [_] => AuditAction::Search,
-        ["Patient", "$dossier"] | ["Patient", "$access-log"] => AuditAction::Dossier,
+        ["Patient", "$dossier"] => AuditAction::Dossier,
         [_, _, "$everything"] => AuditAction::Everything,
         [_, _, "_history"] => AuditAction::History,
         _ => AuditAction::Read,

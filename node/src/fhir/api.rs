@@ -601,6 +601,28 @@ async fn read(
             Err(e) => e.into_response(),
         };
     }
+    if resource_type == "Patient" && id == "$access-log" {
+        let params = parse_query(query);
+        let result = async {
+            let bsn = crate::dossier::requested_bsn(&params)?;
+            let context = who.access_log_context(&bsn, &headers)?;
+            let patient = state.dossier.patient_key(bsn).await?;
+            let bundle = state
+                .dossier
+                .access_log(patient, &context, &state.node_name)
+                .await?;
+            Ok::<_, FhirError>((patient, bundle))
+        }
+        .await;
+        return match result {
+            Ok((patient, bundle)) => AccessNote {
+                patients: [patient].into(),
+                what: format!("access log: {} events", bundle["total"]),
+            }
+            .attach(fhir_response(StatusCode::OK, &bundle)),
+            Err(e) => e.into_response(),
+        };
+    }
     if let Err(e) = who.require(&resource_type, Interaction::Read) {
         return e.into_response();
     }

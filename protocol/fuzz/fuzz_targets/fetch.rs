@@ -7,7 +7,9 @@ use zorgmesh_protocol::membership::{MemberAnswer, MemberHello};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = FetchRequest::from_bytes(data) {
-        if let FetchRequest::PatientResources { claims } = &request {
+        if let FetchRequest::PatientResources { claims } | FetchRequest::AccessLog { claims } =
+            &request
+        {
             let mut guard = zorgmesh_protocol::claims::ClaimsGuard::default();
             let _ = guard.admit(
                 claims,
@@ -20,6 +22,14 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(FetchRequest::from_bytes(&request.to_bytes()).ok(), Some(request));
     }
     if let Ok(frame) = FetchFrame::from_bytes(data) {
+        if let FetchFrame::AccessEntry { bytes } = &frame {
+            if let Ok(entry) = zorgmesh_protocol::audit::AuditEntry::from_bytes(bytes) {
+                assert_eq!(
+                    zorgmesh_protocol::audit::AuditEntry::from_bytes(&entry.to_bytes()).ok(),
+                    Some(entry)
+                );
+            }
+        }
         assert_eq!(FetchFrame::from_bytes(&frame.to_bytes()).ok(), Some(frame));
     }
     if let Ok(hello) = MemberHello::from_bytes(data) {
