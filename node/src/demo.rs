@@ -413,6 +413,68 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(patient) = patients.first().filter(|_| options.resolve > 0) {
+        // Who looked at the first patient's data, asked at one of its holders by a privacy
+        // officer: every holder's and every resolver's trail, across the mesh.
+        let at = patient.records.first().map_or(0, |(i, _)| *i);
+        let url = format!(
+            "{}/Patient/$access-log?identifier={}|{}",
+            nodes[at].base_url(),
+            zorgmesh_protocol::patient::BSN_SYSTEM,
+            patient.bsn.as_str()
+        );
+        let response = client
+            .get(&url)
+            .bearer_auth(&tokens[at])
+            .header(
+                crate::auth::PRACTITIONER_HEADER,
+                "http://fhir.nl/fhir/NamingSystem/uzi-nr-pers|900099999",
+            )
+            .header(crate::auth::NAME_HEADER, "demo privacy officer")
+            .send()
+            .await?;
+        let status = response.status();
+        let log: Value = response.json().await?;
+        if !status.is_success() {
+            bail!(
+                "$access-log on {} answered {status}: {log}",
+                nodes[at].name()
+            );
+        }
+        println!(
+            "who accessed {}'s data (Patient/$access-log at {}, {} events):",
+            patient.name,
+            nodes[at].name(),
+            log["total"]
+        );
+        for entry in log["entry"].as_array().into_iter().flatten() {
+            let event = &entry["resource"];
+            if event["resourceType"] == "OperationOutcome" {
+                for issue in event["issue"].as_array().into_iter().flatten() {
+                    println!(
+                        "      {}",
+                        issue["diagnostics"].as_str().unwrap_or_default()
+                    );
+                }
+                continue;
+            }
+            println!(
+                "  {:<24} {:<16} {:<12} by {} ({})",
+                event["recorded"].as_str().unwrap_or_default(),
+                event["source"]["observer"]["display"]
+                    .as_str()
+                    .unwrap_or_default(),
+                event["subtype"][0]["code"].as_str().unwrap_or_default(),
+                event["agent"][0]["who"]["identifier"]["value"]
+                    .as_str()
+                    .unwrap_or_default(),
+                event["entity"][1]["description"]
+                    .as_str()
+                    .unwrap_or_default(),
+            );
+        }
+    }
+
     if options.keep_running {
         println!("the mesh keeps running; FHIR base URLs:");
         for node in &nodes {
@@ -431,6 +493,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
                 .first()
                 .map(|p| p.bsn.as_str())
                 .unwrap_or("999911120")
+        );
+        println!(
+            "  curl -H \"Authorization: Bearer $TOKEN\" '{}/AuditEvent?_count=20'    # who accessed what here",
+            nodes[3].base_url(),
         );
         println!("press ctrl-c to stop");
         tokio::signal::ctrl_c().await?;
