@@ -1,8 +1,10 @@
 //! The zorgmesh identity extension of a node certificate.
 //!
-//! Extension value (DER): `SEQUENCE { version INTEGER (1), name UTF8String, ura UTF8String,
-//! organisationName UTF8String, region UTF8String, role UTF8String }`.
+//! Extension value (DER): `SEQUENCE { version INTEGER (2), name UTF8String, ura UTF8String,
+//! organisationName UTF8String, region UTF8String, role UTF8String, category UTF8String }`.
+//! Version 1 (without `category`) is still read, as category `other`.
 
+use zorgmesh_protocol::consent::OrganisationCategory;
 use zorgmesh_protocol::NodeRole;
 
 /// OID of the identity extension (provisional arc of the zorgmesh project).
@@ -21,6 +23,8 @@ pub struct NodeIdentity {
     pub region: String,
     /// Kind of participant.
     pub role: NodeRole,
+    /// Kind of care organisation (consent rules name categories).
+    pub category: OrganisationCategory,
 }
 
 impl NodeIdentity {
@@ -42,12 +46,13 @@ impl NodeIdentity {
     pub(crate) fn to_der(&self) -> Vec<u8> {
         yasna::construct_der(|writer| {
             writer.write_sequence(|seq| {
-                seq.next().write_u32(1);
+                seq.next().write_u32(2);
                 seq.next().write_utf8_string(&self.name);
                 seq.next().write_utf8_string(&self.organisation_ura);
                 seq.next().write_utf8_string(&self.organisation_name);
                 seq.next().write_utf8_string(&self.region);
                 seq.next().write_utf8_string(self.role.as_str());
+                seq.next().write_utf8_string(self.category.as_str());
             })
         })
     }
@@ -61,12 +66,25 @@ impl NodeIdentity {
                 let organisation_name = seq.next().read_utf8string()?;
                 let region = seq.next().read_utf8string()?;
                 let role = seq.next().read_utf8string()?;
-                Ok((version, name, ura, organisation_name, region, role))
+                let category = if version >= 2 {
+                    Some(seq.next().read_utf8string()?)
+                } else {
+                    None
+                };
+                Ok((
+                    version,
+                    name,
+                    ura,
+                    organisation_name,
+                    region,
+                    role,
+                    category,
+                ))
             })
         })
         .map_err(|e| format!("identity extension is not valid DER: {e}"))?;
-        let (version, name, organisation_ura, organisation_name, region, role) = parsed;
-        if version != 1 {
+        let (version, name, organisation_ura, organisation_name, region, role, category) = parsed;
+        if !(1..=2).contains(&version) {
             return Err(format!(
                 "identity extension version {version} is not supported"
             ));
@@ -77,8 +95,48 @@ impl NodeIdentity {
             organisation_name,
             region,
             role: role.parse()?,
+            category: category.map(|c| c.parse()).transpose()?.unwrap_or_default(),
         };
         identity.validate()?;
         Ok(identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_category_is_certified_and_a_version_1_extension_reads_as_other() {
+        let identity = NodeIdentity {
+            name: "huisarts-haren".into(),
+            organisation_ura: "00010003".into(),
+            organisation_name: "Huisartsenpraktijk Haren".into(),
+            region: "noord".into(),
+            role: NodeRole::Institution,
+            category: OrganisationCategory::GeneralPractice,
+        };
+        assert_eq!(
+            NodeIdentity::from_der(&identity.to_der()).unwrap(),
+            identity
+        );
+        let version_1 = yasna::construct_der(|writer| {
+            writer.write_sequence(|seq| {
+                seq.next().write_u32(1);
+                seq.next().write_utf8_string("huisarts-haren");
+                seq.next().write_utf8_string("00010003");
+                seq.next().write_utf8_string("Huisartsenpraktijk Haren");
+                seq.next().write_utf8_string("noord");
+                seq.next().write_utf8_string("institution");
+            })
+        });
+        let read = NodeIdentity::from_der(&version_1).unwrap();
+        assert_eq!(read.category, OrganisationCategory::Other);
+        let mut bad = identity.to_der();
+        let at = bad.len() - 1;
+        bad[at] = b'!';
+        assert!(NodeIdentity::from_der(&bad)
+            .unwrap_err()
+            .contains("category"));
     }
 }

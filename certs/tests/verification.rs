@@ -18,6 +18,7 @@ fn identity() -> NodeIdentity {
         organisation_name: "Universitair Medisch Centrum Groningen".into(),
         region: "noord".into(),
         role: NodeRole::Institution,
+        category: zorgmesh_protocol::consent::OrganisationCategory::Hospital,
     }
 }
 

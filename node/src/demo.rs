@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use zorgmesh_protocol::consent::OrganisationCategory;
 use zorgmesh_protocol::NodeRole;
 use zorgmesh_topology::{NodeSpec, Region, Topology};
 
@@ -134,6 +135,12 @@ fn demo_topology() -> Topology {
                 data: loopback_any(),
                 host: None,
                 evaluator: false,
+                category: match n.kind {
+                    CareKind::Hospital => OrganisationCategory::Hospital,
+                    CareKind::GeneralPractice => OrganisationCategory::GeneralPractice,
+                    CareKind::Pharmacy => OrganisationCategory::Pharmacy,
+                    CareKind::ReplicationPlatform => OrganisationCategory::Other,
+                },
             })
             .collect(),
         evaluator_threshold: None,

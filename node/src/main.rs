@@ -176,6 +176,10 @@ struct IssueArgs {
     /// institution or replication-platform.
     #[arg(long, default_value = "institution")]
     role: NodeRole,
+    /// Kind of care organisation (consent rules name categories): hospital,
+    /// general-practice, pharmacy, mental-health, laboratory, care or other.
+    #[arg(long, default_value = "other")]
+    category: zorgmesh_protocol::consent::OrganisationCategory,
     /// Validity in days.
     #[arg(long, default_value_t = provision::NODE_CERT_DAYS)]
     days: i64,
@@ -636,6 +640,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 organisation_name: args.organisation,
                 region: args.region,
                 role: args.role,
+                category: args.category,
             };
             identity.validate().map_err(anyhow::Error::msg)?;
             if args.days <= 0 {
@@ -786,6 +791,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("  region        {}", verified.identity.region);
             println!("  role          {}", verified.identity.role);
+            println!("  category      {}", verified.identity.category);
             println!("  public key    {}", verified.node.to_hex());
             println!(
                 "  valid         {} to {}",

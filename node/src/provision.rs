@@ -157,6 +157,7 @@ pub fn generate_material(
             organisation_name: spec.organisation_name.clone(),
             region: spec.region.clone(),
             role: spec.role,
+            category: spec.category,
         };
         let certificate = ca
             .issue(

@@ -37,6 +37,7 @@ fn identity(ca: &CertificateAuthority, name: &str, seed: u8) -> TlsIdentity {
         organisation_name: format!("Org {name}"),
         region: "noord".into(),
         role: NodeRole::Institution,
+        category: Default::default(),
     };
     let certificate_der = ca
         .issue(

@@ -13,8 +13,21 @@ use crate::claims::PurposeOfUse;
 
 /// A kind of care organisation, as the network CA certifies it.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bincode::Encode, bincode::Decode,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    bincode::Encode,
+    bincode::Decode,
+    serde::Serialize,
+    serde::Deserialize,
 )]
+#[serde(rename_all = "kebab-case")]
 pub enum OrganisationCategory {
     /// Tag 0.
     Hospital,
@@ -29,7 +42,55 @@ pub enum OrganisationCategory {
     /// Tag 5: home care, nursing homes.
     Care,
     /// Tag 6.
+    #[default]
     Other,
+}
+
+impl OrganisationCategory {
+    /// Every category.
+    pub const ALL: [OrganisationCategory; 7] = [
+        OrganisationCategory::Hospital,
+        OrganisationCategory::GeneralPractice,
+        OrganisationCategory::Pharmacy,
+        OrganisationCategory::MentalHealth,
+        OrganisationCategory::Laboratory,
+        OrganisationCategory::Care,
+        OrganisationCategory::Other,
+    ];
+
+    /// Its name in certificates, configs and FHIR codes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrganisationCategory::Hospital => "hospital",
+            OrganisationCategory::GeneralPractice => "general-practice",
+            OrganisationCategory::Pharmacy => "pharmacy",
+            OrganisationCategory::MentalHealth => "mental-health",
+            OrganisationCategory::Laboratory => "laboratory",
+            OrganisationCategory::Care => "care",
+            OrganisationCategory::Other => "other",
+        }
+    }
+}
+
+impl std::str::FromStr for OrganisationCategory {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "organisation category {text:?} is not one of {}",
+                    Self::ALL.map(|c| c.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for OrganisationCategory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whom a rule is about, on one side (the organisation that would see the data, or the one

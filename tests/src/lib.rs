@@ -67,6 +67,7 @@ pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
             .iter()
             .enumerate()
             .map(|(i, (name, region))| NodeSpec {
+                category: Default::default(),
                 name: (*name).into(),
                 region: (*region).into(),
                 role: NodeRole::Institution,

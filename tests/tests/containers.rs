@@ -85,6 +85,7 @@ fn topology(nodes: &[(&str, &str)], subnet_prefix: &str) -> Topology {
             .iter()
             .enumerate()
             .map(|(i, (name, region))| NodeSpec {
+                category: Default::default(),
                 name: (*name).into(),
                 region: (*region).into(),
                 role: if i == 0 {

@@ -85,6 +85,11 @@ pub struct NodeSpec {
     /// [`Topology::evaluators`] picks one per region (at least three where there are three).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub evaluator: bool,
+    /// Kind of care organisation, certified in the node's certificate (consent rules name
+    /// categories): hospital, general-practice, pharmacy, mental-health, laboratory, care
+    /// or other (the default).
+    #[serde(default)]
+    pub category: zorgmesh_protocol::consent::OrganisationCategory,
 }
 
 /// Why a topology file could not be used.
