@@ -118,6 +118,9 @@ pub struct NodeConfig {
     /// Serving partial evaluations (evaluator nodes only).
     #[serde(default)]
     pub evaluator: EvaluatorConfig,
+    /// The network's consent policy, as this holder enforces it.
+    #[serde(default)]
+    pub consent: crate::consent::ConsentConfig,
 }
 
 /// Client authentication: the registered clients and the node's access tokens.

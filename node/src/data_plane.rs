@@ -112,6 +112,17 @@ pub enum FetchError {
     },
 }
 
+/// A holder's answer to a request for a patient's data.
+#[derive(Clone, Debug)]
+pub struct PatientAnswer {
+    /// What it sent.
+    pub resources: Vec<serde_json::Value>,
+    /// Its proof material, when it sent everything it holds.
+    pub holding: Option<Holding>,
+    /// True when the patient's consent kept some or all of its data back.
+    pub withheld_by_consent: bool,
+}
+
 /// What a holder sends with a patient's resources so that the resolver can check them
 /// against the holder's locator entry: the salt of its holding commitment, and how many of
 /// the resources (from the first) the commitment covers.
@@ -343,6 +354,7 @@ impl DataPlane {
         mesh: Arc<Mesh>,
         evaluator: MaybeEvaluator,
         audit: AuditTrail,
+        consent: crate::consent::ConsentEnforcer,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -380,12 +392,17 @@ impl DataPlane {
             let evaluator = evaluator.clone();
             let claims_guard = claims_guard.clone();
             let audit = audit.clone();
+            let consent = consent.clone();
             tasks.spawn(async move {
                 let _permit = permit;
                 let _address_slot = address_slot;
                 let served = serve_connection(
                     incoming,
-                    HolderServices { fhir, audit },
+                    HolderServices {
+                        fhir,
+                        audit,
+                        consent,
+                    },
                     mesh,
                     evaluator,
                     anchor,
@@ -567,8 +584,9 @@ impl DataPlane {
         }
     }
 
-    /// Fetches every resource `holder` has for `patient`, with the holder's proof material
-    /// for checking them against its locator entry (see [`Holding`]).
+    /// Fetches every resource `holder` has for `patient` and the patient's consent
+    /// releases to this node, with the holder's proof material for checking them against
+    /// its locator entry (see [`Holding`]) when nothing was withheld.
     pub async fn fetch_patient(
         &self,
         holder: NodeId,
@@ -576,7 +594,7 @@ impl DataPlane {
         addr: SocketAddr,
         patient: PatientKey,
         context: &RequestContext,
-    ) -> Result<(Vec<serde_json::Value>, Option<Holding>), FetchError> {
+    ) -> Result<PatientAnswer, FetchError> {
         let network = self.anchor.network().to_owned();
         let frames = self
             .request_built(holder, holder_name, addr, |connection, key| {
@@ -585,21 +603,26 @@ impl DataPlane {
                 })
             })
             .await?;
-        let mut resources = Vec::with_capacity(frames.len());
-        let mut holding = None;
+        let mut answer = PatientAnswer {
+            resources: Vec::with_capacity(frames.len()),
+            holding: None,
+            withheld_by_consent: false,
+        };
         for frame in frames {
+            let proof_seen = answer.holding.is_some() || answer.withheld_by_consent;
             match frame {
-                FetchFrame::Resource { json } => resources.push(
+                FetchFrame::Resource { json } => answer.resources.push(
                     serde_json::from_slice(&json)
                         .map_err(|e| FetchError::Protocol(format!("resource is not JSON: {e}")))?,
                 ),
-                FetchFrame::Holding { salt, members } if holding.is_none() => {
-                    holding = Some(Holding { salt, members })
+                FetchFrame::Holding { salt, members } if !proof_seen => {
+                    answer.holding = Some(Holding { salt, members })
                 }
+                FetchFrame::ConsentWithheld if !proof_seen => answer.withheld_by_consent = true,
                 other => return Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
             }
         }
-        Ok((resources, holding))
+        Ok(answer)
     }
 
     /// Asks `node` for its access-trail entries about `patient` (purpose
@@ -804,6 +827,7 @@ impl DataPlane {
 struct HolderServices {
     fhir: FhirService,
     audit: AuditTrail,
+    consent: crate::consent::ConsentEnforcer,
 }
 
 /// What a holder knows of the peer on a connection, for checking its claims.
@@ -812,6 +836,8 @@ struct Peer {
     name: String,
     /// Its organisation's URA (from its certificate).
     organisation: String,
+    /// Its organisation's category (from its certificate).
+    category: zorgmesh_protocol::consent::OrganisationCategory,
     key: NodeId,
     channel: [u8; 32],
     network: String,
@@ -874,6 +900,7 @@ async fn serve_connection(
         let requester = Peer {
             name: peer.identity.name.clone(),
             organisation: peer.identity.organisation_ura.clone(),
+            category: peer.identity.category,
             key: peer.node,
             channel,
             network: anchor.network().to_owned(),
@@ -1120,64 +1147,124 @@ async fn serve_stream(
             return Ok(());
         }
     };
+    // What the holder has for the patient, and what the patient's consent lets go to this
+    // requester for this purpose.
     let storage_fhir = holding.fhir.clone();
-    let resources =
-        tokio::task::spawn_blocking(move || storage_fhir.holding_for_key(&patient)).await?;
-    // An access is answered only once it is in the trail.
-    let record = match &resources {
-        Ok((resources, _, _)) => served_record(
-            peer,
-            &claims.claims,
-            AuditOutcome::Success,
-            resource_summary_of(resources.iter()),
-            String::new(),
-        ),
-        Err(e) => served_record(
+    let consent = holding.consent.clone();
+    let asking = (
+        peer.organisation.clone(),
+        peer.category,
+        claims.claims.purpose,
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let (resources, members, salt) = storage_fhir.holding_for_key(&patient)?;
+        let rules = crate::consent::rules_for(&storage_fhir, &patient)
+            .map_err(crate::fhir::FhirError::internal)?;
+        let release = consent.release(
+            resources,
+            &rules,
+            &crate::consent::Requester {
+                ura: &asking.0,
+                category: asking.1,
+                purpose: asking.2,
+            },
+            crate::fhir::service::now_ms(),
+        );
+        Ok::<_, crate::fhir::FhirError>((release, members, salt))
+    })
+    .await?;
+    // An access is answered only once it is in the trail: the consent decision, then the
+    // release.
+    let records = match &answer {
+        Ok((release, _, _)) => {
+            let decision = AuditRecord {
+                action: AuditAction::ConsentDecision,
+                ..served_record(
+                    peer,
+                    &claims.claims,
+                    if release.withheld == 0 {
+                        AuditOutcome::Success
+                    } else {
+                        AuditOutcome::Denied
+                    },
+                    format!(
+                        "{} resources released, {} withheld",
+                        release.permitted.len(),
+                        release.withheld
+                    ),
+                    release.summary(),
+                )
+            };
+            let served = served_record(
+                peer,
+                &claims.claims,
+                AuditOutcome::Success,
+                resource_summary_of(release.permitted.iter()),
+                if release.broke_the_glass() {
+                    format!(
+                        "served to {}: break-the-glass ({}): {}",
+                        peer.name,
+                        claims.claims.emergency_reason,
+                        release.summary()
+                    )
+                } else {
+                    String::new()
+                },
+            );
+            vec![decision, served]
+        }
+        Err(e) => vec![served_record(
             peer,
             &claims.claims,
             AuditOutcome::Failed,
             String::new(),
             e.diagnostics.clone(),
-        ),
+        )],
     };
-    if let Err(e) = holding.audit.append(record).await {
-        send_frame(
-            &mut send,
-            &FetchFrame::Error {
-                code: FetchErrorCode::Internal,
-                message: format!("the holder cannot record the access, so it serves nothing: {e}"),
-            },
-        )
-        .await?;
-        send.finish()?;
-        return Ok(());
+    for record in records {
+        if let Err(e) = holding.audit.append(record).await {
+            send_frame(
+                &mut send,
+                &FetchFrame::Error {
+                    code: FetchErrorCode::Internal,
+                    message: format!(
+                        "the holder cannot record the access, so it serves nothing: {e}"
+                    ),
+                },
+            )
+            .await?;
+            send.finish()?;
+            return Ok(());
+        }
     }
-    match resources {
-        Ok((resources, members, salt)) => {
+    match answer {
+        Ok((release, members, salt)) => {
             tracing::info!(
                 requester = %requester,
                 patient = ?patient,
                 purpose = claims.claims.purpose.as_str(),
                 practitioner = claims.claims.practitioner.as_ref().map(|p| p.id.as_str()).unwrap_or("-"),
-                resources = resources.len(),
+                resources = release.permitted.len(),
+                withheld = release.withheld,
                 "served patient resources"
             );
-            for resource in &resources {
+            for resource in &release.permitted {
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;
             }
-            send_frame(
-                &mut send,
-                &FetchFrame::Holding {
+            let proof = if release.withheld == 0 {
+                FetchFrame::Holding {
                     salt,
                     members: members as u32,
-                },
-            )
-            .await?;
+                }
+            } else {
+                FetchFrame::ConsentWithheld
+            };
+            send_frame(&mut send, &proof).await?;
             send_frame(
                 &mut send,
                 &FetchFrame::End {
-                    count: resources.len() as u32,
+                    count: release.permitted.len() as u32,
                 },
             )
             .await?;

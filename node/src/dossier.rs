@@ -121,7 +121,7 @@ impl DossierResolver {
                 let node = holder.info.node;
                 let result = if node == me {
                     fhir.everything_for_key(&patient)
-                        .map(|resources| (resources, None))
+                        .map(|resources| (resources, None, false))
                         .map_err(|e| e.diagnostics)
                 } else {
                     match holder.data_address.as_deref() {
@@ -129,10 +129,19 @@ impl DossierResolver {
                             Ok(addr) => data_plane
                                 .fetch_patient(node, &holder.info.name, addr, patient, context)
                                 .await
-                                .map(|(resources, holding)| {
-                                    let mismatch =
-                                        holding_mismatch(&holder.entry, &resources, holding);
-                                    (resources, mismatch)
+                                .map(|answer| {
+                                    // Withheld by consent: the answer is partial by the
+                                    // patient's will, so not checked against the entry.
+                                    let mismatch = if answer.withheld_by_consent {
+                                        None
+                                    } else {
+                                        holding_mismatch(
+                                            &holder.entry,
+                                            &answer.resources,
+                                            answer.holding,
+                                        )
+                                    };
+                                    (answer.resources, mismatch, answer.withheld_by_consent)
                                 })
                                 .map_err(|e| failure_reason(&e)),
                             Err(e) => Err(e.to_string()),
@@ -141,15 +150,29 @@ impl DossierResolver {
                     }
                 };
                 if node != me {
-                    let record = pull_record(
+                    let pull = pull_record(
                         context,
                         &organisation,
                         patient,
                         &holder.info.name,
                         &result,
                     );
-                    if let Err(e) = audit.append(record).await {
-                        tracing::error!(error = %e, "a pull could not be recorded in the access trail");
+                    let mut records = vec![pull.clone()];
+                    if matches!(result, Ok((_, _, true))) {
+                        records.push(zorgmesh_protocol::audit::AuditRecord {
+                            action: crate::audit::AuditAction::ConsentDecision,
+                            outcome: crate::audit::AuditOutcome::Denied,
+                            detail: format!(
+                                "{} withheld some or all of its data by the patient's consent",
+                                holder.info.name
+                            ),
+                            ..pull
+                        });
+                    }
+                    for record in records {
+                        if let Err(e) = audit.append(record).await {
+                            tracing::error!(error = %e, "a pull could not be recorded in the access trail");
+                        }
                     }
                 }
                 (node, result)
@@ -157,15 +180,19 @@ impl DossierResolver {
         }
         let mut results: HashMap<NodeId, Vec<Value>> = HashMap::new();
         let mut mismatches: HashMap<NodeId, String> = HashMap::new();
+        let mut withheld: std::collections::HashSet<NodeId> = Default::default();
         while !plan.is_finished() {
             let deadline = plan.next_deadline().unwrap_or(0);
             let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
             tokio::select! {
                 Some((node, result)) = fetches.next() => match result {
-                    Ok((resources, mismatch)) => {
+                    Ok((resources, mismatch, by_consent)) => {
                         let now = crate::fhir::service::now_ms();
                         if plan.answered(&node, resources.len(), now) {
-                            let mismatch = if node == self.mesh.own() {
+                            if by_consent {
+                                withheld.insert(node);
+                            }
+                            let mismatch = if node == self.mesh.own() || by_consent {
                                 mismatch
                             } else {
                                 self.rate_answer(node, resources.is_empty(), mismatch, now)
@@ -187,6 +214,7 @@ impl DossierResolver {
             &plan,
             results,
             &mismatches,
+            &withheld,
             started.elapsed().as_millis() as u64,
         )
     }
@@ -227,6 +255,7 @@ impl DossierResolver {
         plan: &ResolutionPlan,
         mut results: HashMap<NodeId, Vec<Value>>,
         mismatches: &HashMap<NodeId, String>,
+        withheld: &std::collections::HashSet<NodeId>,
         elapsed_ms: u64,
     ) -> Value {
         let mut merged: Vec<Value> = Vec::new();
@@ -238,6 +267,20 @@ impl DossierResolver {
                 HolderState::Answered { .. } => {
                     if let Some(reason) = mismatches.get(&info.node) {
                         issues.push(unverified_issue(&holder.location, reason));
+                    }
+                    if withheld.contains(&info.node) {
+                        issues.push(json!({
+                            "severity": "information",
+                            "code": "suppressed",
+                            "details": {
+                                "coding": [{"system": ORIGIN_SYSTEM, "code": info.name, "display": info.organisation_name}],
+                                "text": format!("holder {} ({}): withheld by consent", info.name, info.organisation_name),
+                            },
+                            "diagnostics": format!(
+                                "holder {} withheld by consent: the patient's consent keeps some or all of its data from this organisation for this purpose",
+                                info.name
+                            ),
+                        }));
                     }
                     for mut resource in results.remove(&info.node).unwrap_or_default() {
                         let key = merge_key(&resource);
@@ -321,11 +364,11 @@ fn pull_record(
     organisation: &str,
     patient: PatientKey,
     holder: &str,
-    result: &Result<(Vec<Value>, Option<String>), String>,
+    result: &Result<(Vec<Value>, Option<String>, bool), String>,
 ) -> zorgmesh_protocol::audit::AuditRecord {
     use crate::audit::{AuditAction, AuditOutcome};
     let (outcome, what, detail) = match result {
-        Ok((resources, _)) => (
+        Ok((resources, _, _)) => (
             AuditOutcome::Success,
             format!(
                 "from {holder}: {}",

@@ -9,6 +9,7 @@ pub mod at_rest;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod consent;
 pub mod data_plane;
 pub mod demo;
 pub mod dossier;

@@ -516,6 +516,11 @@ impl RunningNode {
             mesh.clone(),
             evaluator.clone(),
             audit.clone(),
+            crate::consent::ConsentEnforcer {
+                policy: config.consent,
+                holder_ura: identity.identity.organisation_ura.clone(),
+                holder_category: identity.identity.category,
+            },
             shutdown_rx.clone(),
         )));
         let patient_keys = Arc::new(PatientKeys::new(

@@ -225,5 +225,6 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
         sync: SyncConfig::default(),
         keys: KeysConfig::default(),
         evaluator: EvaluatorConfig::default(),
+        consent: Default::default(),
     }
 }

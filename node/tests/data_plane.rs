@@ -149,7 +149,12 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
         rx.clone(),
     )
     .unwrap();
-    tokio::spawn(plane.serve(fhir, mesh, evaluator, audit.clone(), rx));
+    let consent = zorgmesh_node::consent::ConsentEnforcer {
+        policy: Default::default(),
+        holder_ura: "00000042".into(),
+        holder_category: Default::default(),
+    };
+    tokio::spawn(plane.serve(fhir, mesh, evaluator, audit.clone(), consent, rx));
     Holder {
         audit,
         _dir: dir,
@@ -166,7 +171,7 @@ async fn a_certified_client_fetches_the_patients_resources() {
     let ca = ca(1);
     let holder = holder(&ca).await;
     let client = loopback_plane(&identity(&ca, "client", 20));
-    let (resources, holding) = client
+    let answer = client
         .fetch_patient(
             holder.node,
             "holder",
@@ -176,6 +181,8 @@ async fn a_certified_client_fetches_the_patients_resources() {
         )
         .await
         .unwrap();
+    let (resources, holding) = (answer.resources, answer.holding);
+    assert!(!answer.withheld_by_consent);
     let types: Vec<&str> = resources
         .iter()
         .map(|r| r["resourceType"].as_str().unwrap())
@@ -191,7 +198,7 @@ async fn a_certified_client_fetches_the_patients_resources() {
         None
     );
     // Unknown patient: an empty, complete answer.
-    let (none, _) = client
+    let none = client
         .fetch_patient(
             holder.node,
             "holder",
@@ -201,7 +208,7 @@ async fn a_certified_client_fetches_the_patients_resources() {
         )
         .await
         .unwrap();
-    assert!(none.is_empty());
+    assert!(none.resources.is_empty());
 }
 
 #[tokio::test]
@@ -475,8 +482,22 @@ async fn a_holder_refuses_altered_forged_moved_replayed_and_stale_claims() {
         .query(AuditQuery::default(), 100)
         .await
         .unwrap();
+    // Each admitted request also has its consent decision (default opt-out: all released).
+    let decisions: Vec<&str> = trail
+        .iter()
+        .filter(|e| e.record.action == AuditAction::ConsentDecision)
+        .map(|e| e.record.detail.as_str())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d.contains("released (default opt-out)")),
+        "{decisions:?}"
+    );
     let seen: Vec<(AuditOutcome, &str, &str)> = trail
         .iter()
+        .filter(|e| e.record.action != AuditAction::ConsentDecision)
         .map(|e| {
             assert_eq!(e.record.action, AuditAction::PullServed);
             assert_eq!(e.record.organisation, "00000042");
@@ -505,11 +526,12 @@ async fn a_holder_refuses_altered_forged_moved_replayed_and_stale_claims() {
         assert_eq!((*outcome, *actor), (want_outcome, want_actor), "{detail}");
         assert!(detail.contains(says), "{detail:?} does not say {says:?}");
     }
-    assert_eq!(
-        trail[0].record.what,
-        "2 resources: Observation 1, Patient 1"
-    );
-    assert_eq!(trail[0].record.patient, Some(holder.patient));
+    let served = trail
+        .iter()
+        .find(|e| e.record.action == AuditAction::PullServed)
+        .unwrap();
+    assert_eq!(served.record.what, "2 resources: Observation 1, Patient 1");
+    assert_eq!(served.record.patient, Some(holder.patient));
 }
 
 #[tokio::test]
@@ -662,7 +684,7 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
     for seed in 0..20u8 {
         let client = loopback_plane(&identity(&ca, &format!("client-{seed}"), 40 + seed));
         let started = std::time::Instant::now();
-        let (resources, _) = client
+        let resources = client
             .fetch_patient(
                 holder.node,
                 "holder",
@@ -671,7 +693,8 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
                 &RequestContext::system_treatment(),
             )
             .await
-            .unwrap_or_else(|e| panic!("client {seed} was kept out: {e}"));
+            .unwrap_or_else(|e| panic!("client {seed} was kept out: {e}"))
+            .resources;
         slowest = slowest.max(started.elapsed());
         assert!(!resources.is_empty());
         // The flood goes on while they connect.

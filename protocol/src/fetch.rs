@@ -142,6 +142,10 @@ pub enum FetchFrame {
         /// The entry's bytes (at most [`crate::audit::MAX_ENTRY_BYTES`]).
         bytes: Vec<u8>,
     },
+    /// Tag 10: in a `PatientResources` answer, in place of `Holding`: the patient's consent
+    /// kept some or all of the holder's data for this patient from the requester (what, is
+    /// not said), so the resources sent cannot be checked against the holding commitment.
+    ConsentWithheld,
 }
 
 impl FetchRequest {

@@ -28,6 +28,9 @@ pub struct TestMesh {
     pub sync_interval_ms: u64,
     /// Own-log length after which every node compacts its log into a snapshot.
     pub compact_after_batches: usize,
+    /// A node's consent policy other than the default (opt-out, break-the-glass allowed),
+    /// taken at its next (re)start.
+    pub consent: std::collections::HashMap<usize, zorgmesh_node::consent::ConsentConfig>,
     /// HTTP client.
     pub http: reqwest::Client,
     /// The tests' own client, registered on every node with every scope and the admin
@@ -49,6 +52,21 @@ fn loopback() -> std::net::SocketAddr {
     "127.0.0.1:0".parse().expect("valid")
 }
 
+/// The organisation category a test node's name suggests: `umc*`, `mst`, `*ziekenhuis*`
+/// are hospitals, `huisarts*` general practices, `apotheek*` pharmacies; the rest other.
+pub fn category_of_name(name: &str) -> zorgmesh_protocol::consent::OrganisationCategory {
+    use zorgmesh_protocol::consent::OrganisationCategory::*;
+    if name.starts_with("umc") || name == "mst" || name.contains("ziekenhuis") {
+        Hospital
+    } else if name.starts_with("huisarts") {
+        GeneralPractice
+    } else if name.starts_with("apotheek") {
+        Pharmacy
+    } else {
+        Other
+    }
+}
+
 /// A topology with ephemeral ports.
 pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
     let mut regions: Vec<Region> = Vec::new();
@@ -67,7 +85,7 @@ pub fn topology(network: &str, nodes: &[(&str, &str)]) -> Topology {
             .iter()
             .enumerate()
             .map(|(i, (name, region))| NodeSpec {
-                category: Default::default(),
+                category: category_of_name(name),
                 name: (*name).into(),
                 region: (*region).into(),
                 role: NodeRole::Institution,
@@ -132,6 +150,7 @@ impl TestMesh {
             holder_timeout_ms: 1500,
             sync_interval_ms: 600_000,
             compact_after_batches: 1000,
+            consent: Default::default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -182,6 +201,9 @@ impl TestMesh {
         config.sync.interval_ms = self.sync_interval_ms;
         config.publishing.compact_after_batches = self.compact_after_batches;
         config.publishing.batch_window_ms = 50;
+        if let Some(consent) = self.consent.get(&i) {
+            config.consent = *consent;
+        }
         config.resolve_paths(&node.dir);
         config
     }

@@ -213,6 +213,11 @@ pub fn check_resource(value: &Value, expected_type: Option<&str>) -> Result<Stri
     if resource_type == "Patient" {
         check_bsn_identifiers(value)?;
     }
+    if resource_type == "Consent" {
+        // Holders decide by it: a Consent that cannot be read as rules is refused here.
+        crate::consent::fhir_consent::rules_of(value)
+            .map_err(|e| FhirError::invalid(format!("Consent: {e}")))?;
+    }
     Ok(resource_type.to_owned())
 }
 

@@ -289,7 +289,9 @@ pub fn everything_with_members(
         let mut members = vec![("Patient".to_owned(), pid.clone())];
         members.extend(storage.compartment(pid)?);
         for (resource_type, id) in members {
-            if !seen.insert((resource_type.clone(), id.clone())) {
+            if !crate::storage::is_shared_record(&resource_type)
+                || !seen.insert((resource_type.clone(), id.clone()))
+            {
                 continue;
             }
             if let Some(resource) = storage.read(&resource_type, &id)? {

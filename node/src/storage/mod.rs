@@ -197,6 +197,14 @@ fn compartment_patient_of(
         .and_then(|res| compartment_patient(resource_type, id, res))
 }
 
+/// Whether resources of this type are part of the record the mesh shares about a patient.
+/// `Consent` is not: a patient's consent governs the sharing and stays with the node it was
+/// recorded at (an objection shown to the organisation it keeps out would tell it what was
+/// withheld).
+pub fn is_shared_record(resource_type: &str) -> bool {
+    resource_type != "Consent"
+}
+
 /// The evaluation audit of one requesting node (kept by evaluator nodes).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EvaluationAudit {
@@ -857,7 +865,9 @@ impl Storage {
             }
             members.extend(self.compartment(pid)?);
             for (resource_type, id) in members {
-                if !seen.insert((resource_type.clone(), id.clone())) {
+                if !is_shared_record(&resource_type)
+                    || !seen.insert((resource_type.clone(), id.clone()))
+                {
                     continue;
                 }
                 if let Some(version) = self.current_version(&resource_type, &id)? {
