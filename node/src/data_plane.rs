@@ -656,6 +656,35 @@ impl DataPlane {
             .collect()
     }
 
+    /// Reads the privacy Consents `node` keeps for `patient` (this node must be another
+    /// holder of the patient).
+    pub async fn fetch_consent_records(
+        &self,
+        node: NodeId,
+        node_name: &str,
+        addr: SocketAddr,
+        patient: PatientKey,
+    ) -> Result<Vec<serde_json::Value>, FetchError> {
+        let network = self.anchor.network().to_owned();
+        let context = RequestContext::system_treatment();
+        let frames = self
+            .request_built(node, node_name, addr, |connection, key| {
+                Ok(FetchRequest::ConsentRecords {
+                    claims: Box::new(self.claims(connection, key, &network, patient, &context)?),
+                })
+            })
+            .await?;
+        frames
+            .into_iter()
+            .map(|frame| match frame {
+                FetchFrame::Resource { json } => serde_json::from_slice(&json).map_err(|e| {
+                    FetchError::Protocol(format!("a consent record is not JSON: {e}"))
+                }),
+                other => Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
+            })
+            .collect()
+    }
+
     /// Fresh claims for a request on `connection`, signed with `key`.
     fn claims(
         &self,
@@ -1043,6 +1072,61 @@ async fn serve_stream(
             send.finish()?;
             return Ok(());
         }
+        Ok(FetchRequest::ConsentRecords { claims }) => {
+            let answer = consent_records_answer(&holding, &mesh, peer, &claims).await;
+            let (outcome, detail) = match &answer {
+                Ok(_) => (
+                    AuditOutcome::Success,
+                    format!("read by {}, another holder of the patient", peer.name),
+                ),
+                Err((FetchErrorCode::Internal, m)) => (AuditOutcome::Failed, m.clone()),
+                Err((_, m)) => (AuditOutcome::Denied, m.clone()),
+            };
+            let count = answer.as_ref().map_or(0, Vec::len);
+            let record = AuditRecord {
+                action: AuditAction::Read,
+                ..served_record(
+                    peer,
+                    &claims.claims,
+                    outcome,
+                    format!("consent records: {count}"),
+                    detail,
+                )
+            };
+            let recorded = holding.audit.append(record).await;
+            match (answer, recorded) {
+                (Ok(consents), Ok(_)) => {
+                    for consent in &consents {
+                        let json = serde_json::to_vec(consent)?;
+                        send_frame(&mut send, &FetchFrame::Resource { json }).await?;
+                    }
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::End {
+                            count: consents.len() as u32,
+                        },
+                    )
+                    .await?;
+                }
+                (Err((code, message)), _) => {
+                    send_frame(&mut send, &FetchFrame::Error { code, message }).await?;
+                }
+                (Ok(_), Err(e)) => {
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::Error {
+                            code: FetchErrorCode::Internal,
+                            message: format!(
+                                "the holder cannot record the access, so it serves nothing: {e}"
+                            ),
+                        },
+                    )
+                    .await?;
+                }
+            }
+            send.finish()?;
+            return Ok(());
+        }
         Ok(FetchRequest::HeadsDigest) => {
             let digest = heads_digest(&mesh.heads());
             send_frame(&mut send, &FetchFrame::HeadsDigest { digest }).await?;
@@ -1156,13 +1240,19 @@ async fn serve_stream(
         peer.category,
         claims.claims.purpose,
     );
+    let index = mesh.clone();
     let answer = tokio::task::spawn_blocking(move || {
         let (resources, members, salt) = storage_fhir.holding_for_key(&patient)?;
-        let rules = crate::consent::rules_for(&storage_fhir, &patient)
-            .map_err(crate::fhir::FhirError::internal)?;
+        let known = crate::consent::known_consent(
+            &storage_fhir,
+            &index.holders(&patient),
+            index.own(),
+            &patient,
+        )
+        .map_err(crate::fhir::FhirError::internal)?;
         let release = consent.release(
             resources,
-            &rules,
+            &known,
             &crate::consent::Requester {
                 ura: &asking.0,
                 category: asking.1,
@@ -1282,6 +1372,47 @@ async fn serve_stream(
     }
     send.finish()?;
     Ok(())
+}
+
+/// A holder's answer to a consent-records request: its privacy Consents for the patient,
+/// for another holder of the patient only.
+async fn consent_records_answer(
+    holding: &HolderServices,
+    mesh: &Mesh,
+    peer: &Peer,
+    claims: &SignedClaims,
+) -> Result<Vec<serde_json::Value>, (FetchErrorCode, String)> {
+    peer.guard
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(
+            claims,
+            &peer.network,
+            &peer.key,
+            &peer.channel,
+            crate::fhir::service::now_ms(),
+        )
+        .map_err(|e| (e.code(), e.to_string()))?;
+    let patient = claims.claims.patient;
+    if !mesh
+        .holders(&patient)
+        .iter()
+        .any(|h| h.info.name == peer.name && !h.entry.retracted)
+    {
+        return Err((
+            FetchErrorCode::NotPermitted,
+            "consent records are given to the patient's other holders only".into(),
+        ));
+    }
+    let fhir = holding.fhir.clone();
+    tokio::task::spawn_blocking(move || {
+        let storage = fhir.storage();
+        let patients = storage.patients_with_key(&patient)?;
+        crate::consent::privacy_consents(storage, &patients)
+    })
+    .await
+    .map_err(|e| (FetchErrorCode::Internal, e.to_string()))?
+    .map_err(|e| (FetchErrorCode::Internal, e.to_string()))
 }
 
 /// A holder's answer to an access-log request: its trail's entries about the patient, once

@@ -96,6 +96,8 @@ pub struct Mesh {
     forks_detected: std::sync::atomic::AtomicUsize,
     /// How each holder answered this node's fetches (false claims lower its gossip score).
     standings: Mutex<HashMap<NodeId, HolderStanding>>,
+    /// Told the patients of applied entries that say their holder keeps a privacy Consent.
+    consent_nudge: std::sync::OnceLock<tokio::sync::mpsc::Sender<PatientKey>>,
 }
 
 /// Holders whose standing is kept (more than any index holds publishers).
@@ -149,6 +151,7 @@ impl Mesh {
             revocation_watch: tokio::sync::watch::channel(0).0,
             forks_detected: std::sync::atomic::AtomicUsize::new(0),
             standings: Mutex::new(HashMap::new()),
+            consent_nudge: std::sync::OnceLock::new(),
         }
     }
 
@@ -534,7 +537,17 @@ impl Mesh {
                     None => Verdict::Ignore,
                 }
             }
-            Ok(BatchOutcome::Applied { .. }) => Verdict::Accept,
+            Ok(BatchOutcome::Applied { .. }) => {
+                if let Some(nudge) = self.consent_nudge.get() {
+                    for entry in &candidate.body.entries {
+                        if entry.categories & zorgmesh_protocol::locator::category::CONSENT != 0 {
+                            // Full: the consent check's full round finds it.
+                            let _ = nudge.try_send(entry.patient);
+                        }
+                    }
+                }
+                Verdict::Accept
+            }
             Ok(BatchOutcome::Buffered { .. }) => {
                 self.nudge(Some(publisher));
                 Verdict::Accept
@@ -1000,6 +1013,11 @@ impl Mesh {
         .collect();
         self.storage.compact_own_log(&chunks, head).await?;
         Ok(Some(head))
+    }
+
+    /// Where to tell the patients of applied entries that name a privacy Consent (once).
+    pub fn set_consent_nudge(&self, nudge: tokio::sync::mpsc::Sender<PatientKey>) {
+        let _ = self.consent_nudge.set(nudge);
     }
 
     /// Every known publisher's id and name.

@@ -311,6 +311,8 @@ impl RunningNode {
             &handovers,
             Some(sync_nudge),
         ));
+        let (consent_nudge, consent_nudges) = mpsc::channel(crate::consent::sync::NUDGE_QUEUE);
+        mesh.set_consent_nudge(consent_nudge);
         let (own, remote) = mesh.restore(&advertised)?;
         mesh.set_own_address(&advertised);
         if mesh.is_revoked(&identity.node) {
@@ -523,6 +525,13 @@ impl RunningNode {
             },
             shutdown_rx.clone(),
         )));
+        tasks.push(spawn(Box::pin(crate::consent::sync::run(
+            mesh.clone(),
+            data_plane.clone(),
+            fhir.clone(),
+            consent_nudges,
+            shutdown_rx.clone(),
+        ))));
         let patient_keys = Arc::new(PatientKeys::new(
             evaluator_set,
             config.name.clone(),

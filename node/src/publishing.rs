@@ -53,12 +53,19 @@ pub fn entry_for(
     let patients = storage.patients_with_key(&patient)?;
     let held = storage.holdings(&patients)?;
     let retracted = held.is_empty();
+    // A privacy consent record is not part of the shared record, but the patient's other
+    // holders must learn that it exists, to read it.
+    let consent = if !retracted && crate::consent::holds_privacy_consent(storage, &patients)? {
+        zorgmesh_protocol::locator::category::CONSENT
+    } else {
+        0
+    };
     Ok(LocatorEntry {
         patient,
         holder: node,
         categories: held
             .iter()
-            .fold(0, |bits, r| bits | category_of(&r.resource_type)),
+            .fold(consent, |bits, r| bits | category_of(&r.resource_type)),
         commitment: if retracted {
             [0; 32]
         } else {

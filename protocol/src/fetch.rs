@@ -53,6 +53,13 @@ pub enum FetchRequest {
         /// Who asks, for whom and why (as for `PatientResources`).
         claims: Box<SignedClaims>,
     },
+    /// Tag 7: the privacy `Consent` resources the holder keeps for the patient the claims
+    /// name, as `Resource` frames, then `End`; answered only to another holder of that
+    /// patient (by the holder's own index), else `NotPermitted`.
+    ConsentRecords {
+        /// Who asks, for whom and why (as for `PatientResources`).
+        claims: Box<SignedClaims>,
+    },
 }
 
 /// Most access-trail entries one `AccessLog` answer holds.

@@ -67,12 +67,15 @@ pub mod category {
     pub const DEVICES: u16 = 1 << 12;
     /// Questionnaire responses.
     pub const QUESTIONNAIRES: u16 = 1 << 13;
+    /// The holder keeps a privacy consent record of the patient (never served with the
+    /// data: holders of the patient read it with a `ConsentRecords` request).
+    pub const CONSENT: u16 = 1 << 14;
     /// Any other resource type.
     pub const OTHER: u16 = 1 << 15;
     /// Every bit a valid entry may set.
-    pub const ALL: u16 = 0b1011_1111_1111_1111;
-    /// Names of the bits, lowest first (bit 14 is unused).
-    pub const NAMES: [(u16, &str); 15] = [
+    pub const ALL: u16 = 0b1111_1111_1111_1111;
+    /// Names of the bits, lowest first.
+    pub const NAMES: [(u16, &str); 16] = [
         (ADMINISTRATIVE, "administrative"),
         (CONTACTS, "contacts"),
         (PROBLEMS, "problems"),
@@ -87,6 +90,7 @@ pub mod category {
         (DOCUMENTS, "documents"),
         (DEVICES, "devices"),
         (QUESTIONNAIRES, "questionnaires"),
+        (CONSENT, "consent"),
         (OTHER, "other"),
     ];
 }
@@ -192,12 +196,7 @@ impl LocatorEntry {
 
     /// Checks the canonical-form rules that the decoder cannot express.
     pub fn validate(&self) -> Result<(), DecodeError> {
-        if self.categories & !category::ALL != 0 {
-            return Err(DecodeError::Invalid(format!(
-                "entry sets unknown category bits {:#06x}",
-                self.categories & !category::ALL
-            )));
-        }
+        // Every bit of `categories` names a category (see [`category::ALL`]).
         if self.retracted && (self.categories != 0 || self.commitment != [0; 32]) {
             return Err(DecodeError::Invalid(
                 "a retracted entry carries no categories and no commitment".into(),

@@ -295,3 +295,81 @@ async fn the_holder_decides_by_the_patients_consent_and_the_network_policy() {
     .await;
     assert_eq!((got.types.len(), got.withheld), (0, true), "{}", got.body);
 }
+
+/// How long a consent recorded at one node may take to be enforced by another holder: the
+/// gossip of the recording node's locator entry, then one data-plane read.
+const ENFORCED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_recorded_at_one_node_is_enforced_by_every_holder_and_survives_restarts() {
+    let mut mesh = TestMesh::start(
+        "spreadnet",
+        &[("umcg", "noord"), ("huisarts", "noord"), ("mst", "oost")],
+    )
+    .await
+    .unwrap();
+    let bsn = "999911120";
+    load_patient(&mesh, bsn, 1).await;
+    let got = dossier(&mesh, UMCG, bsn, None).await;
+    assert_eq!((got.types == EVERYTHING, got.withheld), (true, false));
+
+    // The patient records an objection to umcg at mst (which holds nothing else of them).
+    let recorded = std::time::Instant::now();
+    let response = mesh
+        .post_bundle(
+            MST,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000a01",
+                 "resource": {"resourceType": "Patient",
+                    "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}]},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000a02",
+                 "resource": {"resourceType": "Consent", "status": "active",
+                    "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                    "patient": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000a01"},
+                    "provision": {"type": "deny", "actor": [actor("IRCP", URA_SYSTEM, UMCG_URA)]}},
+                 "request": {"method": "POST", "url": "Consent"}},
+            ]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response["type"], "transaction-response");
+    // Enforced at the holder huisarts within the bound.
+    let mut enforced = None;
+    while recorded.elapsed() < ENFORCED_WITHIN {
+        let got = dossier(&mesh, UMCG, bsn, None).await;
+        if got.withheld && !got.types.iter().any(|t| t == "Condition") {
+            enforced = Some(recorded.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let enforced = enforced
+        .expect("the consent recorded at mst was not enforced at huisarts within the bound");
+    println!(
+        "consent recorded at mst enforced at huisarts after {} ms",
+        enforced.as_millis()
+    );
+    // mst: another hospital, not named by the objection, still gets everything.
+    let got = dossier(&mesh, MST, bsn, None).await;
+    assert!(got.types.iter().any(|t| t == "Condition"), "{}", got.body);
+    // huisarts read the record from mst: mst's trail says so.
+    let reads = decisions(&mesh, MST, "read").await;
+    assert!(
+        reads
+            .iter()
+            .any(|(o, why)| o == "0" && why.contains("read by huisarts")),
+        "{reads:?}"
+    );
+
+    // A restart of the holder, and then mst out of reach: the copy holds.
+    mesh.restart(HUISARTS).await.unwrap();
+    mesh.stop(MST).await;
+    let got = dossier(&mesh, UMCG, bsn, None).await;
+    assert!(
+        got.withheld && !got.types.iter().any(|t| t == "Condition"),
+        "{}",
+        got.body
+    );
+}

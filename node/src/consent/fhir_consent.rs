@@ -222,6 +222,15 @@ fn expand(id: &str, base: &Scope, this: &Scope, out: &mut Vec<ConsentRule>) -> R
     Ok(())
 }
 
+/// Whether a Consent is a privacy consent (scope `patient-privacy`).
+pub fn is_privacy_consent(consent: &Value) -> bool {
+    consent["scope"]["coding"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["code"] == "patient-privacy")
+}
+
 /// The rules of a Consent resource (none unless it is `active`), or why it cannot be read.
 pub fn rules_of(consent: &Value) -> Result<Vec<ConsentRule>, String> {
     if consent["resourceType"] != "Consent" {
@@ -236,12 +245,7 @@ pub fn rules_of(consent: &Value) -> Result<Vec<ConsentRule>, String> {
     }
     // Only a privacy consent says who may see data; an advance directive, a research or a
     // treatment consent is stored as any resource and decides nothing here.
-    let privacy = consent["scope"]["coding"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["code"] == "patient-privacy");
-    if !privacy {
+    if !is_privacy_consent(consent) {
         return Ok(Vec::new());
     }
     let status = consent["status"].as_str().unwrap_or_default();

@@ -5,6 +5,7 @@
 //! stays here, and the requester learns only that something was withheld by consent.
 
 pub mod fhir_consent;
+pub mod sync;
 
 use crate::fhir::FhirService;
 use serde::{Deserialize, Serialize};
@@ -145,10 +146,11 @@ impl ConsentEnforcer {
     pub fn release(
         &self,
         resources: Vec<Value>,
-        rules: &[ConsentRule],
+        known: &KnownConsent,
         requester: &Requester<'_>,
         now_ms: u64,
     ) -> Release {
+        let rules = &known.rules;
         // The patient's own request: consent governs sharing between organisations, not
         // the patient's view of their own data.
         if requester.purpose == PurposeOfUse::PatientSelfAccess {
@@ -162,6 +164,16 @@ impl ConsentEnforcer {
         for resource in &resources {
             let bit = category_of(resource["resourceType"].as_str().unwrap_or_default());
             decisions.entry(bit).or_insert_with(|| {
+                if !known.unread.is_empty() {
+                    // Fail closed: a consent this node has not read may object.
+                    return Verdict {
+                        permit: false,
+                        ground: Ground::Rule(format!(
+                            "the consent record at {} not read yet",
+                            known.unread.join(", ")
+                        )),
+                    };
+                }
                 decide(
                     rules,
                     &ConsentQuestion {
@@ -194,33 +206,84 @@ impl ConsentEnforcer {
     }
 }
 
-/// The consent rules this node knows for a patient: from the `Consent` resources in the
-/// compartments of its local Patients with that key. A Consent that cannot be read makes
-/// no rule (it was checked when written; a warning says which).
-pub fn rules_for(fhir: &FhirService, patient: &PatientKey) -> Result<Vec<ConsentRule>, String> {
-    let storage = fhir.storage();
-    let mut rules = Vec::new();
-    for patient_id in storage
-        .patients_with_key(patient)
-        .map_err(|e| e.to_string())?
-    {
-        for (resource_type, id) in storage
-            .compartment(&patient_id)
-            .map_err(|e| e.to_string())?
-        {
+/// The privacy Consent resources in the compartments of the local Patients `patient_ids`.
+pub fn privacy_consents(
+    storage: &crate::storage::Storage,
+    patient_ids: &[String],
+) -> Result<Vec<Value>, crate::storage::StorageError> {
+    let mut out = Vec::new();
+    for patient_id in patient_ids {
+        for (resource_type, id) in storage.compartment(patient_id)? {
             if resource_type != "Consent" {
                 continue;
             }
-            let Some(consent) = storage.read("Consent", &id).map_err(|e| e.to_string())? else {
-                continue;
-            };
-            match fhir_consent::rules_of(&consent) {
-                Ok(found) => rules.extend(found),
-                Err(e) => {
-                    tracing::warn!(consent = %id, error = %e, "a stored Consent makes no rule")
+            if let Some(consent) = storage.read("Consent", &id)? {
+                if fhir_consent::is_privacy_consent(&consent) {
+                    out.push(consent);
                 }
             }
         }
     }
-    Ok(rules)
+    Ok(out)
+}
+
+/// Whether the local Patients `patient_ids` have a privacy Consent here.
+pub fn holds_privacy_consent(
+    storage: &crate::storage::Storage,
+    patient_ids: &[String],
+) -> Result<bool, crate::storage::StorageError> {
+    Ok(!privacy_consents(storage, patient_ids)?.is_empty())
+}
+
+/// What this holder knows of a patient's consent.
+#[derive(Clone, Debug, Default)]
+pub struct KnownConsent {
+    /// The rules of the privacy Consents kept here and of those read from the patient's
+    /// other holders.
+    pub rules: Vec<ConsentRule>,
+    /// Holders whose index entry says they keep a privacy Consent this node has not read
+    /// (or not since it changed): until it has, nothing of the patient leaves this node.
+    pub unread: Vec<String>,
+}
+
+/// What this node knows of `patient`'s consent: its own privacy Consents, and the copies
+/// read from the other holders that `holders` (the index's entries for the patient) say
+/// keep one. `own` is this node's log id.
+pub fn known_consent(
+    fhir: &FhirService,
+    holders: &[zorgmesh_protocol::index::HolderLocation],
+    own: zorgmesh_protocol::NodeId,
+    patient: &PatientKey,
+) -> Result<KnownConsent, String> {
+    let storage = fhir.storage();
+    let patients = storage
+        .patients_with_key(patient)
+        .map_err(|e| e.to_string())?;
+    let mut consents = privacy_consents(storage, &patients).map_err(|e| e.to_string())?;
+    let copies = storage.consent_copies(patient).map_err(|e| e.to_string())?;
+    let mut unread = Vec::new();
+    for holder in holders {
+        if holder.info.node == own
+            || holder.entry.retracted
+            || holder.entry.categories & category::CONSENT == 0
+        {
+            continue;
+        }
+        match copies.get(&holder.info.name) {
+            Some(copy) if copy.entry_updated_at_ms >= holder.entry.updated_at_ms => {
+                consents.extend(copy.consents.iter().cloned())
+            }
+            _ => unread.push(holder.info.name.clone()),
+        }
+    }
+    let mut rules = Vec::new();
+    for consent in &consents {
+        match fhir_consent::rules_of(consent) {
+            Ok(found) => rules.extend(found),
+            Err(e) => {
+                tracing::warn!(consent = %consent["id"], error = %e, "a privacy Consent makes no rule")
+            }
+        }
+    }
+    Ok(KnownConsent { rules, unread })
 }

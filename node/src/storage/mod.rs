@@ -14,6 +14,7 @@
 //! | `d\0{patient key}` | the patient's locator entry still has to be published |
 //! | `q\0{patient id}` | the Patient's BSN (digits) still waits for its patient key |
 //! | `b\0{bsn}` | the patient key of a BSN this node holds a Patient for (its own key cache) |
+//! | `c\0{patient key}{node name}` | the privacy Consents another holder of the patient keeps (JSON [`ConsentCopy`]) |
 //!
 //! **Patient keys** come from the evaluators' threshold OPRF, which is a network exchange,
 //! so a write never waits for one: a Patient whose BSN has no cached key gets a `q` mark in
@@ -150,6 +151,19 @@ fn dirty_key(key: &PatientKey) -> Vec<u8> {
 fn pending_key(patient_id: &str) -> Vec<u8> {
     [b"q\0", patient_id.as_bytes()].concat()
 }
+fn consent_copy_key(patient: &PatientKey, source: &str) -> Vec<u8> {
+    [b"c\0".as_slice(), &patient.0, source.as_bytes()].concat()
+}
+
+/// The privacy Consents another holder keeps for a patient, as last read from it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConsentCopy {
+    /// The `updated_at_ms` of the holder's locator entry when they were read.
+    pub entry_updated_at_ms: u64,
+    /// The Consent resources.
+    pub consents: Vec<Value>,
+}
+
 fn bsn_cache_key(bsn: &Bsn) -> Vec<u8> {
     [b"b\0", bsn.as_str().as_bytes()].concat()
 }
@@ -718,6 +732,56 @@ impl Storage {
             .get(&bsn_cache_key(bsn))?
             .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
             .map(PatientKey))
+    }
+
+    /// Keeps (durably) the privacy Consents `source` holds for `patient`.
+    pub async fn store_consent_copy(
+        &self,
+        patient: &PatientKey,
+        source: &str,
+        copy: &ConsentCopy,
+    ) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(copy).map_err(|e| StorageError::Corrupt {
+            key: "consent copy".into(),
+            message: e.to_string(),
+        })?;
+        self.write(crate::fhir::service::now_ms(), |tx| {
+            tx.set(consent_copy_key(patient, source), bytes);
+            Ok::<(), StorageError>(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The consent copies kept for `patient`, by source node name.
+    pub fn consent_copies(
+        &self,
+        patient: &PatientKey,
+    ) -> Result<BTreeMap<String, ConsentCopy>, StorageError> {
+        let prefix = [b"c\0".as_slice(), &patient.0].concat();
+        let mut out = BTreeMap::new();
+        for item in self.fhir.scan_prefix(&prefix) {
+            let (key, value) = item?;
+            let source = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            let copy = serde_json::from_slice(&value).map_err(|e| StorageError::Corrupt {
+                key: format!("c/{}/{source}", patient.to_hex()),
+                message: e.to_string(),
+            })?;
+            out.insert(source, copy);
+        }
+        Ok(out)
+    }
+
+    /// The patient keys of the local Patients.
+    pub fn held_patient_keys(&self) -> Result<BTreeSet<PatientKey>, StorageError> {
+        let mut out = BTreeSet::new();
+        for item in self.fhir.scan_prefix(b"k\0") {
+            let (key, _) = item?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(&key[2..key.len().min(34)]) {
+                out.insert(PatientKey(bytes));
+            }
+        }
+        Ok(out)
     }
 
     /// The patient key of a local Patient (none while it has no BSN or waits for its key).

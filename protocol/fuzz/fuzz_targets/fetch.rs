@@ -7,8 +7,9 @@ use zorgmesh_protocol::membership::{MemberAnswer, MemberHello};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = FetchRequest::from_bytes(data) {
-        if let FetchRequest::PatientResources { claims } | FetchRequest::AccessLog { claims } =
-            &request
+        if let FetchRequest::PatientResources { claims }
+        | FetchRequest::AccessLog { claims }
+        | FetchRequest::ConsentRecords { claims } = &request
         {
             let mut guard = zorgmesh_protocol::claims::ClaimsGuard::default();
             let _ = guard.admit(
