@@ -355,6 +355,17 @@ fn claims_vector() {
         hex::encode(access_log.to_bytes()),
         format!("06000000{GOLDEN_CLAIMS_HEX}")
     );
+    let consent_records = zorgmesh_protocol::fetch::FetchRequest::ConsentRecords {
+        claims: Box::new(golden_claims()),
+    };
+    assert_eq!(
+        hex::encode(consent_records.to_bytes()),
+        format!("07000000{GOLDEN_CLAIMS_HEX}")
+    );
+    assert_eq!(
+        hex::encode(zorgmesh_protocol::fetch::FetchFrame::ConsentWithheld.to_bytes()),
+        "0a000000"
+    );
 }
 
 #[test]
