@@ -1311,8 +1311,8 @@ async fn serve_stream(
             e.diagnostics.clone(),
         )],
     };
-    for record in records {
-        if let Err(e) = holding.audit.append(record).await {
+    {
+        if let Err(e) = holding.audit.append_all(records).await {
             send_frame(
                 &mut send,
                 &FetchFrame::Error {

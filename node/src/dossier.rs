@@ -169,10 +169,8 @@ impl DossierResolver {
                             ..pull
                         });
                     }
-                    for record in records {
-                        if let Err(e) = audit.append(record).await {
-                            tracing::error!(error = %e, "a pull could not be recorded in the access trail");
-                        }
+                    if let Err(e) = audit.append_all(records).await {
+                        tracing::error!(error = %e, "a pull could not be recorded in the access trail");
                     }
                 }
                 (node, result)

@@ -168,6 +168,27 @@ impl AuditTrail {
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
+    /// Appends `records` in order (usually in one group, one sync) and returns once all are
+    /// on disk.
+    pub async fn append_all(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
+        let mut answers = Vec::with_capacity(records.len());
+        for record in records {
+            let (done, answer) = oneshot::channel();
+            self.queue
+                .send(Pending {
+                    record: bounded_record(record),
+                    done,
+                })
+                .await
+                .map_err(|_| AuditError::Closed)?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| AuditError::Closed)??;
+        }
+        Ok(())
+    }
+
     /// The newest entries (at most `limit`, at most [`MAX_QUERY_RESULTS`]) that `query`
     /// wants, oldest first. Reads the durable part of the trail.
     pub async fn query(

@@ -145,8 +145,7 @@ pub async fn record_answer(
     } else {
         note.patients.iter().map(|p| record(Some(*p))).collect()
     };
-    let appended = futures::future::join_all(records.into_iter().map(|r| trail.append(r))).await;
-    if let Some(Err(e)) = appended.into_iter().find(Result::is_err) {
+    if let Err(e) = trail.append_all(records).await {
         tracing::error!(error = %e, %path, "an answer was withheld: the access trail cannot record it");
         return FhirError::internal(format!(
             "the access could not be recorded in the node's access trail, so it is not answered: {e}"
