@@ -420,6 +420,81 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         );
     }
 
+    if let Some(patient) = patients.get(1).filter(|_| options.resolve > 1) {
+        // The patient objects to the resolving hospital seeing their data: recorded at one
+        // of their holders, enforced by every holder.
+        let holders: BTreeSet<usize> = patient.records.iter().map(|(i, _)| *i).collect();
+        let resolver = pick_resolver(&holders);
+        let at = *holders.iter().next().expect("a patient has a holder");
+        let objection = consent_objection(patient.bsn.as_str(), NODES[resolver].ura);
+        let recorded = Instant::now();
+        let response = client
+            .post(format!("{}", nodes[at].base_url()))
+            .bearer_auth(&tokens[at])
+            .header("content-type", "application/fhir+json")
+            .body(objection.to_string())
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!(
+                "recording the consent at {} failed: {}",
+                nodes[at].name(),
+                response.text().await?
+            );
+        }
+        let url = format!(
+            "{}/Patient/$dossier?identifier={}|{}",
+            nodes[resolver].base_url(),
+            zorgmesh_protocol::patient::BSN_SYSTEM,
+            patient.bsn.as_str()
+        );
+        loop {
+            let bundle: Value = client
+                .get(&url)
+                .bearer_auth(&tokens[resolver])
+                .send()
+                .await?
+                .json()
+                .await?;
+            let summary = summarise(&bundle);
+            let withheld_by: Vec<String> = bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e["resource"]["issue"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter(|i| i["code"] == "suppressed")
+                .filter_map(|i| {
+                    i["details"]["coding"][0]["code"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect();
+            if summary.total == 0 && withheld_by.len() == holders.len() {
+                println!(
+                    "{} objected to {} ({}) seeing their data, recorded at {}: enforced by all {} holders after {:.0} ms; {} now gets nothing, and is told only \"withheld by consent\" by {}",
+                    patient.name,
+                    NODES[resolver].organisation,
+                    NODES[resolver].ura,
+                    nodes[at].name(),
+                    holders.len(),
+                    recorded.elapsed().as_secs_f64() * 1000.0,
+                    nodes[resolver].name(),
+                    withheld_by.join(", ")
+                );
+                break;
+            }
+            if recorded.elapsed() > Duration::from_secs(30) {
+                bail!("the objection was not enforced within 30 s: {bundle}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     if let Some(patient) = patients.first().filter(|_| options.resolve > 0) {
         // Who looked at the first patient's data, asked at one of its holders by a privacy
         // officer: every holder's and every resolver's trail, across the mesh.
@@ -513,6 +588,26 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     }
     println!("demo finished");
     Ok(())
+}
+
+/// A transaction that records, with the patient's Patient (by BSN), a privacy Consent
+/// objecting to the organisation `ura` seeing any of their data.
+fn consent_objection(bsn: &str, ura: &str) -> Value {
+    serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:6b1e2d4c-0000-4000-8000-00000000c001",
+         "resource": {"resourceType": "Patient",
+            "identifier": [{"system": zorgmesh_protocol::patient::BSN_SYSTEM, "value": bsn}]},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:6b1e2d4c-0000-4000-8000-00000000c002",
+         "resource": {"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": "urn:uuid:6b1e2d4c-0000-4000-8000-00000000c001"},
+            "provision": {"type": "deny", "actor": [{
+                "role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                "reference": {"identifier": {"system": crate::consent::fhir_consent::URA_SYSTEM, "value": ura}}}]}},
+         "request": {"method": "POST", "url": "Consent"}},
+    ]})
 }
 
 /// A node that holds none of the patient's data, from a region that holds least of it.
