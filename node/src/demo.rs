@@ -429,7 +429,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         let objection = consent_objection(patient.bsn.as_str(), NODES[resolver].ura);
         let recorded = Instant::now();
         let response = client
-            .post(format!("{}", nodes[at].base_url()))
+            .post(nodes[at].base_url())
             .bearer_auth(&tokens[at])
             .header("content-type", "application/fhir+json")
             .body(objection.to_string())
