@@ -22,11 +22,14 @@ trap cleanup EXIT
 
 echo "== release builds: this tree and the baseline ($baseline_commit)"
 cargo build --release --quiet --bin zorgmesh
-git worktree add --detach --quiet "$work/baseline" "$baseline_commit"
-(cd "$work/baseline" && CARGO_TARGET_DIR="$root/target/trust-baseline" cargo build --release --quiet --bin zorgmesh)
+baseline_target="$root/target/trust-baseline-$baseline_commit"
+baseline="$baseline_target/release/zorgmesh"
+if [ ! -x "$baseline" ]; then
+  git worktree add --detach --quiet "$work/baseline" "$baseline_commit"
+  (cd "$work/baseline" && CARGO_TARGET_DIR="$baseline_target" cargo build --release --quiet --bin zorgmesh)
+fi
 cargo bench --quiet -p zorgmesh-node --bench dossier_latency --no-run
 current="$root/target/release/zorgmesh"
-baseline="$root/target/trust-baseline/release/zorgmesh"
 
 # measure NAME BINARY ROUND: a demo mesh of BINARY (same seed, same patients), $dossier at
 # erasmusmc for patients found at umcg.

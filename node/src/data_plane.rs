@@ -1311,22 +1311,16 @@ async fn serve_stream(
             e.diagnostics.clone(),
         )],
     };
-    {
-        if let Err(e) = holding.audit.append_all(records).await {
-            send_frame(
-                &mut send,
-                &FetchFrame::Error {
-                    code: FetchErrorCode::Internal,
-                    message: format!(
-                        "the holder cannot record the access, so it serves nothing: {e}"
-                    ),
-                },
-            )
-            .await?;
-            send.finish()?;
-            return Ok(());
-        }
-    }
+    // The entries go to disk while the resources go out; the answer ends (and counts) only
+    // once they are durable, so an answer the requester can use is in the trail.
+    let recording = tokio::spawn({
+        let audit = holding.audit.clone();
+        async move { audit.append_all(records).await }
+    });
+    let not_recorded = |e: String| FetchFrame::Error {
+        code: FetchErrorCode::Internal,
+        message: format!("the holder cannot record the access, so it serves nothing: {e}"),
+    };
     match answer {
         Ok((release, members, salt)) => {
             tracing::info!(
@@ -1342,32 +1336,39 @@ async fn serve_stream(
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;
             }
-            let proof = if release.withheld == 0 {
-                FetchFrame::Holding {
-                    salt,
-                    members: members as u32,
+            match recording.await {
+                Ok(Ok(())) => {
+                    let proof = if release.withheld == 0 {
+                        FetchFrame::Holding {
+                            salt,
+                            members: members as u32,
+                        }
+                    } else {
+                        FetchFrame::ConsentWithheld
+                    };
+                    send_frame(&mut send, &proof).await?;
+                    send_frame(
+                        &mut send,
+                        &FetchFrame::End {
+                            count: release.permitted.len() as u32,
+                        },
+                    )
+                    .await?;
                 }
-            } else {
-                FetchFrame::ConsentWithheld
-            };
-            send_frame(&mut send, &proof).await?;
-            send_frame(
-                &mut send,
-                &FetchFrame::End {
-                    count: release.permitted.len() as u32,
-                },
-            )
-            .await?;
+                Ok(Err(e)) => send_frame(&mut send, &not_recorded(e.to_string())).await?,
+                Err(e) => send_frame(&mut send, &not_recorded(e.to_string())).await?,
+            }
         }
         Err(e) => {
-            send_frame(
-                &mut send,
-                &FetchFrame::Error {
+            let frame = match recording.await {
+                Ok(Ok(())) => FetchFrame::Error {
                     code: FetchErrorCode::Internal,
                     message: e.diagnostics,
                 },
-            )
-            .await?;
+                Ok(Err(e)) => not_recorded(e.to_string()),
+                Err(e) => not_recorded(e.to_string()),
+            };
+            send_frame(&mut send, &frame).await?;
         }
     }
     send.finish()?;

@@ -14,6 +14,7 @@ use crate::data_plane::{DataPlane, Holding};
 use crate::fhir::{FhirError, FhirService};
 use crate::mesh::Mesh;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -38,6 +39,14 @@ const SHARED_TYPES: &[&str] = &[
     "Substance",
     "Device",
 ];
+
+/// A resolved dossier and the trail entries of the pulls made for it.
+pub struct Resolved {
+    /// The searchset Bundle.
+    pub bundle: Value,
+    /// One entry per holder asked (and a consent decision where it withheld).
+    pub pulls: Vec<zorgmesh_protocol::audit::AuditRecord>,
+}
 
 /// Resolves dossiers for the API.
 #[derive(Clone)]
@@ -64,7 +73,7 @@ impl DossierResolver {
         &self,
         params: &[(String, String)],
         context: &crate::data_plane::RequestContext,
-    ) -> Result<(PatientKey, Value), FhirError> {
+    ) -> Result<(PatientKey, Resolved), FhirError> {
         let bsn = requested_bsn(params)?;
         let key = self.patient_key(bsn).await?;
         Ok((key, self.resolve(key, context).await))
@@ -101,7 +110,7 @@ impl DossierResolver {
         &self,
         patient: PatientKey,
         context: &crate::data_plane::RequestContext,
-    ) -> Value {
+    ) -> Resolved {
         let started = Instant::now();
         let holders = self.mesh.holders(&patient);
         let mut plan = ResolutionPlan::new(
@@ -115,7 +124,6 @@ impl DossierResolver {
             let me = self.mesh.own();
             let data_plane = self.data_plane.clone();
             let fhir = self.fhir.clone();
-            let audit = self.audit.clone();
             let organisation = self.organisation.clone();
             fetches.push(async move {
                 let node = holder.info.node;
@@ -150,13 +158,8 @@ impl DossierResolver {
                     }
                 };
                 if node != me {
-                    let pull = pull_record(
-                        context,
-                        &organisation,
-                        patient,
-                        &holder.info.name,
-                        &result,
-                    );
+                    let pull =
+                        pull_record(context, &organisation, patient, &holder.info.name, &result);
                     let mut records = vec![pull.clone()];
                     if matches!(result, Ok((_, _, true))) {
                         records.push(zorgmesh_protocol::audit::AuditRecord {
@@ -169,21 +172,22 @@ impl DossierResolver {
                             ..pull
                         });
                     }
-                    if let Err(e) = audit.append_all(records).await {
-                        tracing::error!(error = %e, "a pull could not be recorded in the access trail");
-                    }
+                    return (node, result, records);
                 }
-                (node, result)
+                (node, result, Vec::new())
             });
         }
         let mut results: HashMap<NodeId, Vec<Value>> = HashMap::new();
         let mut mismatches: HashMap<NodeId, String> = HashMap::new();
         let mut withheld: std::collections::HashSet<NodeId> = Default::default();
+        // The pulls made, for the trail: recorded with the dossier's own entry, in one sync,
+        // before the dossier is answered.
+        let mut pulls = Vec::new();
         while !plan.is_finished() {
             let deadline = plan.next_deadline().unwrap_or(0);
             let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
             tokio::select! {
-                Some((node, result)) = fetches.next() => match result {
+                Some((node, result, records)) = fetches.next() => match { pulls.extend(records); result } {
                     Ok((resources, mismatch, by_consent)) => {
                         let now = crate::fhir::service::now_ms();
                         if plan.answered(&node, resources.len(), now) {
@@ -208,13 +212,20 @@ impl DossierResolver {
                 }
             }
         }
-        self.assemble(
-            &plan,
-            results,
-            &mismatches,
-            &withheld,
-            started.elapsed().as_millis() as u64,
-        )
+        // A holder that answered after the deadline still served: its pull is recorded.
+        while let Some(Some((_, _, records))) = fetches.next().now_or_never() {
+            pulls.extend(records);
+        }
+        Resolved {
+            bundle: self.assemble(
+                &plan,
+                results,
+                &mismatches,
+                &withheld,
+                started.elapsed().as_millis() as u64,
+            ),
+            pulls,
+        }
     }
 
     /// Counts another holder's answer in its standing (see `zorgmesh_protocol::standing`):

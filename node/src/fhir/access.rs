@@ -19,6 +19,9 @@ pub struct AccessNote {
     pub patients: BTreeSet<PatientKey>,
     /// What: resource types and ids, or counts.
     pub what: String,
+    /// Entries the handler made (the pulls of a `$dossier`), recorded with the request's
+    /// own in one sync.
+    pub also: Vec<AuditRecord>,
 }
 
 impl AccessNote {
@@ -31,6 +34,7 @@ impl AccessNote {
         Self {
             patients,
             what: crate::data_plane::resource_summary_of(resources),
+            also: Vec::new(),
         }
     }
 
@@ -140,11 +144,12 @@ pub async fn record_answer(
         what: what.clone(),
         detail: detail.clone(),
     };
-    let records: Vec<AuditRecord> = if note.patients.is_empty() {
-        vec![record(None)]
+    let mut records: Vec<AuditRecord> = note.also.clone();
+    if note.patients.is_empty() {
+        records.push(record(None));
     } else {
-        note.patients.iter().map(|p| record(Some(*p))).collect()
-    };
+        records.extend(note.patients.iter().map(|p| record(Some(*p))));
+    }
     if let Err(e) = trail.append_all(records).await {
         tracing::error!(error = %e, %path, "an answer was withheld: the access trail cannot record it");
         return FhirError::internal(format!(

@@ -589,12 +589,14 @@ async fn read(
         }
         .await;
         return match result {
-            Ok((patient, mut bundle)) => {
+            Ok((patient, resolved)) => {
+                let mut bundle = resolved.bundle;
                 withhold_unreadable(&mut bundle, &who);
                 let what = crate::data_plane::resource_summary_of(bundle_resources(&bundle));
                 AccessNote {
                     patients: [patient].into(),
                     what,
+                    also: resolved.pulls,
                 }
                 .attach(fhir_response(StatusCode::OK, &bundle))
             }
@@ -618,6 +620,7 @@ async fn read(
             Ok((patient, bundle)) => AccessNote {
                 patients: [patient].into(),
                 what: format!("access log: {} events", bundle["total"]),
+                also: Vec::new(),
             }
             .attach(fhir_response(StatusCode::OK, &bundle)),
             Err(e) => e.into_response(),
@@ -915,8 +918,26 @@ fn capability_statement(state: &ApiState) -> Value {
                 resource["operation"] = json!([
                     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                     {"name": "dossier", "definition": "urn:zorgmesh:OperationDefinition/Patient-dossier",
-                     "documentation": "GET [base]/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>: the patient's resources from every holder in the mesh, each naming its origin"}
+                     "documentation": "GET [base]/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>: the patient's resources from every holder in the mesh, each naming its origin"},
+                    {"name": "access-log", "definition": "urn:zorgmesh:OperationDefinition/Patient-access-log",
+                     "documentation": "GET [base]/Patient/$access-log?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>: every access to the patient's data across the mesh as AuditEvents (a patient's app for its own patient; a privacy officer with AuditEvent read, named in Zorgmesh-Practitioner), naming nodes that did not answer"}
                 ]);
+            }
+            if *t == "AuditEvent" {
+                // The node's own access trail, read-only.
+                resource = json!({
+                    "type": t,
+                    "documentation": "This node's access trail (NEN 7513), after IHE Basic Audit Log Patterns; entries are made by the node, not by clients",
+                    "interaction": [{"code": "search-type"}],
+                    "searchParam": [
+                        {"name": "patient", "type": "reference"},
+                        {"name": "patient.identifier", "type": "token"},
+                        {"name": "entity", "type": "reference", "documentation": "https://zorgmesh.nl/fhir/NamingSystem/patient-key|<hex>"},
+                        {"name": "subtype", "type": "token"},
+                        {"name": "date", "type": "date", "documentation": "ge<instant> only"},
+                        {"name": "_count", "type": "number"}
+                    ]
+                });
             }
             resource
         })
