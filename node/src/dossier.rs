@@ -187,7 +187,9 @@ impl DossierResolver {
             let deadline = plan.next_deadline().unwrap_or(0);
             let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
             tokio::select! {
-                Some((node, result, records)) = fetches.next() => match { pulls.extend(records); result } {
+                Some((node, result, records)) = fetches.next() => {
+                    pulls.extend(records);
+                    match result {
                     Ok((resources, mismatch, by_consent)) => {
                         let now = crate::fhir::service::now_ms();
                         if plan.answered(&node, resources.len(), now) {
@@ -206,7 +208,8 @@ impl DossierResolver {
                         }
                     }
                     Err(reason) => plan.failed(&node, reason),
-                },
+                    }
+                }
                 _ = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {
                     plan.expire(crate::fhir::service::now_ms());
                 }
