@@ -1008,124 +1008,59 @@ async fn serve_stream(
         }
         Ok(FetchRequest::AccessLog { claims }) => {
             let answer = access_log_answer(&holding, peer, &claims).await;
-            let count = match &answer {
-                Ok(entries) => entries.len(),
-                Err(_) => 0,
-            };
-            let record = served_record(
-                peer,
-                &claims.claims,
-                match &answer {
-                    Ok(_) => AuditOutcome::Success,
-                    Err((FetchErrorCode::Internal, _)) => AuditOutcome::Failed,
-                    Err(_) => AuditOutcome::Denied,
-                },
-                format!("access log: {count} entries"),
-                answer
-                    .as_ref()
-                    .err()
-                    .map(|(_, m)| m.clone())
-                    .unwrap_or_default(),
-            );
-            let recorded = holding
-                .audit
-                .append(AuditRecord {
-                    action: AuditAction::Read,
-                    ..record
-                })
-                .await;
-            match (answer, recorded) {
-                (Ok(entries), Ok(_)) => {
-                    for entry in &entries {
-                        send_frame(
-                            &mut send,
-                            &FetchFrame::AccessEntry {
-                                bytes: entry.to_bytes(),
-                            },
-                        )
-                        .await?;
-                    }
-                    send_frame(
-                        &mut send,
-                        &FetchFrame::End {
-                            count: entries.len() as u32,
-                        },
-                    )
-                    .await?;
-                }
-                (Err((code, message)), _) => {
-                    send_frame(&mut send, &FetchFrame::Error { code, message }).await?;
-                }
-                (Ok(_), Err(e)) => {
-                    send_frame(
-                        &mut send,
-                        &FetchFrame::Error {
-                            code: FetchErrorCode::Internal,
-                            message: format!(
-                                "the holder cannot record the access, so it serves nothing: {e}"
-                            ),
-                        },
-                    )
-                    .await?;
-                }
-            }
-            send.finish()?;
-            return Ok(());
-        }
-        Ok(FetchRequest::ConsentRecords { claims }) => {
-            let answer = consent_records_answer(&holding, &mesh, peer, &claims).await;
-            let (outcome, detail) = match &answer {
-                Ok(_) => (
-                    AuditOutcome::Success,
-                    format!("read by {}, another holder of the patient", peer.name),
-                ),
-                Err((FetchErrorCode::Internal, m)) => (AuditOutcome::Failed, m.clone()),
-                Err((_, m)) => (AuditOutcome::Denied, m.clone()),
-            };
             let count = answer.as_ref().map_or(0, Vec::len);
             let record = AuditRecord {
                 action: AuditAction::Read,
                 ..served_record(
                     peer,
                     &claims.claims,
-                    outcome,
+                    outcome_of_answer(&answer),
+                    format!("access log: {count} entries"),
+                    answer
+                        .as_ref()
+                        .err()
+                        .map(|(_, m)| m.clone())
+                        .unwrap_or_default(),
+                )
+            };
+            let frames = answer.map(|entries| {
+                entries
+                    .iter()
+                    .map(|entry| FetchFrame::AccessEntry {
+                        bytes: entry.to_bytes(),
+                    })
+                    .collect()
+            });
+            return send_recorded(&mut send, frames, holding.audit.append(record).await).await;
+        }
+        Ok(FetchRequest::ConsentRecords { claims }) => {
+            let answer = consent_records_answer(&holding, &mesh, peer, &claims).await;
+            let count = answer.as_ref().map_or(0, Vec::len);
+            let detail = match &answer {
+                Ok(_) => format!("read by {}, another holder of the patient", peer.name),
+                Err((_, m)) => m.clone(),
+            };
+            let record = AuditRecord {
+                action: AuditAction::Read,
+                ..served_record(
+                    peer,
+                    &claims.claims,
+                    outcome_of_answer(&answer),
                     format!("consent records: {count}"),
                     detail,
                 )
             };
-            let recorded = holding.audit.append(record).await;
-            match (answer, recorded) {
-                (Ok(consents), Ok(_)) => {
-                    for consent in &consents {
-                        let json = serde_json::to_vec(consent)?;
-                        send_frame(&mut send, &FetchFrame::Resource { json }).await?;
-                    }
-                    send_frame(
-                        &mut send,
-                        &FetchFrame::End {
-                            count: consents.len() as u32,
-                        },
-                    )
-                    .await?;
-                }
-                (Err((code, message)), _) => {
-                    send_frame(&mut send, &FetchFrame::Error { code, message }).await?;
-                }
-                (Ok(_), Err(e)) => {
-                    send_frame(
-                        &mut send,
-                        &FetchFrame::Error {
-                            code: FetchErrorCode::Internal,
-                            message: format!(
-                                "the holder cannot record the access, so it serves nothing: {e}"
-                            ),
-                        },
-                    )
-                    .await?;
-                }
-            }
-            send.finish()?;
-            return Ok(());
+            let frames = answer.and_then(|consents| {
+                consents
+                    .iter()
+                    .map(|consent| {
+                        serde_json::to_vec(consent)
+                            .map(|json| FetchFrame::Resource { json })
+                            .map_err(|e| (FetchErrorCode::Internal, e.to_string()))
+                    })
+                    .collect()
+            });
+            return send_recorded(&mut send, frames, holding.audit.append(record).await).await;
         }
         Ok(FetchRequest::HeadsDigest) => {
             let digest = heads_digest(&mesh.heads());
@@ -1317,10 +1252,6 @@ async fn serve_stream(
         let audit = holding.audit.clone();
         async move { audit.append_all(records).await }
     });
-    let not_recorded = |e: String| FetchFrame::Error {
-        code: FetchErrorCode::Internal,
-        message: format!("the holder cannot record the access, so it serves nothing: {e}"),
-    };
     match answer {
         Ok((release, members, salt)) => {
             tracing::info!(
@@ -1355,8 +1286,8 @@ async fn serve_stream(
                     )
                     .await?;
                 }
-                Ok(Err(e)) => send_frame(&mut send, &not_recorded(e.to_string())).await?,
-                Err(e) => send_frame(&mut send, &not_recorded(e.to_string())).await?,
+                Ok(Err(e)) => send_frame(&mut send, &not_recorded(e)).await?,
+                Err(e) => send_frame(&mut send, &not_recorded(e)).await?,
             }
         }
         Err(e) => {
@@ -1365,8 +1296,8 @@ async fn serve_stream(
                     code: FetchErrorCode::Internal,
                     message: e.diagnostics,
                 },
-                Ok(Err(e)) => not_recorded(e.to_string()),
-                Err(e) => not_recorded(e.to_string()),
+                Ok(Err(e)) => not_recorded(e),
+                Err(e) => not_recorded(e),
             };
             send_frame(&mut send, &frame).await?;
         }
@@ -1375,14 +1306,48 @@ async fn serve_stream(
     Ok(())
 }
 
-/// A holder's answer to a consent-records request: its privacy Consents for the patient,
-/// for another holder of the patient only.
-async fn consent_records_answer(
-    holding: &HolderServices,
-    mesh: &Mesh,
-    peer: &Peer,
-    claims: &SignedClaims,
-) -> Result<Vec<serde_json::Value>, (FetchErrorCode, String)> {
+/// How a holder's answer to a request ended, for its trail entry.
+fn outcome_of_answer<T>(answer: &Result<T, (FetchErrorCode, String)>) -> AuditOutcome {
+    match answer {
+        Ok(_) => AuditOutcome::Success,
+        Err((FetchErrorCode::Internal, _)) => AuditOutcome::Failed,
+        Err(_) => AuditOutcome::Denied,
+    }
+}
+
+/// The error a holder answers when it cannot record an access.
+fn not_recorded(e: impl std::fmt::Display) -> FetchFrame {
+    FetchFrame::Error {
+        code: FetchErrorCode::Internal,
+        message: format!("the holder cannot record the access, so it serves nothing: {e}"),
+    }
+}
+
+/// Sends an answer whose access was recorded: its frames and `End` when the answer and its
+/// trail entry both stand; else the answer's error, or `Internal` when the entry could not
+/// be made durable.
+async fn send_recorded(
+    send: &mut quinn::SendStream,
+    answer: Result<Vec<FetchFrame>, (FetchErrorCode, String)>,
+    recorded: Result<u64, crate::audit::AuditError>,
+) -> anyhow::Result<()> {
+    match (answer, recorded) {
+        (Ok(frames), Ok(_)) => {
+            for frame in &frames {
+                send_frame(send, frame).await?;
+            }
+            let count = frames.len() as u32;
+            send_frame(send, &FetchFrame::End { count }).await?;
+        }
+        (Err((code, message)), _) => send_frame(send, &FetchFrame::Error { code, message }).await?,
+        (Ok(_), Err(e)) => send_frame(send, &not_recorded(e)).await?,
+    }
+    send.finish()?;
+    Ok(())
+}
+
+/// Admits a request's claims as the holder of this connection checks them.
+fn admit(peer: &Peer, claims: &SignedClaims) -> Result<(), (FetchErrorCode, String)> {
     peer.guard
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -1393,7 +1358,18 @@ async fn consent_records_answer(
             &peer.channel,
             crate::fhir::service::now_ms(),
         )
-        .map_err(|e| (e.code(), e.to_string()))?;
+        .map_err(|e| (e.code(), e.to_string()))
+}
+
+/// A holder's answer to a consent-records request: its privacy Consents for the patient,
+/// for another holder of the patient only.
+async fn consent_records_answer(
+    holding: &HolderServices,
+    mesh: &Mesh,
+    peer: &Peer,
+    claims: &SignedClaims,
+) -> Result<Vec<serde_json::Value>, (FetchErrorCode, String)> {
+    admit(peer, claims)?;
     let patient = claims.claims.patient;
     if !mesh
         .holders(&patient)
@@ -1423,17 +1399,7 @@ async fn access_log_answer(
     peer: &Peer,
     claims: &SignedClaims,
 ) -> Result<Vec<zorgmesh_protocol::audit::AuditEntry>, (FetchErrorCode, String)> {
-    peer.guard
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .admit(
-            claims,
-            &peer.network,
-            &peer.key,
-            &peer.channel,
-            crate::fhir::service::now_ms(),
-        )
-        .map_err(|e| (e.code(), e.to_string()))?;
+    admit(peer, claims)?;
     if !matches!(
         claims.claims.purpose,
         PurposeOfUse::PatientSelfAccess | PurposeOfUse::Compliance
