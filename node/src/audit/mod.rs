@@ -155,8 +155,11 @@ impl AuditTrail {
         ))
     }
 
-    /// Appends `record` and returns its sequence once it is on disk.
-    pub async fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
+    /// Queues `record` for the writer; the receiver answers once it is on disk.
+    async fn enqueue(
+        &self,
+        record: AuditRecord,
+    ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Pending {
@@ -165,7 +168,15 @@ impl AuditTrail {
             })
             .await
             .map_err(|_| AuditError::Closed)?;
-        answer.await.map_err(|_| AuditError::Closed)?
+        Ok(answer)
+    }
+
+    /// Appends `record` and returns its sequence once it is on disk.
+    pub async fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
+        self.enqueue(record)
+            .await?
+            .await
+            .map_err(|_| AuditError::Closed)?
     }
 
     /// Appends `records` in order (usually in one group, one sync) and returns once all are
@@ -173,15 +184,7 @@ impl AuditTrail {
     pub async fn append_all(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
         let mut answers = Vec::with_capacity(records.len());
         for record in records {
-            let (done, answer) = oneshot::channel();
-            self.queue
-                .send(Pending {
-                    record: bounded_record(record),
-                    done,
-                })
-                .await
-                .map_err(|_| AuditError::Closed)?;
-            answers.push(answer);
+            answers.push(self.enqueue(record).await?);
         }
         for answer in answers {
             answer.await.map_err(|_| AuditError::Closed)??;
@@ -281,10 +284,14 @@ async fn write_groups(
             },
             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {
                 if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                    let (back, result) = tokio::task::spawn_blocking({
+                    let signed = tokio::task::spawn_blocking({
                         let signer = signer.clone();
                         move || { let result = checkpoint(&mut files, &signer); (files, result) }
-                    }).await.expect("the checkpoint task does not panic");
+                    }).await;
+                    let Ok((back, result)) = signed else {
+                        tracing::error!("the access trail's checkpoint task failed: the trail is closed, and accesses are refused");
+                        return;
+                    };
                     files = back;
                     if let Err(e) = result {
                         tracing::error!(error = %e, "cannot write an access-trail checkpoint");
@@ -305,15 +312,20 @@ async fn write_groups(
         let (records, answers): (Vec<_>, Vec<_>) =
             group.into_iter().map(|p| (p.record, p.done)).unzip();
         let before = files.checkpointed;
-        let (back, result) = tokio::task::spawn_blocking({
+        let written = tokio::task::spawn_blocking({
             let signer = signer.clone();
             move || {
                 let result = write_group(&mut files, records, &signer);
                 (files, result)
             }
         })
-        .await
-        .expect("the trail writer does not panic");
+        .await;
+        let Ok((back, result)) = written else {
+            // The files went with the failed task: answer nothing more (the waiting
+            // appenders see the trail closed, so their accesses are refused).
+            tracing::error!("the access trail's writer task failed: the trail is closed, and accesses are refused");
+            return;
+        };
         files = back;
         if files.checkpointed != before {
             last_checkpoint = Instant::now();
