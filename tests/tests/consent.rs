@@ -23,16 +23,21 @@ fn actor(role: &str, system: &str, value: &str) -> Value {
            "reference": {"identifier": {"system": system, "value": value}}})
 }
 
-/// Records a Consent for the patient at the holder; its id.
-async fn record_consent(mesh: &TestMesh, patient_id: &str, provision: Value) -> String {
-    let consent = json!({
+/// An active privacy Consent of the patient `patient_reference` with `provision`.
+fn privacy_consent(patient_reference: &str, provision: Value) -> Value {
+    json!({
         "resourceType": "Consent",
         "status": "active",
         "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient_id}")},
+        "patient": {"reference": patient_reference},
         "provision": provision,
-    });
+    })
+}
+
+/// Records a Consent for the patient at the holder; its id.
+async fn record_consent(mesh: &TestMesh, patient_id: &str, provision: Value) -> String {
+    let consent = privacy_consent(&format!("Patient/{patient_id}"), provision);
     let response = mesh
         .http
         .post(format!("{}/Consent", mesh.node(HUISARTS).base_url()))
@@ -324,11 +329,10 @@ async fn a_consent_recorded_at_one_node_is_enforced_by_every_holder_and_survives
                     "identifier": [{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": bsn}]},
                  "request": {"method": "POST", "url": "Patient"}},
                 {"fullUrl": "urn:uuid:00000000-0000-4000-8000-000000000a02",
-                 "resource": {"resourceType": "Consent", "status": "active",
-                    "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
-                    "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                    "patient": {"reference": "urn:uuid:00000000-0000-4000-8000-000000000a01"},
-                    "provision": {"type": "deny", "actor": [actor("IRCP", URA_SYSTEM, UMCG_URA)]}},
+                 "resource": privacy_consent(
+                    "urn:uuid:00000000-0000-4000-8000-000000000a01",
+                    json!({"type": "deny", "actor": [actor("IRCP", URA_SYSTEM, UMCG_URA)]}),
+                 ),
                  "request": {"method": "POST", "url": "Consent"}},
             ]}),
         )
