@@ -123,6 +123,91 @@ pub struct PatientAnswer {
     pub withheld_by_consent: bool,
 }
 
+/// How far [`DataPlane::exchange`] reads an answer before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadUntil {
+    /// Up to its `End`.
+    End,
+    /// Up to its proof (`Holding` or `ConsentWithheld`), when it has one.
+    Proof,
+}
+
+/// The rest of a holder's answer to a patient request after its proof: the `End` the holder
+/// sends once the entries it made of the access are durable in its trail (`SPEC.md`,
+/// "Patient resources"). The answer may be used only once [`Self::recorded`] says so.
+pub struct RecordConfirmation {
+    recv: quinn::RecvStream,
+    /// Items the answer held before its proof.
+    items: usize,
+}
+
+impl std::fmt::Debug for RecordConfirmation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordConfirmation")
+            .field("items", &self.items)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordConfirmation {
+    /// Waits for the holder's `End`: `Ok` when it came with the right count, the holder's
+    /// error (such as "not recorded") or a broken stream otherwise.
+    pub async fn recorded(mut self) -> Result<(), FetchError> {
+        match read_answer_frame(&mut self.recv).await? {
+            FetchFrame::End { count } => check_count(count, self.items),
+            FetchFrame::Error { code, message } => Err(FetchError::Remote { code, message }),
+            other => Err(FetchError::Protocol(format!(
+                "expected End after the proof, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Reads one length-prefixed answer frame.
+async fn read_answer_frame(recv: &mut quinn::RecvStream) -> Result<FetchFrame, FetchError> {
+    let mut length = [0u8; 4];
+    recv.read_exact(&mut length)
+        .await
+        .map_err(|e| FetchError::Transport(format!("response ended early: {e}")))?;
+    let length = u32::from_le_bytes(length) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(FetchError::Protocol(format!(
+            "frame of {length} bytes exceeds {MAX_FRAME_BYTES}"
+        )));
+    }
+    let mut body = vec![0u8; length];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| FetchError::Transport(format!("frame cut short: {e}")))?;
+    FetchFrame::from_bytes(&body).map_err(|e| FetchError::Protocol(e.to_string()))
+}
+
+/// The frames of an answer that its `End` counts.
+fn counted_items(frames: &[FetchFrame]) -> usize {
+    frames
+        .iter()
+        .filter(|f| {
+            matches!(
+                f,
+                FetchFrame::Resource { .. }
+                    | FetchFrame::Message { .. }
+                    | FetchFrame::Snapshot { .. }
+                    | FetchFrame::AccessEntry { .. }
+            )
+        })
+        .count()
+}
+
+/// Checks an `End`'s count against the items received.
+fn check_count(count: u32, counted: usize) -> Result<(), FetchError> {
+    if count as usize != counted {
+        return Err(FetchError::Protocol(format!(
+            "holder announced {count} items but sent {counted}"
+        )));
+    }
+    Ok(())
+}
+
 /// What a holder sends with a patient's resources so that the resolver can check them
 /// against the holder's locator entry: the salt of its holding commitment, and how many of
 /// the resources (from the first) the commitment covers.
@@ -508,13 +593,34 @@ impl DataPlane {
         addr: SocketAddr,
         build: impl Fn(&quinn::Connection, &SigningKey) -> Result<FetchRequest, FetchError>,
     ) -> Result<Vec<FetchFrame>, FetchError> {
+        let (frames, _) = self
+            .request_until(holder, holder_name, addr, build, ReadUntil::End)
+            .await?;
+        Ok(frames)
+    }
+
+    /// [`Self::request_built`], reading the answer up to `until`; with
+    /// [`ReadUntil::Proof`], the rest of the answer (its `End`) is left to the returned
+    /// [`RecordConfirmation`].
+    async fn request_until(
+        &self,
+        holder: NodeId,
+        holder_name: &str,
+        addr: SocketAddr,
+        build: impl Fn(&quinn::Connection, &SigningKey) -> Result<FetchRequest, FetchError>,
+        until: ReadUntil,
+    ) -> Result<(Vec<FetchFrame>, Option<RecordConfirmation>), FetchError> {
         let (connection, key, reused) = self.connection(holder, holder_name, addr, true).await?;
-        match self.exchange(&connection, &build(&connection, &key)?).await {
+        match self
+            .exchange(&connection, &build(&connection, &key)?, until)
+            .await
+        {
             Err(FetchError::Transport(reason)) if reused => {
                 tracing::debug!(holder = %holder_name, reason = %reason, "cached connection failed; reconnecting");
                 let (connection, key, _) =
                     self.connection(holder, holder_name, addr, false).await?;
-                self.exchange(&connection, &build(&connection, &key)?).await
+                self.exchange(&connection, &build(&connection, &key)?, until)
+                    .await
             }
             other => other,
         }
@@ -524,7 +630,8 @@ impl DataPlane {
         &self,
         connection: &quinn::Connection,
         request: &FetchRequest,
-    ) -> Result<Vec<FetchFrame>, FetchError> {
+        until: ReadUntil,
+    ) -> Result<(Vec<FetchFrame>, Option<RecordConfirmation>), FetchError> {
         let (mut send, mut recv) = connection
             .open_bi()
             .await
@@ -536,40 +643,10 @@ impl DataPlane {
             .map_err(|e| FetchError::Transport(e.to_string()))?;
         let mut frames = Vec::new();
         loop {
-            let mut length = [0u8; 4];
-            recv.read_exact(&mut length)
-                .await
-                .map_err(|e| FetchError::Transport(format!("response ended early: {e}")))?;
-            let length = u32::from_le_bytes(length) as usize;
-            if length > MAX_FRAME_BYTES {
-                return Err(FetchError::Protocol(format!(
-                    "frame of {length} bytes exceeds {MAX_FRAME_BYTES}"
-                )));
-            }
-            let mut body = vec![0u8; length];
-            recv.read_exact(&mut body)
-                .await
-                .map_err(|e| FetchError::Transport(format!("frame cut short: {e}")))?;
-            match FetchFrame::from_bytes(&body).map_err(|e| FetchError::Protocol(e.to_string()))? {
+            match read_answer_frame(&mut recv).await? {
                 FetchFrame::End { count } => {
-                    let counted = frames
-                        .iter()
-                        .filter(|f| {
-                            matches!(
-                                f,
-                                FetchFrame::Resource { .. }
-                                    | FetchFrame::Message { .. }
-                                    | FetchFrame::Snapshot { .. }
-                                    | FetchFrame::AccessEntry { .. }
-                            )
-                        })
-                        .count();
-                    if count as usize != counted {
-                        return Err(FetchError::Protocol(format!(
-                            "holder announced {count} items but sent {counted}"
-                        )));
-                    }
-                    return Ok(frames);
+                    check_count(count, counted_items(&frames))?;
+                    return Ok((frames, None));
                 }
                 FetchFrame::Error { code, message } => {
                     return Err(FetchError::Remote { code, message })
@@ -578,7 +655,15 @@ impl DataPlane {
                     if frames.len() >= MAX_RESOURCES_PER_RESPONSE as usize {
                         return Err(FetchError::Protocol("too many frames in one answer".into()));
                     }
+                    let proof = matches!(
+                        other,
+                        FetchFrame::Holding { .. } | FetchFrame::ConsentWithheld
+                    );
                     frames.push(other);
+                    if proof && until == ReadUntil::Proof {
+                        let items = counted_items(&frames);
+                        return Ok((frames, Some(RecordConfirmation { recv, items })));
+                    }
                 }
             }
         }
@@ -594,14 +679,20 @@ impl DataPlane {
         addr: SocketAddr,
         patient: PatientKey,
         context: &RequestContext,
-    ) -> Result<PatientAnswer, FetchError> {
+    ) -> Result<(PatientAnswer, Option<RecordConfirmation>), FetchError> {
         let network = self.anchor.network().to_owned();
-        let frames = self
-            .request_built(holder, holder_name, addr, |connection, key| {
-                Ok(FetchRequest::PatientResources {
-                    claims: Box::new(self.claims(connection, key, &network, patient, context)?),
-                })
-            })
+        let (frames, confirmation) = self
+            .request_until(
+                holder,
+                holder_name,
+                addr,
+                |connection, key| {
+                    Ok(FetchRequest::PatientResources {
+                        claims: Box::new(self.claims(connection, key, &network, patient, context)?),
+                    })
+                },
+                ReadUntil::Proof,
+            )
             .await?;
         let mut answer = PatientAnswer {
             resources: Vec::with_capacity(frames.len()),
@@ -622,7 +713,7 @@ impl DataPlane {
                 other => return Err(FetchError::Protocol(format!("unexpected frame {other:?}"))),
             }
         }
-        Ok(answer)
+        Ok((answer, confirmation))
     }
 
     /// Asks `node` for its access-trail entries about `patient` (purpose
@@ -1176,7 +1267,7 @@ async fn serve_stream(
         claims.claims.purpose,
     );
     let index = mesh.clone();
-    let answer = tokio::task::spawn_blocking(move || {
+    let answer = run_blocking(move || {
         let (resources, members, salt) = storage_fhir.holding_for_key(&patient)?;
         let known = crate::consent::known_consent(
             &storage_fhir,
@@ -1246,12 +1337,11 @@ async fn serve_stream(
             e.diagnostics.clone(),
         )],
     };
-    // The entries go to disk while the resources go out; the answer ends (and counts) only
-    // once they are durable, so an answer the requester can use is in the trail.
-    let recording = tokio::spawn({
-        let audit = holding.audit.clone();
-        async move { audit.append_all(records).await }
-    });
+    // The entries go to disk while the resources and the proof go out; the answer ends (and
+    // counts) only with the `End` sent once they are durable, so an answer the requester may
+    // use is in the trail.
+    let recording = holding.audit.begin_all(records).await;
+
     match answer {
         Ok((release, members, salt)) => {
             tracing::info!(
@@ -1267,17 +1357,21 @@ async fn serve_stream(
                 let json = serde_json::to_vec(resource)?;
                 send_frame(&mut send, &FetchFrame::Resource { json }).await?;
             }
-            match recording.await {
-                Ok(Ok(())) => {
-                    let proof = if release.withheld == 0 {
-                        FetchFrame::Holding {
-                            salt,
-                            members: members as u32,
-                        }
-                    } else {
-                        FetchFrame::ConsentWithheld
-                    };
-                    send_frame(&mut send, &proof).await?;
+            let proof = if release.withheld == 0 {
+                FetchFrame::Holding {
+                    salt,
+                    members: members as u32,
+                }
+            } else {
+                FetchFrame::ConsentWithheld
+            };
+            send_frame(&mut send, &proof).await?;
+            let recorded = match recording {
+                Ok(pending) => pending.durable().await,
+                Err(e) => Err(e),
+            };
+            match recorded {
+                Ok(()) => {
                     send_frame(
                         &mut send,
                         &FetchFrame::End {
@@ -1286,17 +1380,19 @@ async fn serve_stream(
                     )
                     .await?;
                 }
-                Ok(Err(e)) => send_frame(&mut send, &not_recorded(e)).await?,
                 Err(e) => send_frame(&mut send, &not_recorded(e)).await?,
             }
         }
         Err(e) => {
-            let frame = match recording.await {
-                Ok(Ok(())) => FetchFrame::Error {
+            let recorded = match recording {
+                Ok(pending) => pending.durable().await,
+                Err(e) => Err(e),
+            };
+            let frame = match recorded {
+                Ok(()) => FetchFrame::Error {
                     code: FetchErrorCode::Internal,
                     message: e.diagnostics,
                 },
-                Ok(Err(e)) => not_recorded(e),
                 Err(e) => not_recorded(e),
             };
             send_frame(&mut send, &frame).await?;
@@ -1304,6 +1400,18 @@ async fn serve_stream(
     }
     send.finish()?;
     Ok(())
+}
+
+/// Runs blocking storage work from an async task: in place on a multi-threaded runtime (the
+/// worker hands its other tasks to another thread, and this task goes on without waiting
+/// for a thread of the blocking pool to wake and answer), else on the blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(work)),
+        _ => tokio::task::spawn_blocking(work).await,
+    }
 }
 
 /// How a holder's answer to a request ended, for its trail entry.
@@ -1319,7 +1427,7 @@ fn outcome_of_answer<T>(answer: &Result<T, (FetchErrorCode, String)>) -> AuditOu
 fn not_recorded(e: impl std::fmt::Display) -> FetchFrame {
     FetchFrame::Error {
         code: FetchErrorCode::Internal,
-        message: format!("the holder cannot record the access, so it serves nothing: {e}"),
+        message: format!("the holder cannot record the access, so its answer does not count: {e}"),
     }
 }
 

@@ -10,7 +10,7 @@
 //! `incomplete`. Copies of one shared resource held by several nodes are merged into one
 //! entry that carries every origin.
 
-use crate::data_plane::{DataPlane, Holding};
+use crate::data_plane::{DataPlane, Holding, RecordConfirmation};
 use crate::fhir::{FhirError, FhirService};
 use crate::mesh::Mesh;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -46,6 +46,86 @@ pub struct Resolved {
     pub bundle: Value,
     /// One entry per holder asked (and a consent decision where it withheld).
     pub pulls: Vec<zorgmesh_protocol::audit::AuditRecord>,
+    /// The confirmations still to come from the holders whose answers the bundle holds:
+    /// the bundle may be answered only once [`Unconfirmed::settle`] has said so.
+    pub unconfirmed: Option<Unconfirmed>,
+}
+
+/// What one holder's fetch came to.
+struct Fetched {
+    node: NodeId,
+    name: String,
+    /// Its resources, whether they differ from its locator entry, whether consent withheld
+    /// some; or why the fetch failed.
+    result: Result<(Vec<Value>, Option<String>, bool), String>,
+    /// The trail entries of the pull (none for this node's own data).
+    records: Vec<zorgmesh_protocol::audit::AuditRecord>,
+    /// The holder's confirmation still to come.
+    confirmation: Option<RecordConfirmation>,
+}
+
+/// A dossier whose holders have sent their answers but not yet confirmed that they
+/// recorded the access (their `End`).
+pub struct Unconfirmed {
+    resolver: DossierResolver,
+    context: crate::data_plane::RequestContext,
+    patient: PatientKey,
+    /// Holders left out already (by an earlier round), and why.
+    excluded: HashMap<NodeId, String>,
+    /// The holders' deadline: a confirmation counts only before it.
+    deadline: tokio::time::Instant,
+    pending: Vec<(NodeId, String, RecordConfirmation)>,
+}
+
+impl Unconfirmed {
+    /// Waits for every holder's confirmation, until the holders' deadline. `None`: all
+    /// confirmed, the dossier stands as assembled. `Some`: the dossier resolved again
+    /// without the holders that did not confirm (named as failed, with why), whose pull
+    /// entries include the discarded answers. (Rare: a holder that sent its answer but could
+    /// not record it, or went away before its `End`; each round leaves out at least one
+    /// more holder, so the rounds end.)
+    pub async fn settle(mut self) -> Option<Resolved> {
+        let deadline = self.deadline;
+        let timeout_ms = self.resolver.holder_timeout_ms;
+        let waits = self
+            .pending
+            .drain(..)
+            .map(|(node, name, confirmation)| async move {
+                let confirmed =
+                    match tokio::time::timeout_at(deadline, confirmation.recorded()).await {
+                        Ok(confirmed) => confirmed.map_err(|e| e.to_string()),
+                        Err(_) => Err(format!("no confirmation within {timeout_ms} ms")),
+                    };
+                (node, name, confirmed)
+            });
+        let mut discarded = Vec::new();
+        for (node, name, confirmed) in futures::future::join_all(waits).await {
+            if let Err(reason) = confirmed {
+                let reason = format!(
+                    "{name} sent its answer but did not confirm that it recorded the access, so the answer was discarded: {reason}"
+                );
+                tracing::warn!(holder = %name, %reason, "a holder's answer was discarded");
+                discarded.push(pull_record(
+                    &self.context,
+                    &self.resolver.organisation,
+                    self.patient,
+                    &name,
+                    &Err(reason.clone()),
+                ));
+                self.excluded.insert(node, reason);
+            }
+        }
+        if discarded.is_empty() {
+            return None;
+        }
+        let mut again = self
+            .resolver
+            .resolve_without(self.patient, &self.context, self.excluded)
+            .await;
+        discarded.append(&mut again.pulls);
+        again.pulls = discarded;
+        Some(again)
+    }
 }
 
 /// Resolves dossiers for the API.
@@ -105,13 +185,27 @@ impl DossierResolver {
             .ok_or_else(|| FhirError::internal("the evaluators returned no key"))
     }
 
-    /// Resolves one patient's dossier.
+    /// Resolves one patient's dossier. The holders' confirmations that they recorded their
+    /// answers are left in [`Resolved::unconfirmed`], so that this node records its own
+    /// entries while they come.
     pub async fn resolve(
         &self,
         patient: PatientKey,
         context: &crate::data_plane::RequestContext,
     ) -> Resolved {
+        self.resolve_without(patient, context, HashMap::new()).await
+    }
+
+    /// [`Self::resolve`], leaving out the holders in `excluded` (named as failed, with why).
+    async fn resolve_without(
+        &self,
+        patient: PatientKey,
+        context: &crate::data_plane::RequestContext,
+        excluded: HashMap<NodeId, String>,
+    ) -> Resolved {
         let started = Instant::now();
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_millis(self.holder_timeout_ms);
         let holders = self.mesh.holders(&patient);
         let mut plan = ResolutionPlan::new(
             patient,
@@ -119,67 +213,17 @@ impl DossierResolver {
             crate::fhir::service::now_ms(),
             self.holder_timeout_ms,
         );
+        for (node, reason) in &excluded {
+            plan.failed(node, reason.clone());
+        }
         let mut fetches = FuturesUnordered::new();
         for holder in plan.pending().cloned().collect::<Vec<_>>() {
-            let me = self.mesh.own();
-            let data_plane = self.data_plane.clone();
-            let fhir = self.fhir.clone();
-            let organisation = self.organisation.clone();
-            fetches.push(async move {
-                let node = holder.info.node;
-                let result = if node == me {
-                    fhir.everything_for_key(&patient)
-                        .map(|resources| (resources, None, false))
-                        .map_err(|e| e.diagnostics)
-                } else {
-                    match holder.data_address.as_deref() {
-                        Some(address) => match crate::data_plane::resolve_address(address).await {
-                            Ok(addr) => data_plane
-                                .fetch_patient(node, &holder.info.name, addr, patient, context)
-                                .await
-                                .map(|answer| {
-                                    // Withheld by consent: the answer is partial by the
-                                    // patient's will, so not checked against the entry.
-                                    let mismatch = if answer.withheld_by_consent {
-                                        None
-                                    } else {
-                                        holding_mismatch(
-                                            &holder.entry,
-                                            &answer.resources,
-                                            answer.holding,
-                                        )
-                                    };
-                                    (answer.resources, mismatch, answer.withheld_by_consent)
-                                })
-                                .map_err(|e| failure_reason(&e)),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        None => Err("no data-plane address known for this holder".to_owned()),
-                    }
-                };
-                if node != me {
-                    let pull =
-                        pull_record(context, &organisation, patient, &holder.info.name, &result);
-                    let mut records = vec![pull.clone()];
-                    if matches!(result, Ok((_, _, true))) {
-                        records.push(zorgmesh_protocol::audit::AuditRecord {
-                            action: crate::audit::AuditAction::ConsentDecision,
-                            outcome: crate::audit::AuditOutcome::Denied,
-                            detail: format!(
-                                "{} withheld some or all of its data by the patient's consent",
-                                holder.info.name
-                            ),
-                            ..pull
-                        });
-                    }
-                    return (node, result, records);
-                }
-                (node, result, Vec::new())
-            });
+            fetches.push(self.fetch_from(holder, patient, context));
         }
         let mut results: HashMap<NodeId, Vec<Value>> = HashMap::new();
         let mut mismatches: HashMap<NodeId, String> = HashMap::new();
         let mut withheld: std::collections::HashSet<NodeId> = Default::default();
+        let mut pending = Vec::new();
         // The pulls made, for the trail: recorded with the dossier's own entry, in one sync,
         // before the dossier is answered.
         let mut pulls = Vec::new();
@@ -187,7 +231,8 @@ impl DossierResolver {
             let deadline = plan.next_deadline().unwrap_or(0);
             let wait = deadline.saturating_sub(crate::fhir::service::now_ms());
             tokio::select! {
-                Some((node, result, records)) = fetches.next() => {
+                Some(fetched) = fetches.next() => {
+                    let Fetched { node, name, result, records, confirmation } = fetched;
                     pulls.extend(records);
                     match result {
                     Ok((resources, mismatch, by_consent)) => {
@@ -205,6 +250,7 @@ impl DossierResolver {
                             if let Some(mismatch) = mismatch {
                                 mismatches.insert(node, mismatch);
                             }
+                            pending.extend(confirmation.map(|c| (node, name, c)));
                         }
                     }
                     Err(reason) => plan.failed(&node, reason),
@@ -216,18 +262,99 @@ impl DossierResolver {
             }
         }
         // A holder that answered after the deadline still served: its pull is recorded.
-        while let Some(Some((_, _, records))) = fetches.next().now_or_never() {
-            pulls.extend(records);
+        while let Some(Some(fetched)) = fetches.next().now_or_never() {
+            pulls.extend(fetched.records);
         }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let bundle = self.assemble(&plan, results, &mismatches, &withheld, elapsed_ms);
+        let unconfirmed = (!pending.is_empty()).then(|| Unconfirmed {
+            resolver: self.clone(),
+            context: context.clone(),
+            patient,
+            excluded,
+            deadline,
+            pending,
+        });
         Resolved {
-            bundle: self.assemble(
-                &plan,
-                results,
-                &mismatches,
-                &withheld,
-                started.elapsed().as_millis() as u64,
-            ),
+            bundle,
             pulls,
+            unconfirmed,
+        }
+    }
+
+    /// Fetches the patient's data from one holder (this node's own read locally), with the
+    /// trail entries of the pull.
+    fn fetch_from<'a>(
+        &self,
+        holder: HolderLocation,
+        patient: PatientKey,
+        context: &'a crate::data_plane::RequestContext,
+    ) -> impl std::future::Future<Output = Fetched> + 'a {
+        let me = self.mesh.own();
+        let data_plane = self.data_plane.clone();
+        let fhir = self.fhir.clone();
+        let organisation = self.organisation.clone();
+        async move {
+            let node = holder.info.node;
+            let name = holder.info.name.clone();
+            if node == me {
+                let result = fhir
+                    .everything_for_key(&patient)
+                    .map(|resources| (resources, None, false))
+                    .map_err(|e| e.diagnostics);
+                return Fetched {
+                    node,
+                    name,
+                    result,
+                    records: Vec::new(),
+                    confirmation: None,
+                };
+            }
+            let fetched = match holder.data_address.as_deref() {
+                Some(address) => match crate::data_plane::resolve_address(address).await {
+                    Ok(addr) => data_plane
+                        .fetch_patient(node, &name, addr, patient, context)
+                        .await
+                        .map_err(|e| failure_reason(&e)),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Err("no data-plane address known for this holder".to_owned()),
+            };
+            let (result, confirmation) = match fetched {
+                Ok((answer, confirmation)) => {
+                    // Withheld by consent: the answer is partial by the patient's will, so
+                    // not checked against the entry.
+                    let mismatch = if answer.withheld_by_consent {
+                        None
+                    } else {
+                        holding_mismatch(&holder.entry, &answer.resources, answer.holding)
+                    };
+                    (
+                        Ok((answer.resources, mismatch, answer.withheld_by_consent)),
+                        confirmation,
+                    )
+                }
+                Err(reason) => (Err(reason), None),
+            };
+            let pull = pull_record(context, &organisation, patient, &name, &result);
+            let mut records = vec![pull.clone()];
+            if matches!(result, Ok((_, _, true))) {
+                records.push(zorgmesh_protocol::audit::AuditRecord {
+                    action: crate::audit::AuditAction::ConsentDecision,
+                    outcome: crate::audit::AuditOutcome::Denied,
+                    detail: format!(
+                        "{name} withheld some or all of its data by the patient's consent"
+                    ),
+                    ..pull
+                });
+            }
+            Fetched {
+                node,
+                name,
+                result,
+                records,
+                confirmation,
+            }
         }
     }
 

@@ -71,6 +71,9 @@ struct Holder {
     node: NodeId,
     patient: PatientKey,
     _shutdown: watch::Sender<bool>,
+    /// Closes the holder's access trail alone (the data plane goes on).
+    trail_stop: watch::Sender<bool>,
+    trail_writer: tokio::task::JoinHandle<()>,
     storage: Arc<Storage>,
 }
 
@@ -143,10 +146,11 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
         ))
     });
     let signing = tls.key.clone();
-    let (audit, _) = zorgmesh_node::audit::AuditTrail::open(
+    let (trail_stop, trail_rx) = watch::channel(false);
+    let (audit, trail_writer) = zorgmesh_node::audit::AuditTrail::open(
         dir.path(),
         Arc::new(move || signing.clone()),
-        rx.clone(),
+        trail_rx,
     )
     .unwrap();
     let consent = zorgmesh_node::consent::ConsentEnforcer {
@@ -162,6 +166,8 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
         node: NodeId(tls.key.verifying_key().to_bytes()),
         patient,
         _shutdown: shutdown,
+        trail_stop,
+        trail_writer,
         storage,
     }
 }
@@ -179,6 +185,13 @@ async fn a_certified_client_fetches_the_patients_resources() {
             holder.patient,
             &RequestContext::system_treatment(),
         )
+        .await
+        .unwrap();
+    let (answer, confirmation) = answer;
+    // The answer counts once the holder says it recorded the access (its End).
+    confirmation
+        .expect("a proof frame, then the End to come")
+        .recorded()
         .await
         .unwrap();
     let (resources, holding) = (answer.resources, answer.holding);
@@ -208,7 +221,43 @@ async fn a_certified_client_fetches_the_patients_resources() {
         )
         .await
         .unwrap();
-    assert!(none.resources.is_empty());
+    none.1.expect("a proof frame").recorded().await.unwrap();
+    assert!(none.0.resources.is_empty());
+}
+
+#[tokio::test]
+async fn an_answer_the_holder_cannot_record_ends_in_an_error_not_its_end() {
+    let ca = ca(1);
+    let holder = holder(&ca).await;
+    let client = loopback_plane(&identity(&ca, "client", 20));
+    // The holder's trail closes (as when its disk fails): it still sends what it would
+    // release and its proof, but then `Error` in place of the `End` that makes the answer
+    // count.
+    holder.trail_stop.send(true).unwrap();
+    holder.trail_writer.await.unwrap();
+    let (answer, confirmation) = client
+        .fetch_patient(
+            holder.node,
+            "holder",
+            holder.addr,
+            holder.patient,
+            &RequestContext::system_treatment(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.resources.len(), 2);
+    let refused = confirmation
+        .expect("a proof frame, then the End or an error")
+        .recorded()
+        .await
+        .unwrap_err();
+    match refused {
+        FetchError::Remote { code, message } => {
+            assert_eq!(code, zorgmesh_protocol::fetch::FetchErrorCode::Internal);
+            assert!(message.contains("trail"), "{message}");
+        }
+        other => panic!("expected the holder's error, got {other}"),
+    }
 }
 
 #[tokio::test]
@@ -694,6 +743,7 @@ async fn a_flood_of_unfinished_handshakes_keeps_no_certified_peer_out() {
             )
             .await
             .unwrap_or_else(|e| panic!("client {seed} was kept out: {e}"))
+            .0
             .resources;
         slowest = slowest.max(started.elapsed());
         assert!(!resources.is_empty());

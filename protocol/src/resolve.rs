@@ -118,6 +118,21 @@ impl ResolutionPlan {
         }
     }
 
+    /// Takes back a holder's answer that turned out unusable after it was counted (the
+    /// holder did not confirm that it recorded the access): the holder ends as `Failed`.
+    /// Returns false when the holder had not answered.
+    pub fn withdraw(&mut self, node: &NodeId, reason: String) -> bool {
+        match self.holders.iter_mut().find(|h| {
+            h.location.info.node == *node && matches!(h.state, HolderState::Answered { .. })
+        }) {
+            Some(holder) => {
+                holder.state = HolderState::Failed { reason };
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Marks every pending holder whose deadline has passed as timed out and returns them.
     pub fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
         let mut expired = Vec::new();
@@ -151,5 +166,92 @@ impl ResolutionPlan {
     /// Every holder and how its fetch ended (or stands).
     pub fn holders(&self) -> &[PlannedHolder] {
         &self.holders
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{NodeRole, PublisherInfo};
+    use crate::locator::LocatorEntry;
+
+    fn holder(n: u8, address: Option<&str>) -> HolderLocation {
+        let node = NodeId([n; 32]);
+        HolderLocation {
+            info: PublisherInfo {
+                node,
+                name: format!("node-{n}"),
+                organisation_ura: format!("0000000{n}"),
+                organisation_name: format!("Organisation {n}"),
+                region: "noord".into(),
+                role: NodeRole::Institution,
+                valid_from_ms: 0,
+                valid_until_ms: u64::MAX,
+            },
+            data_address: address.map(str::to_owned),
+            entry: LocatorEntry {
+                patient: PatientKey([9; 32]),
+                holder: node,
+                categories: 1,
+                commitment: [0; 32],
+                updated_at_ms: 0,
+                retracted: false,
+            },
+        }
+    }
+
+    #[test]
+    fn every_holder_ends_answered_failed_or_timed_out() {
+        let mut plan = ResolutionPlan::new(
+            PatientKey([9; 32]),
+            vec![
+                holder(1, Some("a:1")),
+                holder(2, Some("b:1")),
+                holder(3, None),
+            ],
+            1_000,
+            500,
+        );
+        assert_eq!(plan.pending().count(), 2);
+        assert_eq!(plan.next_deadline(), Some(1_500));
+        assert!(plan.answered(&NodeId([1; 32]), 4, 1_100));
+        assert!(!plan.is_finished());
+        assert_eq!(plan.expire(1_499), Vec::<NodeId>::new());
+        assert_eq!(plan.expire(1_500), vec![NodeId([2; 32])]);
+        assert!(plan.is_finished());
+        // A late answer does not count.
+        assert!(!plan.answered(&NodeId([2; 32]), 1, 1_600));
+        let states: Vec<_> = plan.holders().iter().map(|h| h.state.clone()).collect();
+        assert_eq!(
+            states,
+            vec![
+                HolderState::Answered {
+                    resources: 4,
+                    elapsed_ms: 100
+                },
+                HolderState::TimedOut,
+                HolderState::Failed {
+                    reason: "no data-plane address known for this holder".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_answer_withdrawn_after_it_counted_ends_failed() {
+        let mut plan =
+            ResolutionPlan::new(PatientKey([9; 32]), vec![holder(1, Some("a:1"))], 0, 500);
+        // Only an answered holder can be withdrawn.
+        assert!(!plan.withdraw(&NodeId([1; 32]), "not yet".into()));
+        assert!(plan.answered(&NodeId([1; 32]), 2, 10));
+        assert!(plan.withdraw(&NodeId([1; 32]), "not recorded".into()));
+        assert_eq!(
+            plan.holders()[0].state,
+            HolderState::Failed {
+                reason: "not recorded".into()
+            }
+        );
+        assert!(!plan.withdraw(&NodeId([1; 32]), "twice".into()));
+        assert!(!plan.withdraw(&NodeId([2; 32]), "unknown".into()));
     }
 }

@@ -1,16 +1,28 @@
-//! The trail on disk: two append-only files in `<data_dir>/audit/`.
+//! The trail on disk: two files of frames in `<data_dir>/audit/`.
 //!
 //! - `trail.log`: the entries, each framed as a 4-byte big-endian length and the entry's
 //!   encoding (at most [`MAX_ENTRY_BYTES`]).
 //! - `checkpoints.log`: the signed checkpoints, framed the same way.
 //!
-//! A write is a whole group of frames followed by `fdatasync`; a failed write is cut off
-//! again, so a file never keeps a frame that was not acknowledged, except that a crash in
-//! the middle of a write can leave a torn last frame, which the next open cuts off (it was
-//! never acknowledged: the sync comes after the write).
+//! **Preallocated.** A file is grown ahead of its frames in zero-filled extents (doubling
+//! from [`FIRST_EXTENT`] to [`MAX_EXTENT`], each written and synced once), and frames
+//! overwrite the zeros in place: the `fdatasync` after a write then has no size or block
+//! allocation to commit, only the data (one device write instead of two). The written part
+//! of a file ends at the first zero length prefix (no frame is empty), or at the end of the
+//! file.
+//!
+//! **Torn writes.** A write is at most [`MAX_WRITE_BYTES`] of whole frames followed by
+//! `fdatasync`; a failed write is zeroed again, so a file never keeps a frame that was not
+//! acknowledged, except after a crash in the middle of a write: then some of its sectors may
+//! be on disk and others still zero. At the next open such a tail is recognised, and zeroed
+//! (it was never acknowledged: the sync comes after the write), when the first frame that
+//! cannot be read shows a zero sector (or is a zero length prefix) and nothing but zeros
+//! lies more than one write beyond it. Anything else that cannot be read is damage: the
+//! node does not continue a trail it cannot read.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use zorgmesh_protocol::audit::{AuditEntry, ChainHead, SignedCheckpoint, MAX_ENTRY_BYTES};
 use zorgmesh_protocol::codec;
@@ -23,6 +35,15 @@ pub const TRAIL_FILE: &str = "trail.log";
 pub const CHECKPOINT_FILE: &str = "checkpoints.log";
 /// Largest encoded checkpoint.
 pub const MAX_CHECKPOINT_BYTES: usize = 256;
+/// Bytes of frames one write carries, at most (a larger group is written in several): the
+/// reach of a write torn by a crash.
+pub const MAX_WRITE_BYTES: usize = 256 * 1024;
+/// The first zero-filled extent of a new file.
+pub const FIRST_EXTENT: u64 = 64 * 1024;
+/// The largest extent a file grows by at once.
+pub const MAX_EXTENT: u64 = 8 * 1024 * 1024;
+/// The granule of a torn write: a crash leaves each sector of a write whole or zero.
+const SECTOR: u64 = 512;
 
 /// Why the trail cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +79,7 @@ pub enum Frame {
     Oversized { offset: u64, length: u32 },
 }
 
-/// Reads the frames of a file, up to `limit` bytes of it.
+/// Reads the frames of a file, up to `limit` bytes of it or its first zero length prefix.
 pub struct FrameReader {
     reader: BufReader<std::io::Take<File>>,
     offset: u64,
@@ -98,6 +119,11 @@ impl Iterator for FrameReader {
             Err(e) => return Some(Err(e)),
         }
         let length = u32::from_be_bytes(prefix);
+        if length == 0 {
+            // The end of the written part (the zeros of a preallocated extent).
+            self.done = true;
+            return None;
+        }
         if length as usize > self.max {
             self.done = true;
             return Some(Ok(Frame::Oversized { offset, length }));
@@ -131,8 +157,10 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Appends `bytes` as one frame to `out`.
+/// Appends `bytes` (never empty: a zero length ends a file's written part) as one frame to
+/// `out`.
 pub fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
+    debug_assert!(!bytes.is_empty());
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
 }
@@ -141,12 +169,92 @@ pub fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
 pub struct AppendFile {
     path: PathBuf,
     file: File,
+    /// Bytes of frames acknowledged (where the next write goes).
     len: u64,
+    /// Bytes of the file (zeros after `len`).
+    allocated: u64,
+    /// Set when a failed write could not be zeroed again: nothing more is written.
+    broken: bool,
+}
+
+/// Whether `bytes` holds no 1 bit.
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// Reads `[from, to)` of `file` (clipped to its length) in pieces, handing each to `each`
+/// with its offset; stops early when `each` says so.
+fn scan(
+    file: &File,
+    from: u64,
+    to: u64,
+    mut each: impl FnMut(u64, &[u8]) -> bool,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(buf.len());
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        if !each(at, &buf[..n]) {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether `[from, to)` of `file` is all zeros.
+fn zeros_between(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut zero = true;
+    scan(file, from, to, |_, piece| {
+        zero = all_zero(piece);
+        zero
+    })?;
+    Ok(zero)
+}
+
+/// Whether `[from, to)` of `file` has a whole zero sector, or ends in a zero part of one: the
+/// mark a crash leaves in a write it cut short.
+fn has_zero_sector(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut sector = from.div_ceil(SECTOR) * SECTOR;
+    while sector < to {
+        let end = (sector + SECTOR).min(to);
+        // A short run at the very end of a frame is no mark (an encoding may end in zeros).
+        if end - sector >= 8 && zeros_between(file, sector, end)? {
+            return Ok(true);
+        }
+        sector += SECTOR;
+    }
+    Ok(false)
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 64 * 1024];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Why the frames of a file stop before its end: a frame that cannot be read.
+struct Stop {
+    offset: u64,
+    /// How far the unreadable frame claims to reach.
+    claimed_end: u64,
+    message: String,
 }
 
 impl AppendFile {
-    /// Opens (or creates) `path`, cuts off a torn last frame, and hands each whole frame's
-    /// bytes to `each`. A frame that cannot be read before the end is an error.
+    /// Opens (or creates) `path`, zeroes a tail torn by a crash, and hands each whole frame's
+    /// bytes to `each` (which says why a frame is not acceptable). A frame that cannot be
+    /// read, other than in a torn tail, is an error.
     fn open(
         path: &Path,
         max: usize,
@@ -154,58 +262,126 @@ impl AppendFile {
     ) -> Result<Self, TrailFileError> {
         let file = OpenOptions::new()
             .create(true)
+            .truncate(false)
             .read(true)
-            .append(true)
+            .write(true)
             .open(path)
             .map_err(io_error(path))?;
         let total = file.metadata().map_err(io_error(path))?.len();
         let mut good = 0u64;
+        let mut stop: Option<Stop> = None;
         for frame in FrameReader::open(path, u64::MAX, max)? {
             match frame.map_err(io_error(path))? {
                 Frame::Whole { offset, bytes } => {
-                    each(offset, &bytes).map_err(|message| TrailFileError::Damaged {
-                        path: path.display().to_string(),
-                        offset,
-                        message,
-                    })?;
+                    if let Err(message) = each(offset, &bytes) {
+                        stop = Some(Stop {
+                            offset,
+                            claimed_end: offset + 4 + bytes.len() as u64,
+                            message,
+                        });
+                        break;
+                    }
                     good = offset + 4 + bytes.len() as u64;
                 }
                 Frame::Torn { offset } => {
-                    tracing::warn!(path = %path.display(), offset, cut = total - offset, "the audit trail ends in a torn frame (a write cut short by a crash, never acknowledged): cutting it off");
+                    stop = Some(Stop {
+                        offset,
+                        claimed_end: total,
+                        message: "the file ends inside a frame".into(),
+                    });
                 }
                 Frame::Oversized { offset, length } => {
-                    return Err(TrailFileError::Damaged {
-                        path: path.display().to_string(),
+                    stop = Some(Stop {
                         offset,
+                        claimed_end: offset + 4,
                         message: format!("a frame claims {length} bytes, more than any entry"),
-                    })
+                    });
                 }
             }
         }
-        if good < total {
-            file.set_len(good).map_err(io_error(path))?;
+        let damaged = |offset: u64, message: String| TrailFileError::Damaged {
+            path: path.display().to_string(),
+            offset,
+            message,
+        };
+        // What lies beyond the last whole frame: zeros, the remains of one torn write, or
+        // damage.
+        let reach = good + MAX_WRITE_BYTES as u64;
+        let beyond_is_clear = zeros_between(&file, reach, total).map_err(io_error(path))?;
+        let torn = match &stop {
+            Some(stop) => {
+                let torn_mark = has_zero_sector(&file, stop.offset, stop.claimed_end.min(total))
+                    .map_err(io_error(path))?
+                    || stop.claimed_end >= total;
+                if !(beyond_is_clear && torn_mark) {
+                    return Err(damaged(stop.offset, stop.message.clone()));
+                }
+                true
+            }
+            None => {
+                if !beyond_is_clear {
+                    return Err(damaged(
+                        good,
+                        "bytes lie beyond the end of the trail's frames".into(),
+                    ));
+                }
+                !zeros_between(&file, good, reach.min(total)).map_err(io_error(path))?
+            }
+        };
+        if torn {
+            let cut_to = reach.min(total);
+            tracing::warn!(path = %path.display(), offset = good, cut = cut_to - good, "the audit trail ends in a write cut short by a crash (never acknowledged): zeroing it");
+            write_zeros(&file, good, cut_to).map_err(io_error(path))?;
             file.sync_all().map_err(io_error(path))?;
         }
         Ok(Self {
             path: path.to_path_buf(),
             file,
             len: good,
+            allocated: total,
+            broken: false,
         })
     }
 
-    /// Writes `frames` (whole frames) and syncs them to disk. On failure the file is cut
-    /// back to where it was, so it holds nothing that was not acknowledged.
+    /// Grows the file with zero-filled extents until `needed` bytes fit, and syncs them.
+    fn allocate(&mut self, needed: u64) -> std::io::Result<()> {
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        let mut target = self.allocated;
+        while target < needed {
+            target += target.clamp(FIRST_EXTENT, MAX_EXTENT);
+        }
+        write_zeros(&self.file, self.allocated, target)?;
+        self.file.sync_data()?;
+        self.allocated = target;
+        Ok(())
+    }
+
+    /// Writes `frames` (whole frames, at most [`MAX_WRITE_BYTES`]) and syncs them to disk. On
+    /// failure the bytes are zeroed again, so the file holds nothing that was not
+    /// acknowledged.
     pub fn append_durably(&mut self, frames: &[u8]) -> Result<(), TrailFileError> {
+        debug_assert!(frames.len() <= MAX_WRITE_BYTES);
+        if self.broken {
+            return Err(io_error(&self.path)(std::io::Error::other(
+                "an earlier failed write could not be undone; restart the node",
+            )));
+        }
+        let end = self.len + frames.len() as u64;
         let written = self
-            .file
-            .write_all(frames)
+            .allocate(end)
+            .and_then(|()| self.file.write_all_at(frames, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
-            let _ = self.file.set_len(self.len);
-            let _ = self.file.seek(SeekFrom::End(0));
+            let undone = write_zeros(&self.file, self.len, end.min(self.allocated))
+                .and_then(|()| self.file.sync_data());
+            if undone.is_err() {
+                self.broken = true;
+            }
             return Err(io_error(&self.path)(e));
         }
-        self.len += frames.len() as u64;
+        self.len = end;
         Ok(())
     }
 

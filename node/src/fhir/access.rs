@@ -6,8 +6,10 @@ use crate::audit::{AuditAction, AuditOutcome, AuditTrail};
 use crate::auth::Principal;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use zorgmesh_protocol::audit::AuditRecord;
 use zorgmesh_protocol::claims::{Practitioner, PurposeOfUse};
 use zorgmesh_protocol::PatientKey;
@@ -22,6 +24,48 @@ pub struct AccessNote {
     /// Entries the handler made (the pulls of a `$dossier`), recorded with the request's
     /// own in one sync.
     pub also: Vec<AuditRecord>,
+    /// What must still settle before the answer may go out (the holders' confirmations of
+    /// a `$dossier`), awaited while the entries are written.
+    pub settling: Settling,
+}
+
+/// Work an answer waits for besides its own entries: it ends either with the answer
+/// standing (`None`) or with a replacement answer (`Some`), which is recorded in turn.
+/// (A response extension is `Clone + Sync`, so the future sits behind a shared slot that the
+/// trail takes it from once.)
+#[derive(Clone, Default)]
+pub struct Settling(Option<Arc<Mutex<Option<SettlingWork>>>>);
+
+/// What an answer waits for: `Some` replacement answer, or `None`.
+type SettlingWork = BoxFuture<'static, Option<Response>>;
+
+impl Settling {
+    /// Nothing to wait for.
+    pub fn none() -> Self {
+        Self(None)
+    }
+
+    /// Waits for `work` before the answer goes out.
+    pub fn on(work: impl std::future::Future<Output = Option<Response>> + Send + 'static) -> Self {
+        Self(Some(Arc::new(Mutex::new(Some(Box::pin(work))))))
+    }
+
+    /// The work, once.
+    fn take(&self) -> Option<SettlingWork> {
+        self.0
+            .as_ref()
+            .and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take())
+    }
+}
+
+impl std::fmt::Debug for Settling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Settling(..)"
+        } else {
+            "Settling(none)"
+        })
+    }
 }
 
 impl AccessNote {
@@ -35,6 +79,7 @@ impl AccessNote {
             patients,
             what: crate::data_plane::resource_summary_of(resources),
             also: Vec::new(),
+            settling: Settling::none(),
         }
     }
 
@@ -99,29 +144,62 @@ impl Requester {
 
 /// Records the answered request (one entry per patient whose data it holds) and returns the
 /// response, or a 500 in its place when the trail cannot take it: an access that is not in
-/// the trail is not answered.
+/// the trail is not answered. What the answer still waits for ([`AccessNote::settling`]) is
+/// awaited while its entries are written; a replacement answer it yields is recorded and
+/// returned in its place.
 pub async fn record_answer(
     trail: &AuditTrail,
     requester: Requester,
     method: &Method,
     path: &str,
-    response: Response,
+    mut response: Response,
 ) -> Response {
-    let note = response
-        .extensions()
-        .get::<AccessNote>()
-        .cloned()
-        .unwrap_or_default();
+    loop {
+        let note = response
+            .extensions_mut()
+            .remove::<AccessNote>()
+            .unwrap_or_default();
+        let records = records_of_answer(&requester, method, path, response.status(), &note);
+        let settling = note.settling.take();
+        let (appended, replacement) = futures::future::join(trail.append_all(records), async {
+            match settling {
+                Some(work) => work.await,
+                None => None,
+            }
+        })
+        .await;
+        if let Err(e) = appended {
+            tracing::error!(error = %e, %path, "an answer was withheld: the access trail cannot record it");
+            return FhirError::internal(format!(
+                "the access could not be recorded in the node's access trail, so it is not answered: {e}"
+            ))
+            .into_response();
+        }
+        match replacement {
+            None => return response,
+            Some(replacement) => response = replacement,
+        }
+    }
+}
+
+/// The entries of an answered request: the handler's own, then one per patient whose data
+/// the answer holds (one without a patient when it holds none).
+fn records_of_answer(
+    requester: &Requester,
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    note: &AccessNote,
+) -> Vec<AuditRecord> {
     let action = match action_of(method, path) {
         AuditAction::Dossier
-            if response.status().is_success()
-                && requester.purpose == Some(PurposeOfUse::Emergency) =>
+            if status.is_success() && requester.purpose == Some(PurposeOfUse::Emergency) =>
         {
             AuditAction::BreakTheGlass
         }
         action => action,
     };
-    let outcome = outcome_of(response.status());
+    let outcome = outcome_of(status);
     let what = if note.what.is_empty() {
         format!("{method} {path}")
     } else {
@@ -130,7 +208,7 @@ pub async fn record_answer(
     let detail = if outcome == AuditOutcome::Success {
         String::new()
     } else {
-        format!("answered {}", response.status().as_u16())
+        format!("answered {}", status.as_u16())
     };
     let record = |patient: Option<PatientKey>| AuditRecord {
         at_ms: super::service::now_ms(),
@@ -150,14 +228,7 @@ pub async fn record_answer(
     } else {
         records.extend(note.patients.iter().map(|p| record(Some(*p))));
     }
-    if let Err(e) = trail.append_all(records).await {
-        tracing::error!(error = %e, %path, "an answer was withheld: the access trail cannot record it");
-        return FhirError::internal(format!(
-            "the access could not be recorded in the node's access trail, so it is not answered: {e}"
-        ))
-        .into_response();
-    }
-    response
+    records
 }
 
 /// Records a failed authentication.

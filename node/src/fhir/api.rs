@@ -572,6 +572,35 @@ async fn create(
     }
 }
 
+/// A `$dossier` answer (without what `who` may not read), noting the patient, what it holds
+/// and the pull entries for the trail. It goes out once every holder whose data it holds
+/// has confirmed that it recorded the pull (awaited while this node records its own
+/// entries); without a holder that did not, the dossier is resolved again and that answer
+/// goes out in its place.
+fn dossier_answer(
+    who: std::sync::Arc<Principal>,
+    patient: zorgmesh_protocol::PatientKey,
+    resolved: crate::dossier::Resolved,
+) -> Response {
+    let mut bundle = resolved.bundle;
+    withhold_unreadable(&mut bundle, &who);
+    let what = crate::data_plane::resource_summary_of(bundle_resources(&bundle));
+    let settling = match resolved.unconfirmed {
+        Some(unconfirmed) => access::Settling::on(async move {
+            let again = unconfirmed.settle().await?;
+            Some(dossier_answer(who, patient, again))
+        }),
+        None => access::Settling::none(),
+    };
+    AccessNote {
+        patients: [patient].into(),
+        what,
+        also: resolved.pulls,
+        settling,
+    }
+    .attach(fhir_response(StatusCode::OK, &bundle))
+}
+
 async fn read(
     State(state): State<ApiState>,
     Extension(who): Who,
@@ -589,17 +618,7 @@ async fn read(
         }
         .await;
         return match result {
-            Ok((patient, resolved)) => {
-                let mut bundle = resolved.bundle;
-                withhold_unreadable(&mut bundle, &who);
-                let what = crate::data_plane::resource_summary_of(bundle_resources(&bundle));
-                AccessNote {
-                    patients: [patient].into(),
-                    what,
-                    also: resolved.pulls,
-                }
-                .attach(fhir_response(StatusCode::OK, &bundle))
-            }
+            Ok((patient, resolved)) => dossier_answer(who, patient, resolved),
             Err(e) => e.into_response(),
         };
     }
@@ -621,6 +640,7 @@ async fn read(
                 patients: [patient].into(),
                 what: format!("access log: {} events", bundle["total"]),
                 also: Vec::new(),
+                settling: access::Settling::none(),
             }
             .attach(fhir_response(StatusCode::OK, &bundle)),
             Err(e) => e.into_response(),
