@@ -346,3 +346,62 @@ async fn a_patient_sees_every_access_to_their_data_across_the_mesh() {
     let said = outcome_text(&log);
     assert!(said.contains("umcg did not answer"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_that_cannot_record_its_answer_is_left_out_of_the_dossier() {
+    let mesh = TestMesh::start(
+        "unrecorded",
+        &[("umcg", "noord"), ("mst", "oost"), ("zgt", "oost")],
+    )
+    .await
+    .unwrap();
+    mesh.post_bundle(1, &patient_bundle(BSN, "mst", 2))
+        .await
+        .unwrap();
+    mesh.post_bundle(2, &patient_bundle(BSN, "zgt", 3))
+        .await
+        .unwrap();
+    mesh.wait_for_entries(2).await.unwrap();
+    // zgt's trail closes (as when its disk fails): it still sends what it would release
+    // and its proof, but not the End that makes its answer count.
+    mesh.node(2).audit.close().await;
+    let dossier = mesh.dossier(0, BSN).await.unwrap();
+    let origins: Vec<String> = dossier["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e["resource"]["meta"]["tag"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|tag| tag["system"] == zorgmesh_node::dossier::ORIGIN_SYSTEM)
+        .map(|tag| tag["code"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(origins.iter().any(|o| o == "mst"), "{dossier}");
+    assert!(
+        origins.iter().all(|o| o != "zgt"),
+        "no resource from the holder that did not record its answer: {dossier}"
+    );
+    let outcome = outcome_text(&dossier);
+    assert!(
+        outcome.contains("zgt") && outcome.contains("did not confirm that it recorded"),
+        "{outcome}"
+    );
+    // umcg's trail records the discarded answer as a failed pull from zgt.
+    let pulls = audit_events(
+        &mesh,
+        0,
+        &format!("patient.identifier={BSN_PARAM}&subtype=pull-made"),
+    )
+    .await;
+    let discarded: Vec<&Value> = pulls
+        .iter()
+        .filter(|e| e.to_string().contains("the answer was discarded"))
+        .collect();
+    assert_eq!(discarded.len(), 1, "{pulls:?}");
+    assert_ne!(discarded[0]["outcome"], "0", "{}", discarded[0]);
+    assert!(discarded[0].to_string().contains("zgt"));
+    mesh.shutdown().await;
+}

@@ -231,6 +231,13 @@ impl AuditTrail {
         Ok(answers)
     }
 
+    /// Closes the trail now, as when its disk fails: the writer signs a last checkpoint and
+    /// stops, and every access is refused from then on (records queued after this are
+    /// refused).
+    pub async fn close(&self) {
+        let _ = self.queue.send(WriterMessage::Stop).await;
+    }
+
     /// Appends `record` and returns its sequence once it is on disk.
     pub async fn append(&self, record: AuditRecord) -> Result<u64, AuditError> {
         let answer = self.enqueue(vec![record]).await?.pop();
