@@ -118,21 +118,6 @@ impl ResolutionPlan {
         }
     }
 
-    /// Takes back a holder's answer that turned out unusable after it was counted (the
-    /// holder did not confirm that it recorded the access): the holder ends as `Failed`.
-    /// Returns false when the holder had not answered.
-    pub fn withdraw(&mut self, node: &NodeId, reason: String) -> bool {
-        match self.holders.iter_mut().find(|h| {
-            h.location.info.node == *node && matches!(h.state, HolderState::Answered { .. })
-        }) {
-            Some(holder) => {
-                holder.state = HolderState::Failed { reason };
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Marks every pending holder whose deadline has passed as timed out and returns them.
     pub fn expire(&mut self, now_ms: u64) -> Vec<NodeId> {
         let mut expired = Vec::new();
@@ -235,23 +220,5 @@ mod tests {
                 },
             ]
         );
-    }
-
-    #[test]
-    fn an_answer_withdrawn_after_it_counted_ends_failed() {
-        let mut plan =
-            ResolutionPlan::new(PatientKey([9; 32]), vec![holder(1, Some("a:1"))], 0, 500);
-        // Only an answered holder can be withdrawn.
-        assert!(!plan.withdraw(&NodeId([1; 32]), "not yet".into()));
-        assert!(plan.answered(&NodeId([1; 32]), 2, 10));
-        assert!(plan.withdraw(&NodeId([1; 32]), "not recorded".into()));
-        assert_eq!(
-            plan.holders()[0].state,
-            HolderState::Failed {
-                reason: "not recorded".into()
-            }
-        );
-        assert!(!plan.withdraw(&NodeId([1; 32]), "twice".into()));
-        assert!(!plan.withdraw(&NodeId([2; 32]), "unknown".into()));
     }
 }
