@@ -1341,7 +1341,6 @@ async fn serve_stream(
     // counts) only with the `End` sent once they are durable, so an answer the requester may
     // use is in the trail.
     let recording = holding.audit.begin_all(records).await;
-
     match answer {
         Ok((release, members, salt)) => {
             tracing::info!(
@@ -1366,11 +1365,7 @@ async fn serve_stream(
                 FetchFrame::ConsentWithheld
             };
             send_frame(&mut send, &proof).await?;
-            let recorded = match recording {
-                Ok(pending) => pending.durable().await,
-                Err(e) => Err(e),
-            };
-            match recorded {
+            match recording.durable().await {
                 Ok(()) => {
                     send_frame(
                         &mut send,
@@ -1384,11 +1379,7 @@ async fn serve_stream(
             }
         }
         Err(e) => {
-            let recorded = match recording {
-                Ok(pending) => pending.durable().await,
-                Err(e) => Err(e),
-            };
-            let frame = match recorded {
+            let frame = match recording.durable().await {
                 Ok(()) => FetchFrame::Error {
                     code: FetchErrorCode::Internal,
                     message: e.diagnostics,

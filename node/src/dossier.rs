@@ -73,7 +73,7 @@ pub struct Unconfirmed {
     /// Holders left out already (by an earlier round), and why.
     excluded: HashMap<NodeId, String>,
     /// The holders' deadline: a confirmation counts only before it.
-    deadline: tokio::time::Instant,
+    confirm_by: tokio::time::Instant,
     pending: Vec<(NodeId, String, RecordConfirmation)>,
 }
 
@@ -85,7 +85,7 @@ impl Unconfirmed {
     /// not record it, or went away before its `End`; each round leaves out at least one
     /// more holder, so the rounds end.)
     pub async fn settle(mut self) -> Option<Resolved> {
-        let deadline = self.deadline;
+        let deadline = self.confirm_by;
         let timeout_ms = self.resolver.holder_timeout_ms;
         let waits = self
             .pending
@@ -204,7 +204,7 @@ impl DossierResolver {
         excluded: HashMap<NodeId, String>,
     ) -> Resolved {
         let started = Instant::now();
-        let deadline =
+        let confirm_by =
             tokio::time::Instant::now() + std::time::Duration::from_millis(self.holder_timeout_ms);
         let holders = self.mesh.holders(&patient);
         let mut plan = ResolutionPlan::new(
@@ -272,7 +272,7 @@ impl DossierResolver {
             context: context.clone(),
             patient,
             excluded,
-            deadline,
+            confirm_by,
             pending,
         });
         Resolved {

@@ -66,11 +66,16 @@ struct Pending {
 #[must_use = "an access is answered only once its entries are durable"]
 pub struct PendingAppend {
     answers: Vec<oneshot::Receiver<Result<u64, AuditError>>>,
+    /// Why some of the records could not even be queued.
+    refused: Option<AuditError>,
 }
 
 impl PendingAppend {
     /// Waits until every record is on disk (or the first that cannot be).
     pub async fn durable(self) -> Result<(), AuditError> {
+        if let Some(refused) = self.refused {
+            return Err(refused);
+        }
         for answer in self.answers {
             answer.await.map_err(|_| AuditError::Closed)??;
         }
@@ -250,20 +255,32 @@ impl AuditTrail {
     /// Appends `records` in order (in one group, one sync, when they are few) and returns
     /// once all are on disk.
     pub async fn append_all(&self, records: Vec<AuditRecord>) -> Result<(), AuditError> {
-        self.begin_all(records).await?.durable().await
+        self.begin_all(records).await.durable().await
     }
 
     /// Hands `records` to the writer and returns at once; [`PendingAppend::durable`] says
-    /// when they are on disk. (The write goes on while the caller does other work.)
-    pub async fn begin_all(&self, records: Vec<AuditRecord>) -> Result<PendingAppend, AuditError> {
+    /// when they are on disk, or why not. (The write goes on while the caller does other
+    /// work.)
+    pub async fn begin_all(&self, records: Vec<AuditRecord>) -> PendingAppend {
         let mut answers = Vec::with_capacity(records.len());
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {
             let message: Vec<AuditRecord> =
                 records.by_ref().take(MAX_RECORDS_PER_MESSAGE).collect();
-            answers.extend(self.enqueue(message).await?);
+            match self.enqueue(message).await {
+                Ok(more) => answers.extend(more),
+                Err(refused) => {
+                    return PendingAppend {
+                        answers,
+                        refused: Some(refused),
+                    }
+                }
+            }
         }
-        Ok(PendingAppend { answers })
+        PendingAppend {
+            answers,
+            refused: None,
+        }
     }
 
     /// The newest entries (at most `limit`, at most [`MAX_QUERY_RESULTS`]) that `query`
