@@ -592,3 +592,43 @@ pub fn outside_python() -> Option<PathBuf> {
     eprintln!("SKIPPED: {message}");
     None
 }
+
+/// The FHIR corpus (`../shared/testdata`, or `ZORGMESH_TESTDATA`). `None`, said on stderr,
+/// when it is absent; a panic instead under `ZORGMESH_REQUIRE_CORPUS=1` (as in CI).
+pub fn corpus_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ZORGMESH_TESTDATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
+    if dir.join("fhir-r4").is_dir() {
+        return Some(dir);
+    }
+    let message = format!(
+        "the FHIR corpus is not at {} (set ZORGMESH_TESTDATA or put ../shared/testdata beside the checkout)",
+        dir.display()
+    );
+    if std::env::var("ZORGMESH_REQUIRE_CORPUS").as_deref() == Ok("1") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    None
+}
+
+/// Every `.json` file in `dir`, sorted by name, parsed.
+pub fn json_files(dir: PathBuf) -> Vec<(String, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                serde_json::from_str(&text).unwrap(),
+            )
+        })
+        .collect()
+}

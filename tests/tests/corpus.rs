@@ -7,46 +7,8 @@
 //! (as in CI), when they fail.
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Instant;
-use zorgmesh_tests::TestMesh;
-
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ZORGMESH_TESTDATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata"));
-    if dir.join("fhir-r4").is_dir() {
-        return Some(dir);
-    }
-    let message = format!(
-        "the FHIR corpus is not at {} (set ZORGMESH_TESTDATA or put ../shared/testdata beside the checkout)",
-        dir.display()
-    );
-    if std::env::var("ZORGMESH_REQUIRE_CORPUS").as_deref() == Ok("1") {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    None
-}
-
-fn json_files(dir: PathBuf) -> Vec<(String, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                serde_json::from_str(&text).unwrap(),
-            )
-        })
-        .collect()
-}
+use zorgmesh_tests::{corpus_dir, json_files, TestMesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn all_synthea_bundles_load_as_transactions_and_everything_returns_every_resource() {

@@ -451,7 +451,7 @@ async fn search_by_patient_identifier_and_last_updated_with_paging() {
     )
     .await;
     assert_eq!(future["total"], 0);
-    let (_, _, ignored) = send(&mesh, Method::GET, "Observation?code=abc", None, &[]).await;
+    let (_, _, ignored) = send(&mesh, Method::GET, "Observation?colour=abc", None, &[]).await;
     let last = ignored["entry"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         last["search"]["mode"], "outcome",

@@ -514,11 +514,22 @@ async fn metadata(State(state): State<ApiState>) -> Response {
     fhir_response(StatusCode::OK, &capability_statement(&state))
 }
 
+/// `Prefer: handling=strict`: refuse search parameters that cannot be applied.
+fn handling_is_strict(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|part| part.trim().eq_ignore_ascii_case("handling=strict"))
+}
+
 async fn search_type(
     State(state): State<ApiState>,
     Extension(who): Who,
     Path(resource_type): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
     if let Err(e) = who.require(&resource_type, Interaction::Search) {
         return e.into_response();
@@ -531,6 +542,7 @@ async fn search_type(
         &resource_type,
         &parse_query(query),
         &state.base,
+        handling_is_strict(&headers),
     ) {
         Ok(bundle) => {
             let note = AccessNote::of_resources(&state.fhir, bundle_resources(&bundle));
@@ -926,13 +938,7 @@ fn capability_statement(state: &ApiState) -> Value {
                     {"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "update"},
                     {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
                 ],
-                "searchParam": [
-                    {"name": "identifier", "type": "token"},
-                    {"name": "patient", "type": "reference"},
-                    {"name": "subject", "type": "reference"},
-                    {"name": "_id", "type": "token"},
-                    {"name": "_lastUpdated", "type": "date"}
-                ]
+                "searchParam": search::capability_parameters(t)
             });
             if *t == "Patient" {
                 resource["operation"] = json!([

@@ -34,6 +34,7 @@ mod check;
 pub mod engine;
 mod seal;
 mod sealed_tree;
+pub mod search_index;
 
 pub use backup::{BackupRefused, BackupSummary, BackupTaker, RestoreError, TakenBackup};
 pub use check::CheckReport;
@@ -409,6 +410,8 @@ impl WriteTransaction<'_> {
             }
         }
         self.mark_dirty(new_patient.as_deref())?;
+        let values = search_index::values_of(resource_type, &resource);
+        self.replace_index(resource_type, id, previous.as_ref(), Some(values))?;
 
         let record = VersionRecord {
             version,
@@ -420,6 +423,56 @@ impl WriteTransaction<'_> {
         self.set(history_key(resource_type, id, version), bytes.clone());
         self.set(resource_key(resource_type, id), bytes);
         Ok(PutOutcome { version, created })
+    }
+
+    /// Replaces a resource's search index records: those of its previous version (from its
+    /// values record, or from the version itself when the record is missing) by those of
+    /// `values` (`None`: deleted). Removes what is gone, writes what is new or changed.
+    fn replace_index(
+        &mut self,
+        resource_type: &str,
+        id: &str,
+        previous: Option<&VersionRecord>,
+        values: Option<search_index::ResourceValues>,
+    ) -> Result<(), StorageError> {
+        let values_key = search_index::values_key(resource_type, id);
+        let old_values = match self.get(&values_key)? {
+            Some(bytes) => {
+                search_index::decode_values(&bytes).map_err(|message| StorageError::Corrupt {
+                    key: String::from_utf8_lossy(&values_key).replace('\0', "/"),
+                    message,
+                })?
+            }
+            None => previous
+                .and_then(|p| p.resource.as_ref())
+                .map(|old| search_index::values_of(resource_type, old))
+                .unwrap_or_default(),
+        };
+        let old: BTreeMap<Vec<u8>, Vec<u8>> =
+            search_index::entries_of(resource_type, id, &old_values)
+                .into_iter()
+                .collect();
+        let new: BTreeMap<Vec<u8>, Vec<u8>> = values
+            .as_ref()
+            .map(|v| search_index::entries_of(resource_type, id, v))
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for key in old.keys() {
+            if !new.contains_key(key) {
+                self.remove(key.clone());
+            }
+        }
+        for (key, payload) in new {
+            if old.get(&key) != Some(&payload) {
+                self.set(key, payload);
+            }
+        }
+        match values {
+            Some(values) => self.set(values_key, search_index::encode_values(&values)),
+            None => self.remove(values_key),
+        }
+        Ok(())
     }
 
     /// The version number the next put of this resource will get.
@@ -452,6 +505,7 @@ impl WriteTransaction<'_> {
             }
             self.remove(pending_key(id));
         }
+        self.replace_index(resource_type, id, Some(&previous), None)?;
         let version = previous.version + 1;
         let record = VersionRecord {
             version,
@@ -538,7 +592,74 @@ impl Storage {
             pending_keys: tokio::sync::Notify::new(),
         };
         storage.seal()?;
+        storage.upgrade_search_index()?;
         Ok(storage)
+    }
+
+    /// Re-indexes every current resource when the index was made by another version of the
+    /// extraction rules (or before there was one). The version record goes first and comes
+    /// back last, so a crash part-way leaves a store that is re-indexed on the next open.
+    fn upgrade_search_index(&self) -> Result<(), StorageError> {
+        let current = search_index::INDEX_VERSION.to_be_bytes();
+        if self.fhir.get(search_index::VERSION_KEY)?.as_deref() == Some(&current[..]) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.fhir
+            .apply([(search_index::VERSION_KEY.to_vec(), None)])?;
+        const CHUNK: usize = 4096;
+        for prefix in [search_index::INDEX_PREFIX, search_index::VALUES_PREFIX] {
+            let mut removals = Vec::with_capacity(CHUNK);
+            for key in self.fhir.keys_with_prefix(prefix) {
+                removals.push((key?, None));
+                if removals.len() == CHUNK {
+                    self.fhir.apply(std::mem::take(&mut removals))?;
+                }
+            }
+            self.fhir.apply(removals)?;
+        }
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(CHUNK);
+        let mut resources = 0u64;
+        for item in self.fhir.scan_prefix(b"r\0") {
+            let (key, bytes) = item?;
+            let record = decode_record(&key, &bytes)?;
+            let Some(resource) = &record.resource else {
+                continue;
+            };
+            let mut parts = key[2..].splitn(2, |b| *b == SEP);
+            let (Some(resource_type), Some(id)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(resource_type), Ok(id)) =
+                (std::str::from_utf8(resource_type), std::str::from_utf8(id))
+            else {
+                continue;
+            };
+            resources += 1;
+            let values = search_index::values_of(resource_type, resource);
+            for (key, payload) in search_index::entries_of(resource_type, id, &values) {
+                batch.push((key, Some(payload)));
+            }
+            batch.push((
+                search_index::values_key(resource_type, id),
+                Some(search_index::encode_values(&values)),
+            ));
+            if batch.len() >= CHUNK {
+                self.fhir.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        self.fhir.apply(batch)?;
+        self.fhir
+            .apply([(search_index::VERSION_KEY.to_vec(), Some(current.to_vec()))])?;
+        self.engine.flush()?;
+        self.seal()?;
+        tracing::info!(
+            resources,
+            version = search_index::INDEX_VERSION,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "search index built"
+        );
+        Ok(())
     }
 
     /// Checks the store in `dir` without serving it (`zorgmesh node check`): opens the
@@ -862,6 +983,49 @@ impl Storage {
                     Ok(record) => record.resource.map(|r| Ok((record.last_updated_ms, r))),
                 },
             })
+    }
+
+    /// Search index records (see [`search_index`]) whose keys lie between `start` and `end`,
+    /// in key order.
+    pub fn index_range(
+        &self,
+        start: std::ops::Bound<Vec<u8>>,
+        end: std::ops::Bound<Vec<u8>>,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        let start = match start {
+            std::ops::Bound::Unbounded => {
+                std::ops::Bound::Included(search_index::INDEX_PREFIX.to_vec())
+            }
+            bound => bound,
+        };
+        self.fhir.range((start, end))
+    }
+
+    /// The index values of a current resource (its values record), if it has one.
+    pub fn index_values(
+        &self,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<search_index::ResourceValues>, StorageError> {
+        let key = search_index::values_key(resource_type, id);
+        self.fhir
+            .get(&key)?
+            .map(|bytes| {
+                search_index::decode_values(&bytes).map_err(|message| StorageError::Corrupt {
+                    key: String::from_utf8_lossy(&key).replace('\0', "/"),
+                    message,
+                })
+            })
+            .transpose()
+    }
+
+    /// Search index records whose keys start with `prefix`.
+    pub fn index_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
+        debug_assert!(prefix.starts_with(search_index::INDEX_PREFIX));
+        self.fhir.scan_prefix(prefix)
     }
 
     /// `(type, id)` of every resource linked to a local patient's compartment.
@@ -1241,6 +1405,86 @@ impl Storage {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn index_ids(storage: &Storage, prefix: &[u8]) -> Vec<String> {
+        storage
+            .index_prefix(prefix)
+            .map(|item| {
+                search_index::id_of_key(&item.unwrap().0)
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_search_index_follows_each_version_and_is_rebuilt_for_an_older_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let active = [
+            search_index::parameter_prefix("MedicationRequest", "status"),
+            b"tactive\0".to_vec(),
+        ]
+        .concat();
+        let stopped = [
+            search_index::parameter_prefix("MedicationRequest", "status"),
+            b"tstopped\0".to_vec(),
+        ]
+        .concat();
+        {
+            let storage = Storage::open(dir.path()).unwrap();
+            let request = |status: &str| {
+                json!({"resourceType": "MedicationRequest", "id": "m1", "status": status,
+                    "intent": "order", "subject": {"reference": "Patient/p"}})
+            };
+            storage
+                .write(1, |tx| tx.put("MedicationRequest", "m1", request("active")))
+                .await
+                .unwrap();
+            assert_eq!(index_ids(&storage, &active), vec!["m1"]);
+            storage
+                .write(2, |tx| {
+                    tx.put("MedicationRequest", "m1", request("stopped"))
+                })
+                .await
+                .unwrap();
+            assert!(
+                index_ids(&storage, &active).is_empty(),
+                "the old value stays"
+            );
+            assert_eq!(index_ids(&storage, &stopped), vec!["m1"]);
+            storage
+                .write(3, |tx| tx.delete("MedicationRequest", "m1"))
+                .await
+                .unwrap();
+            assert!(index_ids(&storage, search_index::INDEX_PREFIX).is_empty());
+            storage
+                .write(4, |tx| {
+                    tx.put("MedicationRequest", "m2", {
+                        let mut r = request("active");
+                        r["id"] = json!("m2");
+                        r
+                    })
+                })
+                .await
+                .unwrap();
+            // A store from before the index (or of an older index version): no version record
+            // and no entries.
+            let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = storage
+                .fhir
+                .keys_with_prefix(search_index::INDEX_PREFIX)
+                .map(|k| (k.unwrap(), None))
+                .chain([(search_index::VERSION_KEY.to_vec(), None)])
+                .collect();
+            storage.fhir.apply(entries).unwrap();
+            assert!(index_ids(&storage, &active).is_empty());
+        }
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(index_ids(&storage, &active), vec!["m2"], "rebuilt on open");
+        assert_eq!(
+            storage.fhir.get(search_index::VERSION_KEY).unwrap(),
+            Some(search_index::INDEX_VERSION.to_be_bytes().to_vec())
+        );
+    }
 
     #[tokio::test]
     async fn a_batch_clears_only_dirty_marks_older_than_its_entries() {

@@ -1,0 +1,624 @@
+//! Search, driven by the FHIR R4 search parameter definitions: every parameter of type
+//! string, token, reference, date, quantity, uri or number of every resource type, answered
+//! from the search index (`storage::search_index`) that each write keeps, so a search reads
+//! the index records of its parameters and then only the resources on the page.
+//!
+//! - [`parameters`]: the definitions, generated from the specification's table.
+//! - [`fhirpath`]: the evaluator of the definitions' expressions.
+//! - [`extract`]: what a resource is found by (index values per parameter type).
+//! - [`query`]: a request read into clauses.
+//! - this file: clauses answered from the index, and the searchset Bundle.
+//!
+//! Parameters that cannot be applied are reported in an OperationOutcome entry and left out
+//! of the self link (FHIR's lenient handling), or refused with 400 under
+//! `Prefer: handling=strict`.
+
+pub mod extract;
+pub mod fhirpath;
+pub mod parameters;
+pub mod query;
+
+use super::outcome::operation_outcome;
+use super::resource::check_type;
+use super::service::FhirService;
+use super::FhirError;
+use crate::storage::search_index::values_for;
+use crate::storage::search_index::{
+    from_sortable_f64, from_sortable_i64, id_of_key, parameter_prefix, sortable_f64, sortable_i64,
+};
+use crate::storage::{Storage, StorageError};
+use extract::IndexValue;
+use parameters::ParameterType;
+use query::{Clause, Prefix, Query, TextMatch, UriMatch, Wanted};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
+pub use query::{DEFAULT_COUNT, MAX_COUNT};
+
+/// Runs a search on `resource_type` and returns a searchset Bundle. `strict`: the client
+/// asked `Prefer: handling=strict`.
+pub fn search(
+    service: &FhirService,
+    resource_type: &str,
+    params: &[(String, String)],
+    base: &str,
+    strict: bool,
+) -> Result<Value, FhirError> {
+    check_type(resource_type)?;
+    let query = query::parse(resource_type, params, strict, base)?;
+    let storage = service.storage();
+    let ids = matching_ids(storage, resource_type, &query)?;
+    let total = ids.len();
+    let (count, offset) = (query.count, query.offset);
+
+    let mut applied: Vec<(String, String)> = query
+        .clauses
+        .iter()
+        .map(|c| (c.name.clone(), c.raw_value.clone()))
+        .collect();
+    applied.push(("_count".into(), count.to_string()));
+    let link = |offset: usize| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (n, v) in &applied {
+            q.append_pair(n, v);
+        }
+        q.append_pair("_offset", &offset.to_string());
+        format!("{base}/{resource_type}?{}", q.finish())
+    };
+    let mut links = vec![json!({"relation": "self", "url": link(offset)})];
+    if offset + count < total && count > 0 {
+        links.push(json!({"relation": "next", "url": link(offset + count)}));
+    }
+    if offset > 0 {
+        links.push(json!({"relation": "previous", "url": link(offset.saturating_sub(count))}));
+    }
+    let mut entries = Vec::new();
+    for id in ids.iter().skip(offset).take(count) {
+        let Some(record) = storage.current(resource_type, id)? else {
+            continue;
+        };
+        let (false, Some(resource)) = (record.deleted, record.resource) else {
+            continue;
+        };
+        entries.push(json!({
+            "fullUrl": format!("{base}/{resource_type}/{id}"),
+            "resource": resource,
+            "search": {"mode": "match"},
+        }));
+    }
+    if !query.ignored.is_empty() {
+        let list: Vec<String> = query
+            .ignored
+            .iter()
+            .map(|(name, why)| format!("{name} ({why})"))
+            .collect();
+        entries.push(json!({
+            "resource": operation_outcome(
+                "warning",
+                "not-supported",
+                &format!("search parameters ignored: {}", list.join("; ")),
+            ),
+            "search": {"mode": "outcome"},
+        }));
+    }
+    Ok(json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    }))
+}
+
+/// The CapabilityStatement's `searchParam` list of a resource type: every parameter this
+/// node applies, with its definition and the modifiers or prefixes it takes.
+pub fn capability_parameters(resource_type: &str) -> Vec<Value> {
+    let Some(parameters) = parameters::registry().of_type(resource_type) else {
+        return Vec::new();
+    };
+    parameters
+        .values()
+        .filter(|p| p.kind.is_indexed() && p.expression.is_some())
+        .map(|p| {
+            let documentation = match p.kind {
+                ParameterType::Token => "modifiers :not, :text, :of-type (identifiers), :missing",
+                ParameterType::String => {
+                    "prefix match ignoring case and accents; modifiers :exact, :contains, :missing"
+                }
+                ParameterType::Reference => {
+                    "id, type/id or absolute URL; modifiers :[type], :identifier, :missing"
+                }
+                ParameterType::Date | ParameterType::Number | ParameterType::Quantity => {
+                    "prefixes eq, ne, gt, lt, ge, le, sa, eb, ap; modifier :missing"
+                }
+                ParameterType::Uri => "modifiers :below, :above, :missing",
+                ParameterType::Composite | ParameterType::Special => "",
+            };
+            json!({
+                "name": p.code,
+                "definition": p.url(),
+                "type": p.kind.name(),
+                "documentation": documentation,
+            })
+        })
+        .collect()
+}
+
+/// How far each clause is scanned when choosing the one a search starts from.
+pub const PLAN_SCAN_LIMIT: usize = 2048;
+
+/// The ids of the resources of `resource_type` that satisfy every clause, in id order.
+///
+/// The plan: each clause that can be read from the index is scanned only as far as the
+/// smallest found so far (at most [`PLAN_SCAN_LIMIT`] ids); the smallest gives the
+/// candidates, and each candidate's values record decides the other clauses. A
+/// patient-scoped query (`patient=X&code=Y&date=ge…`) so reads the patient's entries and one
+/// record per candidate, however many Observations of code Y other patients have.
+pub fn matching_ids(
+    storage: &Storage,
+    resource_type: &str,
+    query: &Query,
+) -> Result<BTreeSet<String>, FhirError> {
+    let clauses = &query.clauses;
+    if clauses.is_empty() {
+        return Ok(all_ids(storage, resource_type)?);
+    }
+    let mut best: Option<(usize, BTreeSet<String>)> = None;
+    for (i, clause) in clauses.iter().enumerate() {
+        if !can_drive(clause) {
+            continue;
+        }
+        let limit = best
+            .as_ref()
+            .map_or(PLAN_SCAN_LIMIT, |(_, ids)| ids.len().saturating_sub(1));
+        if let Some(ids) = clause_ids(storage, resource_type, clause, limit)? {
+            let empty = ids.is_empty();
+            best = Some((i, ids));
+            if empty {
+                return Ok(BTreeSet::new());
+            }
+        }
+    }
+    let (driver, candidates) = match best {
+        Some(best) => best,
+        None => match clauses.iter().position(can_drive) {
+            Some(i) => (
+                i,
+                clause_ids(storage, resource_type, &clauses[i], usize::MAX)?.unwrap_or_default(),
+            ),
+            None => (usize::MAX, all_ids(storage, resource_type)?),
+        },
+    };
+    let others: Vec<&Clause> = clauses
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != driver)
+        .map(|(_, c)| c)
+        .collect();
+    if others.is_empty() {
+        return Ok(candidates);
+    }
+    let now = crate::fhir::service::now_ms() as i64;
+    let mut result = BTreeSet::new();
+    for id in candidates {
+        let Some(values) = storage.index_values(resource_type, &id)? else {
+            continue;
+        };
+        let satisfied = others.iter().all(|clause| {
+            let of_parameter: Vec<IndexValue> = values_for(&values, clause.parameter.code)
+                .cloned()
+                .collect();
+            clause.matches(&of_parameter, now)
+        });
+        if satisfied {
+            result.insert(id);
+        }
+    }
+    Ok(result)
+}
+
+/// Whether a clause's matches can be read from the index as a set (`:not` and
+/// `:missing=true` are what is not there).
+fn can_drive(clause: &Clause) -> bool {
+    !clause.negated && !clause.any_of.contains(&Wanted::Missing(true))
+}
+
+/// The same search without the index: every resource of the type, its values extracted
+/// and matched. The baseline of the search benchmark, and the oracle the index is tested
+/// against.
+pub fn scan_matching_ids(
+    storage: &Storage,
+    resource_type: &str,
+    query: &Query,
+) -> Result<BTreeSet<String>, FhirError> {
+    let now = crate::fhir::service::now_ms() as i64;
+    let mut result = BTreeSet::new();
+    for item in storage.scan_type(resource_type) {
+        let (_, resource) = item?;
+        let satisfied = query.clauses.iter().all(|clause| {
+            let values = extract::extract(&clause.parameter, &resource);
+            clause.matches(&values, now)
+        });
+        if satisfied {
+            if let Some(id) = resource.get("id").and_then(Value::as_str) {
+                result.insert(id.to_owned());
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Every current resource of a type: each has an `_id` token record.
+fn all_ids(storage: &Storage, resource_type: &str) -> Result<BTreeSet<String>, StorageError> {
+    let mut prefix = parameter_prefix(resource_type, "_id");
+    prefix.push(b't');
+    Ok(ids_under(storage, &prefix, usize::MAX, |_, _| true)?.unwrap_or_default())
+}
+
+/// Ids found by a scan: `None` once there are more than the scan's limit.
+type Found = Option<BTreeSet<String>>;
+
+/// Ids of the index records under `prefix` that `keep` accepts (given the value part of the
+/// key after the prefix, and the payload); `None` if more than `limit`.
+fn ids_under(
+    storage: &Storage,
+    prefix: &[u8],
+    limit: usize,
+    keep: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<Found, StorageError> {
+    let mut ids = BTreeSet::new();
+    for item in storage.index_prefix(prefix) {
+        let (key, payload) = item?;
+        if let Some((value, id)) = split_key(&key, prefix.len()) {
+            if keep(value, &payload) {
+                ids.insert(id.to_owned());
+                if ids.len() > limit {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(Some(ids))
+}
+
+/// Ids of the index records from `start` to `end` (keys, both under `tag_prefix`) that
+/// `keep` accepts.
+fn ids_in_range(
+    storage: &Storage,
+    tag_prefix: &[u8],
+    (start, end): (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    limit: usize,
+    keep: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<Found, StorageError> {
+    let start = match start {
+        Bound::Unbounded => Bound::Included(tag_prefix.to_vec()),
+        bound => bound,
+    };
+    let end = match end {
+        Bound::Unbounded => match prefix_end(tag_prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        },
+        bound => bound,
+    };
+    let mut ids = BTreeSet::new();
+    for item in storage.index_range(start, end) {
+        let (key, payload) = item?;
+        if !key.starts_with(tag_prefix) {
+            break;
+        }
+        if let Some((value, id)) = split_key(&key, tag_prefix.len()) {
+            if keep(value, &payload) {
+                ids.insert(id.to_owned());
+                if ids.len() > limit {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    Ok(Some(ids))
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// A key's value part (after `prefix_len` bytes, before the last `\0`) and its id.
+fn split_key(key: &[u8], prefix_len: usize) -> Option<(&[u8], &str)> {
+    let id = id_of_key(key)?;
+    let value_end = key.len() - id.len() - 1;
+    // A prefix that takes the whole value (and its `\0`) leaves an empty value part.
+    let value = key.get(prefix_len.min(value_end)..value_end)?;
+    Some((value, id))
+}
+
+/// The first 8 bytes of a value part, as a fixed-width number.
+fn eight(value: &[u8]) -> Option<[u8; 8]> {
+    value.get(..8)?.try_into().ok()
+}
+
+/// The ids a clause matches, read from the index; `None` if more than `limit`.
+fn clause_ids(
+    storage: &Storage,
+    resource_type: &str,
+    clause: &Clause,
+    limit: usize,
+) -> Result<Found, FhirError> {
+    let prefix = parameter_prefix(resource_type, clause.parameter.code);
+    let mut ids = BTreeSet::new();
+    for wanted in &clause.any_of {
+        let Some(found) = value_ids(
+            storage,
+            resource_type,
+            &prefix,
+            clause.parameter.kind,
+            wanted,
+            limit,
+        )?
+        else {
+            return Ok(None);
+        };
+        ids.extend(found);
+        if ids.len() > limit {
+            return Ok(None);
+        }
+    }
+    if clause.negated {
+        let all = all_ids(storage, resource_type)?;
+        let rest: BTreeSet<String> = all.difference(&ids).cloned().collect();
+        return Ok((rest.len() <= limit).then_some(rest));
+    }
+    Ok(Some(ids))
+}
+
+fn with(prefix: &[u8], tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut key = prefix.to_vec();
+    key.push(tag);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            key.push(0);
+        }
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+/// `key` with a `\0` after it: the prefix of records whose value is exactly the parts.
+fn exact(mut key: Vec<u8>) -> Vec<u8> {
+    key.push(0);
+    key
+}
+
+fn value_ids(
+    storage: &Storage,
+    resource_type: &str,
+    prefix: &[u8],
+    kind: ParameterType,
+    wanted: &Wanted,
+    limit: usize,
+) -> Result<Found, StorageError> {
+    let any = |_: &[u8], _: &[u8]| true;
+    let under = |key: Vec<u8>| ids_under(storage, &key, limit, any);
+    match wanted {
+        Wanted::Token {
+            system,
+            code: Some(code),
+        } => {
+            let mut parts: Vec<&[u8]> = vec![code.as_bytes()];
+            if let Some(system) = system {
+                parts.push(system.as_bytes());
+            }
+            under(exact(with(prefix, b't', &parts)))
+        }
+        Wanted::Token { system, code: None } => {
+            let wanted_system = system.clone().unwrap_or_default();
+            ids_under(storage, &with(prefix, b't', &[]), limit, |value, _| {
+                value
+                    .iter()
+                    .position(|b| *b == 0)
+                    .is_some_and(|at| &value[at + 1..] == wanted_system.as_bytes())
+            })
+        }
+        Wanted::TokenText(text) => under(with(prefix, b'x', &[text.as_bytes()])),
+        Wanted::OfType {
+            system,
+            code,
+            value,
+        } => under(exact(with(
+            prefix,
+            b'o',
+            &[system.as_bytes(), code.as_bytes(), value.as_bytes()],
+        ))),
+        Wanted::Text { text, mode } => match mode {
+            TextMatch::StartsWith => under(with(prefix, b's', &[text.as_bytes()])),
+            TextMatch::Exact => {
+                let normalized = extract::normalize(text);
+                ids_under(
+                    storage,
+                    &exact(with(prefix, b's', &[normalized.as_bytes()])),
+                    limit,
+                    |_, payload| payload == text.as_bytes(),
+                )
+            }
+            TextMatch::Contains => {
+                ids_under(storage, &with(prefix, b's', &[]), limit, |value, _| {
+                    std::str::from_utf8(value).is_ok_and(|v| v.contains(text.as_str()))
+                })
+            }
+        },
+        Wanted::Date {
+            prefix: search,
+            low,
+            high,
+        } => date_ids(storage, prefix, *search, *low, *high, limit),
+        Wanted::Reference { target_type, id } => {
+            let mut parts: Vec<&[u8]> = vec![id.as_bytes()];
+            if let Some(t) = target_type {
+                parts.push(t.as_bytes());
+            }
+            under(exact(with(prefix, b'r', &parts)))
+        }
+        Wanted::ReferenceUrl(url) => under(exact(with(prefix, b'u', &[url.as_bytes()]))),
+        Wanted::ReferenceIdentifier { system, value } => {
+            let mut parts: Vec<&[u8]> = vec![value.as_bytes()];
+            if let Some(s) = system {
+                parts.push(s.as_bytes());
+            }
+            under(exact(with(prefix, b'y', &parts)))
+        }
+        Wanted::Number { .. } => number_ids(
+            storage,
+            prefix,
+            kind == ParameterType::Quantity,
+            wanted,
+            limit,
+        ),
+        Wanted::Uri { uri, mode } => match mode {
+            UriMatch::Equal => under(exact(with(prefix, b'v', &[uri.as_bytes()]))),
+            UriMatch::Below => under(with(prefix, b'v', &[uri.as_bytes()])),
+            UriMatch::Above => ids_under(storage, &with(prefix, b'v', &[]), limit, |value, _| {
+                !value.is_empty() && uri.as_bytes().starts_with(value)
+            }),
+        },
+        Wanted::Missing(missing) => {
+            if !*missing {
+                return ids_under(storage, prefix, limit, any);
+            }
+            let Some(with_value) = ids_under(storage, prefix, usize::MAX, any)? else {
+                return Ok(None);
+            };
+            let all = all_ids(storage, resource_type)?;
+            let rest: BTreeSet<String> = all.difference(&with_value).cloned().collect();
+            Ok((rest.len() <= limit).then_some(rest))
+        }
+    }
+}
+
+/// Key bounds within the records under `tag_prefix` whose 8-byte value lies in
+/// `[from, to]` (`None`: open).
+fn eight_byte_bounds(
+    tag_prefix: &[u8],
+    from: Option<[u8; 8]>,
+    to: Option<[u8; 8]>,
+) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let at = |bytes: [u8; 8]| [tag_prefix, &bytes].concat();
+    let start = from.map_or(Bound::Unbounded, |f| Bound::Included(at(f)));
+    let end = match to.and_then(|t| prefix_end(&at(t))) {
+        Some(end) => Bound::Excluded(end),
+        None => Bound::Unbounded,
+    };
+    (start, end)
+}
+
+/// Date search: the records by start (`d`, payload the end) or by end (`e`, payload the
+/// start), whichever bounds the scan, each decided by [`Prefix::compares_ranges`] for the
+/// resource's range `[l, h]` and the search range `[a, b]`.
+fn date_ids(
+    storage: &Storage,
+    prefix: &[u8],
+    search: Prefix,
+    a: i64,
+    b: i64,
+    limit: usize,
+) -> Result<Found, StorageError> {
+    let (a, b) = if search == Prefix::Ap {
+        query::approximate_range(a, b, crate::fhir::service::now_ms() as i64)
+    } else {
+        (a, b)
+    };
+    let s = |t: i64| Some(sortable_i64(t));
+    // (by end?, lowest, highest) of the indexed bound that a match can have.
+    let (by_end, from, to) = match search {
+        // l >= a and l <= b (as h <= b).
+        Prefix::Eq => (false, s(a), s(b)),
+        Prefix::Ne => (false, None, None),
+        // h > b.
+        Prefix::Gt => (true, s(b.saturating_add(1)), None),
+        // l < a.
+        Prefix::Lt => (false, None, s(a.saturating_sub(1))),
+        // h >= a in every case.
+        Prefix::Ge => (true, s(a), None),
+        // l <= b in every case.
+        Prefix::Le => (false, None, s(b)),
+        // l > b.
+        Prefix::Sa => (false, s(b.saturating_add(1)), None),
+        // h < a.
+        Prefix::Eb => (true, None, s(a.saturating_sub(1))),
+        // l <= b.
+        Prefix::Ap => (false, None, s(b)),
+    };
+    let tag_prefix = with(prefix, if by_end { b'e' } else { b'd' }, &[]);
+    let bounds = eight_byte_bounds(&tag_prefix, from, to);
+    ids_in_range(storage, &tag_prefix, bounds, limit, |value, payload| {
+        let (Some(indexed), Some(other)) = (eight(value), eight(payload)) else {
+            return false;
+        };
+        let (indexed, other) = (from_sortable_i64(indexed), i64::from_be_bytes(other));
+        let (l, h) = if by_end {
+            (other, indexed)
+        } else {
+            (indexed, other)
+        };
+        search.compares_ranges(l, h, a, b)
+    })
+}
+
+/// Number and quantity search: the records in the range the prefix allows, each decided by
+/// [`Wanted::matches`] on the value (and for a quantity its system and code).
+fn number_ids(
+    storage: &Storage,
+    prefix: &[u8],
+    quantity: bool,
+    wanted: &Wanted,
+    limit: usize,
+) -> Result<Found, StorageError> {
+    let Wanted::Number {
+        prefix: search,
+        value,
+        low,
+        high,
+        ..
+    } = wanted
+    else {
+        return Ok(Some(BTreeSet::new()));
+    };
+    let tag = if quantity { b'q' } else { b'n' };
+    let tag_prefix = with(prefix, tag, &[]);
+    let s = |v: f64| Some(sortable_f64(v));
+    let (from, to) = match search {
+        Prefix::Eq => (s(*low), s(*high)),
+        Prefix::Gt | Prefix::Sa | Prefix::Ge => (s(*value), None),
+        Prefix::Lt | Prefix::Eb | Prefix::Le => (None, s(*value)),
+        Prefix::Ne | Prefix::Ap => (None, None),
+    };
+    let bounds = eight_byte_bounds(&tag_prefix, from, to);
+    let now = crate::fhir::service::now_ms() as i64;
+    ids_in_range(storage, &tag_prefix, bounds, limit, |key_value, payload| {
+        let Some(stored) = eight(key_value).map(from_sortable_f64) else {
+            return false;
+        };
+        let value = if quantity {
+            let mut parts = payload
+                .split(|b| *b == 0)
+                .map(|p| (!p.is_empty()).then(|| String::from_utf8_lossy(p).into_owned()));
+            IndexValue::Quantity {
+                value: stored,
+                system: parts.next().flatten(),
+                code: parts.next().flatten(),
+                unit: parts.next().flatten(),
+            }
+        } else {
+            IndexValue::Number(stored)
+        };
+        wanted.matches(&value, now)
+    })
+}

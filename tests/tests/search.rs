@@ -1,0 +1,294 @@
+//! Search on one node over real HTTP, on data written for the test with known ids: each
+//! parameter type gives exactly the expected ids, clinical parameters are never ignored
+//! (`MedicationRequest?status=active` leaves stopped medications out), an update moves a
+//! resource in the index and a delete takes it out, unknown parameters are reported (400
+//! under `Prefer: handling=strict`), and a restart keeps the index.
+
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use zorgmesh_tests::TestMesh;
+
+const LOINC: &str = "http://loinc.org";
+const BSN: &str = "http://fhir.nl/fhir/NamingSystem/bsn";
+
+fn put(resource: Value) -> Value {
+    let url = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap(),
+        resource["id"].as_str().unwrap()
+    );
+    json!({"resource": resource, "request": {"method": "PUT", "url": url}})
+}
+
+fn observation(id: &str, patient: &str, code: &str, date: &str, value: f64) -> Value {
+    put(
+        json!({"resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": date,
+        "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "/min",
+            "unit": "beats/minute"}}),
+    )
+}
+
+fn data() -> Value {
+    let entries = vec![
+        put(json!({"resourceType": "Patient", "id": "zoe",
+            "identifier": [{"system": BSN, "value": "999911120"}],
+            "name": [{"family": "Ébène", "given": ["Zoë"]}], "gender": "female",
+            "birthDate": "1950-03-04", "active": true})),
+        put(json!({"resourceType": "Patient", "id": "jan",
+            "identifier": [{"system": BSN, "value": "999911132"}],
+            "name": [{"family": "de Vries", "given": ["Jan"]}], "gender": "male",
+            "birthDate": "1987-11-30"})),
+        put(
+            json!({"resourceType": "MedicationRequest", "id": "mr-active", "status": "active",
+            "intent": "order", "medicationCodeableConcept": {"text": "metoprolol"},
+            "subject": {"reference": "Patient/zoe"}, "authoredOn": "2021-05-01"}),
+        ),
+        put(
+            json!({"resourceType": "MedicationRequest", "id": "mr-stopped", "status": "stopped",
+            "intent": "order", "medicationCodeableConcept": {"text": "metoprolol"},
+            "subject": {"reference": "Patient/zoe"}, "authoredOn": "2019-05-01"}),
+        ),
+        observation("hr-zoe-1", "zoe", "8867-4", "2020-01-15T08:00:00Z", 72.0),
+        observation(
+            "hr-zoe-2",
+            "zoe",
+            "8867-4",
+            "2021-06-01T08:00:00+02:00",
+            95.0,
+        ),
+        observation("temp-zoe", "zoe", "8310-5", "2021-06-01", 37.2),
+        observation("hr-jan", "jan", "8867-4", "2021-02-03", 60.0),
+    ];
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+}
+
+fn ids(bundle: &Value) -> BTreeSet<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn search(mesh: &TestMesh, path: &str) -> Value {
+    let (status, body) = mesh.get(0, path).await.unwrap();
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_parameter_type_finds_exactly_the_expected_resources() {
+    let mut mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &data()).await.unwrap();
+
+    let cases: &[(&str, &[&str])] = &[
+        // token
+        ("MedicationRequest?status=active", &["mr-active"]),
+        (
+            "MedicationRequest?status=active,stopped",
+            &["mr-active", "mr-stopped"],
+        ),
+        ("MedicationRequest?status:not=active", &["mr-stopped"]),
+        (
+            "Observation?code=http://loinc.org|8867-4",
+            &["hr-jan", "hr-zoe-1", "hr-zoe-2"],
+        ),
+        ("Observation?code=8310-5", &["temp-zoe"]),
+        ("Observation?code=|8310-5", &[]),
+        (
+            "Observation?code=http://loinc.org|",
+            &["hr-jan", "hr-zoe-1", "hr-zoe-2", "temp-zoe"],
+        ),
+        ("Patient?gender=female", &["zoe"]),
+        ("Patient?active=true", &["zoe"]),
+        (
+            "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|999911132",
+            &["jan"],
+        ),
+        ("Patient?_id=zoe,jan", &["jan", "zoe"]),
+        (
+            "MedicationRequest?code:text=metop",
+            &["mr-active", "mr-stopped"],
+        ),
+        // reference
+        (
+            "Observation?patient=zoe",
+            &["hr-zoe-1", "hr-zoe-2", "temp-zoe"],
+        ),
+        ("Observation?subject=Patient/jan", &["hr-jan"]),
+        ("Observation?subject:Patient=jan", &["hr-jan"]),
+        // date, with the precision of the value
+        ("Observation?date=2021-06-01", &["hr-zoe-2", "temp-zoe"]),
+        (
+            "Observation?date=ge2021",
+            &["hr-jan", "hr-zoe-2", "temp-zoe"],
+        ),
+        ("Observation?date=lt2021-02-03", &["hr-zoe-1"]),
+        ("Observation?date=le2021-02-03", &["hr-jan", "hr-zoe-1"]),
+        ("Observation?date=gt2021-02-03", &["hr-zoe-2", "temp-zoe"]),
+        (
+            "Observation?date=sa2021-02-03&date=eb2022",
+            &["hr-zoe-2", "temp-zoe"],
+        ),
+        ("Patient?birthdate=lt1970", &["zoe"]),
+        ("Patient?birthdate=1987-11", &["jan"]),
+        ("MedicationRequest?authoredon=ne2021-05-01", &["mr-stopped"]),
+        // string: prefix, case and accents folded; exact; contains
+        ("Patient?family=ebe", &["zoe"]),
+        ("Patient?name=ZOE", &["zoe"]),
+        ("Patient?family:exact=Ébène", &["zoe"]),
+        ("Patient?family:exact=ebene", &[]),
+        ("Patient?family:contains=vri", &["jan"]),
+        // quantity, with the precision of the value
+        ("Observation?value-quantity=72", &["hr-zoe-1"]),
+        ("Observation?value-quantity=gt70", &["hr-zoe-1", "hr-zoe-2"]),
+        (
+            "Observation?value-quantity=le60|http://unitsofmeasure.org|/min",
+            &["hr-jan", "temp-zoe"],
+        ),
+        ("Observation?value-quantity=37.2||/min", &["temp-zoe"]),
+        ("Observation?value-quantity=37|http://other.org|/min", &[]),
+        // AND of several parameters: the patient-scoped clinical query
+        (
+            "Observation?patient=zoe&code=http://loinc.org|8867-4&date=ge2021-01-01",
+            &["hr-zoe-2"],
+        ),
+        // :missing
+        ("Patient?birthdate:missing=false", &["jan", "zoe"]),
+        ("Patient?active:missing=true", &["jan"]),
+    ];
+    let mut failures = Vec::new();
+    for (path, wanted) in cases {
+        let body = search(&mesh, path).await;
+        let found = ids(&body);
+        if found != set(wanted) {
+            failures.push(format!("{path}: got {found:?}, wanted {wanted:?}"));
+        }
+        if body["total"] != json!(wanted.len()) {
+            failures.push(format!(
+                "{path}: total {} for {} matches",
+                body["total"],
+                wanted.len()
+            ));
+        }
+        let outcome = body["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["search"]["mode"] == "outcome");
+        if outcome {
+            failures.push(format!("{path}: a parameter was ignored: {body}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // An update moves a resource in the index; a delete takes it out.
+    let (status, _) = mesh.get(0, "MedicationRequest/mr-stopped").await.unwrap();
+    assert_eq!(status, 200);
+    let mut changed = data()["entry"][3]["resource"].clone();
+    changed["status"] = json!("active");
+    mesh.post_bundle(
+        0,
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": [put(changed)]}),
+    )
+    .await
+    .unwrap();
+    let body = search(&mesh, "MedicationRequest?status=active").await;
+    assert_eq!(ids(&body), set(&["mr-active", "mr-stopped"]));
+    let body = search(&mesh, "MedicationRequest?status=stopped").await;
+    assert!(ids(&body).is_empty(), "the old status is still indexed");
+    assert_eq!(mesh.delete(0, "Observation/hr-jan").await.unwrap(), 204);
+    let body = search(&mesh, "Observation?code=8867-4").await;
+    assert_eq!(ids(&body), set(&["hr-zoe-1", "hr-zoe-2"]));
+
+    // The index survives a restart.
+    mesh.restart(0).await.unwrap();
+    let body = search(&mesh, "Observation?patient=zoe&code=8867-4").await;
+    assert_eq!(ids(&body), set(&["hr-zoe-1", "hr-zoe-2"]));
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_parameters_are_reported_and_refused_under_strict_handling() {
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &data()).await.unwrap();
+
+    // Lenient (the default): ignored, said in an outcome entry, left out of the self link.
+    let body = search(&mesh, "Observation?colour=red&code=8310-5").await;
+    assert_eq!(ids(&body), set(&["temp-zoe"]));
+    let outcome = body["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an outcome entry names the ignored parameter");
+    assert!(outcome["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    let self_link = body["link"][0]["url"].as_str().unwrap();
+    assert!(self_link.contains("code=8310-5"), "{self_link}");
+    assert!(!self_link.contains("colour"), "{self_link}");
+
+    // Strict: 400 with an OperationOutcome.
+    let response = mesh
+        .http
+        .get(format!(
+            "{}/Observation?colour=red&code=8310-5",
+            mesh.node(0).base_url()
+        ))
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("prefer", "handling=strict")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome");
+
+    // A malformed value of a known parameter is 400 whatever the handling.
+    let (status, body) = mesh.get(0, "Observation?date=yesterday").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+
+    // The CapabilityStatement lists the parameters a type really has.
+    let (_, metadata) = mesh.get(0, "metadata").await.unwrap();
+    let observation = metadata["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .unwrap()
+        .clone();
+    let names: BTreeSet<String> = observation["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    for code in ["code", "patient", "date", "value-quantity", "status", "_id"] {
+        assert!(
+            names.contains(code),
+            "Observation?{code} missing from metadata"
+        );
+    }
+    assert!(
+        !names.contains("code-value-quantity"),
+        "composites are not supported yet"
+    );
+    mesh.shutdown().await;
+}
