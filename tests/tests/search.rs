@@ -292,3 +292,166 @@ async fn unknown_parameters_are_reported_and_refused_under_strict_handling() {
     );
     mesh.shutdown().await;
 }
+
+async fn send(
+    mesh: &TestMesh,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = mesh
+        .http
+        .request(method, format!("{}/{path}", mesh.node(0).base_url()))
+        .bearer_auth(mesh.token(0).await.unwrap());
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    };
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_create_update_and_delete_decide_by_search() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    let patient = json!({"resourceType": "Patient",
+        "identifier": [{"system": BSN, "value": "999911120"}], "name": [{"family": "Jansen"}]});
+    let condition = format!("identifier={BSN}|999911120");
+
+    // If-None-Exist: the first creates (201), the second finds it (200, same id).
+    let (status, first) = send(
+        &mesh,
+        Method::POST,
+        "Patient",
+        Some(&patient),
+        &[("if-none-exist", &condition)],
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let (status, again) = send(
+        &mesh,
+        Method::POST,
+        "Patient",
+        Some(&patient),
+        &[("if-none-exist", &format!("Patient?{condition}"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["id"], first["id"]);
+    let total = search(&mesh, &format!("Patient?{condition}")).await["total"].clone();
+    assert_eq!(total, 1, "a conditional create made a duplicate");
+
+    // Conditional update: the one match is updated in place.
+    let mut changed = patient.clone();
+    changed["name"][0]["family"] = json!("Jansen-de Vries");
+    let (status, updated) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient?{condition}"),
+        Some(&changed),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["id"], first["id"]);
+    assert_eq!(updated["meta"]["versionId"], "2");
+    // ... and with no match, it creates.
+    let other = json!({"resourceType": "Patient",
+        "identifier": [{"system": BSN, "value": "999911132"}]});
+    let (status, created) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient?identifier={BSN}|999911132"),
+        Some(&other),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+
+    // Two matches: 412 for every conditional interaction, and nothing changes.
+    let (status, body) = send(
+        &mesh,
+        Method::PUT,
+        "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|",
+        Some(&changed),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 412, "{body}");
+    assert_eq!(body["issue"][0]["code"], "multiple-matches");
+    let (status, _) = send(
+        &mesh,
+        Method::POST,
+        "Patient",
+        Some(&patient),
+        &[(
+            "if-none-exist",
+            "identifier=http://fhir.nl/fhir/NamingSystem/bsn|",
+        )],
+    )
+    .await;
+    assert_eq!(status, 412);
+    let (status, _) = send(
+        &mesh,
+        Method::DELETE,
+        "Patient?identifier=http://fhir.nl/fhir/NamingSystem/bsn|",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 412);
+    assert_eq!(search(&mesh, "Patient").await["total"], 2);
+
+    // A condition with a parameter that cannot be applied is refused, never half applied.
+    let (status, body) = send(&mesh, Method::DELETE, "Patient?colour=red", None, &[]).await;
+    assert_eq!(status, 400, "{body}");
+
+    // If-Match on DELETE: a stale version is 412, the current one deletes.
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = send(
+        &mesh,
+        Method::DELETE,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-match", "W/\"7\"")],
+    )
+    .await;
+    assert_eq!(status, 412);
+    let (status, _) = send(
+        &mesh,
+        Method::DELETE,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    // Conditional delete of the one match.
+    let (status, _) = send(
+        &mesh,
+        Method::DELETE,
+        &format!("Patient?{condition}"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(search(&mesh, "Patient").await["total"], 0);
+    mesh.shutdown().await;
+}

@@ -402,6 +402,14 @@ async fn index_search_agrees_with_a_full_scan_on_generated_queries() {
                 params.push(param);
             }
         }
+        // Patient-scoped, as clinical apps search: the resource's own patient, or another.
+        let patient = values.iter().find_map(|(code, value)| match value {
+            IndexValue::Reference { id: Some(id), .. } if code == "patient" => Some(id.clone()),
+            _ => None,
+        });
+        if let (Some(patient), true) = (patient, rng.gen_bool(0.5)) {
+            params.push(("patient".into(), patient));
+        }
         if rng.gen_bool(0.05) {
             let (code, _) = &values[rng.gen_range(0..values.len())];
             params.push((format!("{code}:missing"), rng.gen_bool(0.5).to_string()));

@@ -62,7 +62,13 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/health", get(health))
         .route(crate::auth::TOKEN_PATH, post(token))
-        .route("/fhir/{type}", get(search_type).post(create))
+        .route(
+            "/fhir/{type}",
+            get(search_type)
+                .post(create)
+                .put(conditional_update)
+                .delete(conditional_delete),
+        )
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
@@ -563,7 +569,17 @@ async fn create(
         super::resource::check_type(&resource_type)?;
         who.require(&resource_type, Interaction::Create)?;
         let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
-        state.fhir.create(&resource_type, resource).await
+        match if_none_exist(&headers)? {
+            Some(condition) => {
+                // Finding the existing resource is a search: the client needs that scope too.
+                who.require(&resource_type, Interaction::Search)?;
+                state
+                    .fhir
+                    .create_if_none_exist(&resource_type, resource, &condition, &state.base)
+                    .await
+            }
+            None => state.fhir.create(&resource_type, resource).await,
+        }
     }
     .await;
     match result {
@@ -576,10 +592,102 @@ async fn create(
                 "{}/{resource_type}/{id}/_history/{}",
                 state.base, written.stored.version
             );
-            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
-                versioned_response(StatusCode::CREATED, &written.stored, Some(location)),
-            )
+            let status = if written.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
+                .attach(versioned_response(status, &written.stored, Some(location)))
         }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `If-None-Exist` header of a conditional create: a search query string.
+fn if_none_exist(headers: &HeaderMap) -> Result<Option<String>, FhirError> {
+    let Some(value) = headers.get("if-none-exist") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| FhirError::invalid("If-None-Exist must be a query string"))?;
+    // Clients send it with or without the type and '?' in front.
+    let query = text.rsplit_once('?').map_or(text, |(_, q)| q).trim();
+    if query.is_empty() {
+        return Err(FhirError::invalid("If-None-Exist holds no search criteria"));
+    }
+    Ok(Some(query.to_owned()))
+}
+
+/// `PUT /fhir/{type}?<search>`: conditional update.
+async fn conditional_update(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        super::resource::check_type(&resource_type)?;
+        who.require(&resource_type, Interaction::Update)?;
+        who.require(&resource_type, Interaction::Search)?;
+        let condition = query.filter(|q| !q.is_empty()).ok_or_else(|| {
+            FhirError::invalid("PUT on a type needs search criteria (PUT [type]?[search])")
+        })?;
+        let expected = if_match(&headers)?;
+        let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
+        state
+            .fhir
+            .conditional_update(&resource_type, &condition, resource, expected, &state.base)
+            .await
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            let status = if written.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let id = written.stored.resource["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let location = format!(
+                "{}/{resource_type}/{id}/_history/{}",
+                state.base, written.stored.version
+            );
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
+                .attach(versioned_response(status, &written.stored, Some(location)))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /fhir/{type}?<search>`: conditional delete.
+async fn conditional_delete(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let result = async {
+        super::resource::check_type(&resource_type)?;
+        who.require(&resource_type, Interaction::Delete)?;
+        who.require(&resource_type, Interaction::Search)?;
+        let condition = query.filter(|q| !q.is_empty()).ok_or_else(|| {
+            FhirError::invalid("DELETE on a type needs search criteria (DELETE [type]?[search])")
+        })?;
+        state
+            .fhir
+            .conditional_delete(&resource_type, &condition, &state.base)
+            .await
+    }
+    .await;
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -708,11 +816,16 @@ async fn delete(
     State(state): State<ApiState>,
     Extension(who): Who,
     Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     if let Err(e) = who.require(&resource_type, Interaction::Delete) {
         return e.into_response();
     }
-    match state.fhir.delete(&resource_type, &id).await {
+    let expected = match if_match(&headers) {
+        Ok(expected) => expected,
+        Err(e) => return e.into_response(),
+    };
+    match state.fhir.delete(&resource_type, &id, expected).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }

@@ -6,7 +6,7 @@
 //! GET). A **batch** runs each entry on its own and reports each entry's outcome.
 
 use super::resource::{check_id, check_resource, check_type, http_date, rewrite_references};
-use super::service::{new_id, now_ms, put_in, FhirService, WriteResult};
+use super::service::{check_if_match, new_id, now_ms, put_in, FhirService, WriteResult};
 use super::FhirError;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
@@ -308,6 +308,8 @@ async fn transaction(service: &FhirService, mut entries: Vec<Entry>) -> Result<V
                 };
                 responses[i] = match entry.method {
                     Method::Delete => {
+                        check_if_match(tx, &entry.resource_type, &id, entry.if_match)
+                            .map_err(at)?;
                         tx.delete(&entry.resource_type, &id)
                             .map_err(FhirError::from)?;
                         json!({"status": status_line(StatusCode::NO_CONTENT)})
@@ -407,7 +409,7 @@ async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, F
         }
         Method::Delete => {
             service
-                .delete(resource_type, &entry.id.expect("checked"))
+                .delete(resource_type, &entry.id.expect("checked"), entry.if_match)
                 .await?;
             Ok(json!({"status": status_line(StatusCode::NO_CONTENT)}))
         }

@@ -145,17 +145,165 @@ impl FhirService {
     }
 
     /// `DELETE /{type}/{id}`. Returns the delete marker's version, if anything was deleted.
-    pub async fn delete(&self, resource_type: &str, id: &str) -> Result<Option<u64>, FhirError> {
+    /// `if_match`: the version the client expects to delete.
+    pub async fn delete(
+        &self,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+    ) -> Result<Option<u64>, FhirError> {
         check_type(resource_type)?;
         check_id(id)?;
         let (version, dirty) = self
             .storage
             .write(now_ms(), |tx| {
+                check_if_match(tx, resource_type, id, if_match)?;
                 tx.delete(resource_type, id).map_err(FhirError::from)
             })
             .await?;
         self.after_write(dirty).await;
         Ok(version)
+    }
+
+    /// The resources a conditional interaction's search (`condition`, a query string)
+    /// finds. Parameters that cannot be applied are an error here, never ignored: a
+    /// conditional write decided on half its criteria could change the wrong resource.
+    fn conditional_matches(
+        &self,
+        resource_type: &str,
+        condition: &str,
+        base: &str,
+    ) -> Result<Vec<String>, FhirError> {
+        let params: Vec<(String, String)> = form_urlencoded::parse(condition.as_bytes())
+            .into_owned()
+            .collect();
+        let query = super::search::query::parse(resource_type, &params, true, base)?;
+        if query.clauses.is_empty() {
+            return Err(FhirError::invalid(format!(
+                "the condition {condition:?} has no search criteria"
+            )));
+        }
+        let ids = super::search::matching_ids(&self.storage, resource_type, &query)?;
+        Ok(ids.into_iter().take(2).collect())
+    }
+
+    /// `POST /{type}` with `If-None-Exist: <condition>`: creates only if the condition finds
+    /// nothing; one match is returned as it is (`created: false`); more is 412. The search
+    /// runs while the write is held, so two such creates cannot both create.
+    pub async fn create_if_none_exist(
+        &self,
+        resource_type: &str,
+        mut body: Value,
+        condition: &str,
+        base: &str,
+    ) -> Result<WriteResult, FhirError> {
+        check_type(resource_type)?;
+        check_resource(&body, Some(resource_type))?;
+        let id = new_id();
+        let (result, dirty) = self
+            .storage
+            .write(now_ms(), |tx| {
+                match self
+                    .conditional_matches(resource_type, condition, base)?
+                    .as_slice()
+                {
+                    [] => {}
+                    [existing] => {
+                        let record = tx.current(resource_type, existing)?.ok_or_else(|| {
+                            FhirError::internal(format!("{resource_type}/{existing} vanished"))
+                        })?;
+                        return Ok(WriteResult {
+                            stored: versioned(resource_type, existing, record)?,
+                            created: false,
+                        });
+                    }
+                    _ => return Err(multiple_matches(resource_type, condition)),
+                }
+                let now = tx.now_ms();
+                stamp(&mut body, &id, 1, now);
+                let outcome = tx.put(resource_type, &id, body.clone())?;
+                Ok::<_, FhirError>(WriteResult {
+                    stored: Versioned {
+                        resource: body,
+                        version: outcome.version,
+                        last_updated_ms: now,
+                    },
+                    created: true,
+                })
+            })
+            .await?;
+        self.after_write(dirty).await;
+        Ok(result)
+    }
+
+    /// `PUT /{type}?<condition>`: updates the one match; with none, creates (with the
+    /// body's id, or a new one); with more, 412. A body id that is not the match's is 400.
+    pub async fn conditional_update(
+        &self,
+        resource_type: &str,
+        condition: &str,
+        mut body: Value,
+        if_match: Option<u64>,
+        base: &str,
+    ) -> Result<WriteResult, FhirError> {
+        check_type(resource_type)?;
+        check_resource(&body, Some(resource_type))?;
+        let body_id = body.get("id").and_then(Value::as_str).map(str::to_owned);
+        if let Some(id) = &body_id {
+            check_id(id)?;
+        }
+        let (result, dirty) = self
+            .storage
+            .write(now_ms(), |tx| {
+                let id = match self
+                    .conditional_matches(resource_type, condition, base)?
+                    .as_slice()
+                {
+                    [] => body_id.clone().unwrap_or_else(new_id),
+                    [found] => match &body_id {
+                        Some(id) if id != found => {
+                            return Err(FhirError::invalid(format!(
+                                "the condition finds {resource_type}/{found}, but the body's id is {id:?}"
+                            )))
+                        }
+                        _ => found.clone(),
+                    },
+                    _ => return Err(multiple_matches(resource_type, condition)),
+                };
+                put_in(tx, resource_type, &id, &mut body, if_match)
+            })
+            .await?;
+        self.after_write(dirty).await;
+        Ok(result)
+    }
+
+    /// `DELETE /{type}?<condition>`: deletes the one match (nothing when none); more is
+    /// 412. Returns what was deleted.
+    pub async fn conditional_delete(
+        &self,
+        resource_type: &str,
+        condition: &str,
+        base: &str,
+    ) -> Result<Option<String>, FhirError> {
+        check_type(resource_type)?;
+        let (deleted, dirty) = self
+            .storage
+            .write(now_ms(), |tx| {
+                match self
+                    .conditional_matches(resource_type, condition, base)?
+                    .as_slice()
+                {
+                    [] => Ok(None),
+                    [found] => {
+                        tx.delete(resource_type, found)?;
+                        Ok(Some(found.clone()))
+                    }
+                    _ => Err(multiple_matches(resource_type, condition)),
+                }
+            })
+            .await?;
+        self.after_write(dirty).await;
+        Ok(deleted)
     }
 
     /// `GET /{type}/{id}`.
@@ -333,6 +481,42 @@ fn versioned(resource_type: &str, id: &str, record: VersionRecord) -> Result<Ver
 }
 
 /// An update inside a write transaction (shared by PUT and Bundles).
+/// 412 for a conditional interaction whose search finds more than one resource.
+fn multiple_matches(resource_type: &str, condition: &str) -> FhirError {
+    FhirError::new(
+        axum::http::StatusCode::PRECONDITION_FAILED,
+        "multiple-matches",
+        format!("the condition {resource_type}?{condition} finds more than one resource"),
+    )
+}
+
+/// 412 unless the resource is at the version `If-Match` names.
+pub(crate) fn check_if_match(
+    tx: &crate::storage::WriteTransaction<'_>,
+    resource_type: &str,
+    id: &str,
+    if_match: Option<u64>,
+) -> Result<(), FhirError> {
+    let Some(expected) = if_match else {
+        return Ok(());
+    };
+    let actual = tx
+        .current(resource_type, id)?
+        .filter(|c| !c.deleted)
+        .map(|c| c.version);
+    if actual != Some(expected) {
+        return Err(FhirError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            format!(
+                "If-Match names version {expected} but {resource_type}/{id} is at {}",
+                actual.map_or("no version".to_owned(), |v| format!("version {v}"))
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn put_in(
     tx: &mut crate::storage::WriteTransaction<'_>,
     resource_type: &str,
@@ -341,20 +525,7 @@ pub(crate) fn put_in(
     if_match: Option<u64>,
 ) -> Result<WriteResult, FhirError> {
     let now = tx.now_ms();
-    let current = tx.current(resource_type, id)?;
-    if let Some(expected) = if_match {
-        let actual = current.as_ref().map(|c| c.version);
-        if actual != Some(expected) {
-            return Err(FhirError::new(
-                axum::http::StatusCode::PRECONDITION_FAILED,
-                "conflict",
-                format!(
-                    "If-Match names version {expected} but {resource_type}/{id} is at {}",
-                    actual.map_or("no version".to_owned(), |v| format!("version {v}"))
-                ),
-            ));
-        }
-    }
+    check_if_match(tx, resource_type, id, if_match)?;
     let version = tx.next_version(resource_type, id)?;
     stamp(body, id, version, now);
     let outcome = tx.put(resource_type, id, body.clone())?;

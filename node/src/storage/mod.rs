@@ -608,7 +608,11 @@ impl Storage {
         self.fhir
             .apply([(search_index::VERSION_KEY.to_vec(), None)])?;
         const CHUNK: usize = 4096;
-        for prefix in [search_index::INDEX_PREFIX, search_index::VALUES_PREFIX] {
+        for prefix in [
+            search_index::INDEX_PREFIX,
+            search_index::PATIENT_PREFIX,
+            search_index::VALUES_PREFIX,
+        ] {
             let mut removals = Vec::with_capacity(CHUNK);
             for key in self.fhir.keys_with_prefix(prefix) {
                 removals.push((key?, None));
@@ -1019,12 +1023,33 @@ impl Storage {
             .transpose()
     }
 
+    /// How many search index records (entries and values records) the store holds, and
+    /// their bytes (keys and payloads).
+    pub fn search_index_size(&self) -> Result<(u64, u64), StorageError> {
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for prefix in [
+            search_index::INDEX_PREFIX,
+            search_index::PATIENT_PREFIX,
+            search_index::VALUES_PREFIX,
+        ] {
+            for item in self.fhir.scan_prefix(prefix) {
+                let (key, payload) = item?;
+                records += 1;
+                bytes += (key.len() + payload.len()) as u64;
+            }
+        }
+        Ok((records, bytes))
+    }
+
     /// Search index records whose keys start with `prefix`.
     pub fn index_prefix(
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
-        debug_assert!(prefix.starts_with(search_index::INDEX_PREFIX));
+        debug_assert!(
+            prefix.starts_with(search_index::INDEX_PREFIX)
+                || prefix.starts_with(search_index::PATIENT_PREFIX)
+        );
         self.fhir.scan_prefix(prefix)
     }
 

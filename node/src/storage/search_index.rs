@@ -23,6 +23,10 @@
 //! | `n` | number | value (8 bytes) | — |
 //! | `v` | uri | URI | — |
 //!
+//! A resource that belongs to patients (the ids its `patient` parameter points at) has each
+//! entry once more in each patient's partition, `g\0 <patient id> \0 <type> \0 <code> \0
+//! <tag> <value> \0 <id>`: a patient-scoped search reads only that patient's entries.
+//!
 //! Numbers and instants are 8 bytes big-endian that sort as the values do. An id never holds
 //! `\0`, so the id is what follows a key's last `\0`. Values holding `\0` are not indexed.
 //!
@@ -41,7 +45,7 @@ use serde_json::Value;
 
 /// The version of the index's layout and extraction rules: entries of another version are
 /// rebuilt when the store opens.
-pub const INDEX_VERSION: u32 = 1;
+pub const INDEX_VERSION: u32 = 2;
 
 /// The record that holds the version of the entries.
 pub const VERSION_KEY: &[u8] = b"m\0search-index";
@@ -151,7 +155,47 @@ pub fn values_for<'a>(
         .map(|(_, v)| v)
 }
 
-/// Every index record (key → payload) of a resource with these values.
+/// The patients a resource belongs to for search: the ids its `patient` parameter points
+/// at (that parameter only ever points at Patients).
+pub fn patients_of(values: &ResourceValues) -> Vec<&str> {
+    let mut patients: Vec<&str> = values_for(values, "patient")
+        .filter_map(|value| match value {
+            IndexValue::Reference { id: Some(id), .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .filter(|id| !id.as_bytes().contains(&0))
+        .collect();
+    patients.sort_unstable();
+    patients.dedup();
+    patients
+}
+
+/// Where every patient partition record's key starts.
+pub const PATIENT_PREFIX: &[u8] = b"g\0";
+
+/// The key prefix of one parameter's entries of one resource type within one patient's
+/// partition.
+pub fn patient_parameter_prefix(patient: &str, resource_type: &str, code: &str) -> Vec<u8> {
+    [
+        PATIENT_PREFIX,
+        patient.as_bytes(),
+        b"\0",
+        resource_type.as_bytes(),
+        b"\0",
+        code.as_bytes(),
+        b"\0",
+    ]
+    .concat()
+}
+
+/// [`patient_parameter_prefix`] for one patient, as a function of type and code.
+pub fn patient_parameter_prefix_of(patient: &str) -> impl Fn(&str, &str) -> Vec<u8> + '_ {
+    move |resource_type, code| patient_parameter_prefix(patient, resource_type, code)
+}
+
+/// Every index record (key → payload) of a resource with these values: the type-wide
+/// entries, and the same entries again in the partition of each patient the resource
+/// belongs to (its `patient` parameter's own entries aside).
 pub fn entries_of(
     resource_type: &str,
     id: &str,
@@ -160,17 +204,31 @@ pub fn entries_of(
     if id.as_bytes().contains(&0) {
         return Vec::new();
     }
+    let patients = patients_of(values);
     let mut out = Vec::new();
+    let mut push = |prefix: &[u8], tag: u8, value_bytes: &[u8], payload: &[u8]| {
+        let mut key = Vec::with_capacity(prefix.len() + value_bytes.len() + id.len() + 2);
+        key.extend_from_slice(prefix);
+        key.push(tag);
+        key.extend_from_slice(value_bytes);
+        key.push(0);
+        key.extend_from_slice(id.as_bytes());
+        out.push((key, payload.to_vec()));
+    };
     for (code, value) in values {
+        let encoded = encode(value);
         let prefix = parameter_prefix(resource_type, code);
-        for (tag, value_bytes, payload) in encode(value) {
-            let mut key = Vec::with_capacity(prefix.len() + value_bytes.len() + id.len() + 2);
-            key.extend_from_slice(&prefix);
-            key.push(tag);
-            key.extend_from_slice(&value_bytes);
-            key.push(0);
-            key.extend_from_slice(id.as_bytes());
-            out.push((key, payload));
+        for (tag, value_bytes, payload) in &encoded {
+            push(&prefix, *tag, value_bytes, payload);
+        }
+        if code == "patient" {
+            continue;
+        }
+        for patient in &patients {
+            let prefix = patient_parameter_prefix(patient, resource_type, code);
+            for (tag, value_bytes, payload) in &encoded {
+                push(&prefix, *tag, value_bytes, payload);
+            }
         }
     }
     out.sort();

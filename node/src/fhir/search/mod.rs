@@ -22,7 +22,7 @@ use super::outcome::operation_outcome;
 use super::resource::check_type;
 use super::service::FhirService;
 use super::FhirError;
-use crate::storage::search_index::values_for;
+use crate::storage::search_index::{self, values_for};
 use crate::storage::search_index::{
     from_sortable_f64, from_sortable_i64, id_of_key, parameter_prefix, sortable_f64, sortable_i64,
 };
@@ -164,7 +164,40 @@ pub fn matching_ids(
     if clauses.is_empty() {
         return Ok(all_ids(storage, resource_type)?);
     }
+    // Within one patient's partition, when the search names one patient: the patient clause
+    // holds for every entry there, and the other clauses are read from the partition.
+    let patient = clauses.iter().enumerate().find_map(|(i, c)| {
+        patient_of_clause(c).map(|patient| (i, search_index::patient_parameter_prefix_of(patient)))
+    });
     let mut best: Option<(usize, BTreeSet<String>)> = None;
+    if let Some((patient_clause, partition)) = &patient {
+        for (i, clause) in clauses.iter().enumerate() {
+            // A partition holds no entries of the `patient` parameter itself: any other
+            // clause on it is checked on the candidates.
+            if i == *patient_clause || !can_drive(clause) || clause.parameter.code == "patient" {
+                continue;
+            }
+            let limit = best.as_ref().map_or(usize::MAX, |(_, ids)| ids.len());
+            let prefix = partition(resource_type, clause.parameter.code);
+            if let Some(ids) = clause_ids_under(storage, resource_type, clause, &prefix, limit)? {
+                if ids.is_empty() {
+                    return Ok(BTreeSet::new());
+                }
+                if best.as_ref().is_none_or(|(_, b)| ids.len() < b.len()) {
+                    best = Some((i, ids));
+                }
+            }
+        }
+        if let Some((driver, candidates)) = best {
+            return check_others(
+                storage,
+                resource_type,
+                clauses,
+                &[driver, *patient_clause],
+                candidates,
+            );
+        }
+    }
     for (i, clause) in clauses.iter().enumerate() {
         if !can_drive(clause) {
             continue;
@@ -190,10 +223,38 @@ pub fn matching_ids(
             None => (usize::MAX, all_ids(storage, resource_type)?),
         },
     };
+    check_others(storage, resource_type, clauses, &[driver], candidates)
+}
+
+/// The one patient a clause names, when it is the `patient` parameter with one value (its
+/// entries are the resource's patient partitions).
+fn patient_of_clause(clause: &Clause) -> Option<&str> {
+    if clause.parameter.code != "patient" || clause.negated {
+        return None;
+    }
+    match clause.any_of.as_slice() {
+        [Wanted::Reference { target_type, id }]
+            if target_type.as_deref().is_none_or(|t| t == "Patient") =>
+        {
+            Some(id.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// The candidates that satisfy every clause but those already applied (`done`), each read
+/// from its values record.
+fn check_others(
+    storage: &Storage,
+    resource_type: &str,
+    clauses: &[Clause],
+    done: &[usize],
+    candidates: BTreeSet<String>,
+) -> Result<BTreeSet<String>, FhirError> {
     let others: Vec<&Clause> = clauses
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != driver)
+        .filter(|(i, _)| !done.contains(i))
         .map(|(_, c)| c)
         .collect();
     if others.is_empty() {
@@ -354,6 +415,19 @@ fn clause_ids(
     limit: usize,
 ) -> Result<Found, FhirError> {
     let prefix = parameter_prefix(resource_type, clause.parameter.code);
+    clause_ids_under(storage, resource_type, clause, &prefix, limit)
+}
+
+/// Like [`clause_ids`], reading the parameter's entries under `prefix` (the type-wide ones
+/// or a patient partition's).
+fn clause_ids_under(
+    storage: &Storage,
+    resource_type: &str,
+    clause: &Clause,
+    prefix: &[u8],
+    limit: usize,
+) -> Result<Found, FhirError> {
+    let prefix = prefix.to_vec();
     let mut ids = BTreeSet::new();
     for wanted in &clause.any_of {
         let Some(found) = value_ids(
