@@ -38,7 +38,8 @@ fn data() -> Value {
         put(json!({"resourceType": "Patient", "id": "zoe",
             "identifier": [{"system": BSN, "value": "999911120"}],
             "name": [{"family": "Ébène", "given": ["Zoë"]}], "gender": "female",
-            "birthDate": "1950-03-04", "active": true})),
+            "birthDate": "1950-03-04", "active": true,
+            "managingOrganization": {"reference": "Organization/umcg"}})),
         put(json!({"resourceType": "Patient", "id": "jan",
             "identifier": [{"system": BSN, "value": "999911132"}],
             "name": [{"family": "de Vries", "given": ["Jan"]}], "gender": "male",
@@ -63,6 +64,7 @@ fn data() -> Value {
         ),
         observation("temp-zoe", "zoe", "8310-5", "2021-06-01", 37.2),
         observation("hr-jan", "jan", "8867-4", "2021-02-03", 60.0),
+        put(json!({"resourceType": "Organization", "id": "umcg", "name": "UMC Groningen"})),
     ];
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
@@ -165,6 +167,37 @@ async fn every_parameter_type_finds_exactly_the_expected_resources() {
         (
             "Observation?patient=zoe&code=http://loinc.org|8867-4&date=ge2021-01-01",
             &["hr-zoe-2"],
+        ),
+        // chains, one and two levels, and reverse chains
+        (
+            "Observation?patient.identifier=http://fhir.nl/fhir/NamingSystem/bsn|999911132",
+            &["hr-jan"],
+        ),
+        (
+            "Observation?subject:Patient.identifier=999911120",
+            &["hr-zoe-1", "hr-zoe-2", "temp-zoe"],
+        ),
+        (
+            "Observation?subject:Patient.name=ebe",
+            &["hr-zoe-1", "hr-zoe-2", "temp-zoe"],
+        ),
+        (
+            "Observation?patient.organization.name=umc",
+            &["hr-zoe-1", "hr-zoe-2", "temp-zoe"],
+        ),
+        ("Observation?patient.identifier=999999999", &[]),
+        ("Patient?_has:Observation:patient:code=8310-5", &["zoe"]),
+        (
+            "Patient?_has:Observation:patient:code=8867-4",
+            &["jan", "zoe"],
+        ),
+        (
+            "Patient?_has:MedicationRequest:subject:status=stopped",
+            &["zoe"],
+        ),
+        (
+            "Organization?_has:Patient:organization:_has:Observation:patient:code=8310-5",
+            &["umcg"],
         ),
         // :missing
         ("Patient?birthdate:missing=false", &["jan", "zoe"]),

@@ -160,7 +160,8 @@ pub fn matching_ids(
     resource_type: &str,
     query: &Query,
 ) -> Result<BTreeSet<String>, FhirError> {
-    let clauses = &query.clauses;
+    let resolved = resolve_chains(storage, resource_type, &query.clauses)?;
+    let clauses = &resolved;
     if clauses.is_empty() {
         return Ok(all_ids(storage, resource_type)?);
     }
@@ -279,6 +280,84 @@ fn check_others(
     Ok(result)
 }
 
+/// The most resources a chain's inner search may find (each becomes a value of the outer
+/// clause).
+pub const MAX_CHAIN_MATCHES: usize = 10_000;
+
+/// The clauses with every chain and reverse chain replaced by what it finds: a chain by
+/// references to the targets its inner clause matches, `_has` by the ids that the matching
+/// resources of the other type point at.
+fn resolve_chains(
+    storage: &Storage,
+    resource_type: &str,
+    clauses: &[Clause],
+) -> Result<Vec<Clause>, FhirError> {
+    let too_many = |name: &str| {
+        FhirError::invalid(format!(
+            "{name}: the chain finds more than {MAX_CHAIN_MATCHES} resources; narrow it"
+        ))
+    };
+    let mut out = Vec::with_capacity(clauses.len());
+    for clause in clauses {
+        let mut any_of = Vec::with_capacity(clause.any_of.len());
+        for wanted in &clause.any_of {
+            match wanted {
+                Wanted::Chained(chain) => {
+                    for (target_type, inner) in &chain.targets {
+                        let ids =
+                            matching_ids(storage, target_type, &Query::of(vec![inner.clone()]))?;
+                        if any_of.len() + ids.len() > MAX_CHAIN_MATCHES {
+                            return Err(too_many(&clause.name));
+                        }
+                        any_of.extend(ids.into_iter().map(|id| Wanted::Reference {
+                            target_type: Some(target_type.clone()),
+                            id,
+                        }));
+                    }
+                }
+                Wanted::Has(has) => {
+                    let sources = matching_ids(
+                        storage,
+                        &has.source_type,
+                        &Query::of(vec![has.inner.clone()]),
+                    )?;
+                    if sources.len() > MAX_CHAIN_MATCHES {
+                        return Err(too_many(&clause.name));
+                    }
+                    let mut targets = BTreeSet::new();
+                    for source in sources {
+                        let Some(values) = storage.index_values(&has.source_type, &source)? else {
+                            continue;
+                        };
+                        for value in values_for(&values, &has.reference) {
+                            if let IndexValue::Reference {
+                                target_type,
+                                id: Some(id),
+                                ..
+                            } = value
+                            {
+                                if target_type.as_deref().is_none_or(|t| t == resource_type) {
+                                    targets.insert(id.clone());
+                                }
+                            }
+                        }
+                    }
+                    any_of.extend(targets.into_iter().map(|id| Wanted::Token {
+                        system: None,
+                        code: Some(id),
+                    }));
+                }
+                other => any_of.push(other.clone()),
+            }
+        }
+        out.push(Clause {
+            any_of,
+            ..clause.clone()
+        });
+    }
+    Ok(out)
+}
+
 /// Whether a clause's matches can be read from the index as a set (`:not` and
 /// `:missing=true` are what is not there).
 fn can_drive(clause: &Clause) -> bool {
@@ -294,10 +373,11 @@ pub fn scan_matching_ids(
     query: &Query,
 ) -> Result<BTreeSet<String>, FhirError> {
     let now = crate::fhir::service::now_ms() as i64;
+    let clauses = resolve_chains(storage, resource_type, &query.clauses)?;
     let mut result = BTreeSet::new();
     for item in storage.scan_type(resource_type) {
         let (_, resource) = item?;
-        let satisfied = query.clauses.iter().all(|clause| {
+        let satisfied = clauses.iter().all(|clause| {
             let values = extract::extract(&clause.parameter, &resource);
             clause.matches(&values, now)
         });
@@ -563,6 +643,8 @@ fn value_ids(
                 !value.is_empty() && uri.as_bytes().starts_with(value)
             }),
         },
+        // Resolved before the search runs (`resolve_chains`).
+        Wanted::Chained(_) | Wanted::Has(_) => Ok(Some(BTreeSet::new())),
         Wanted::Missing(missing) => {
             if !*missing {
                 return ids_under(storage, prefix, limit, any);

@@ -75,7 +75,7 @@ impl ParameterType {
 }
 
 /// One search parameter as it applies to one resource type.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchParameter {
     /// The definition's id (`Observation-code`, `clinical-patient`).
     pub id: &'static str,

@@ -137,7 +137,36 @@ pub enum Wanted {
     },
     /// `:missing`: true for resources without a value, false for those with one.
     Missing(bool),
+    /// A chained parameter (`subject:Patient.identifier=…`): a reference to a resource of
+    /// one of the types that the inner clause finds (resolved to [`Wanted::Reference`]s
+    /// before the search runs).
+    Chained(Box<Chain>),
+    /// A reverse chain (`_has:Observation:patient:code=…`): the resources that resources
+    /// of another type found by the inner clause point at (resolved to `_id` tokens).
+    Has(Box<ReverseChain>),
 }
+
+/// The inner clauses of a chain, one per target type that has the chained parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    /// (target type, clause on it).
+    pub targets: Vec<(String, Clause)>,
+}
+
+/// A reverse chain: resources of `source_type` found by `inner`, pointing back by
+/// `reference` (a reference parameter of the source type).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReverseChain {
+    /// The type that points back.
+    pub source_type: String,
+    /// Its reference parameter.
+    pub reference: String,
+    /// What it must match.
+    pub inner: Clause,
+}
+
+/// How deep chains (and reverse chains) may nest.
+pub const MAX_CHAIN_DEPTH: usize = 3;
 
 /// How string search matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +191,7 @@ pub enum UriMatch {
 }
 
 /// One parameter of a search: its values ORed, negated by `:not`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Clause {
     /// The parameter.
     pub parameter: SearchParameter,
@@ -187,6 +216,18 @@ pub struct Query {
     pub offset: usize,
     /// Parameters not applied, each with why.
     pub ignored: Vec<(String, String)>,
+}
+
+impl Query {
+    /// A query of these clauses alone (the first page's size).
+    pub fn of(clauses: Vec<Clause>) -> Self {
+        Self {
+            clauses,
+            count: DEFAULT_COUNT,
+            offset: 0,
+            ignored: Vec::new(),
+        }
+    }
 }
 
 /// Parameters about the result, not the match, that a search accepts.
@@ -224,7 +265,7 @@ pub fn parse(
             n if RESULT_PARAMETERS.contains(&n) => continue,
             _ => {}
         }
-        match clause(resource_type, name, value, base) {
+        match clause(resource_type, name, value, base, 0) {
             Ok(Some(clause)) => {
                 if query.clauses.len() == MAX_CLAUSES {
                     return Err(FhirError::invalid(format!(
@@ -261,16 +302,18 @@ fn clause(
     name: &str,
     value: &str,
     base: &str,
+    depth: usize,
 ) -> Result<Option<Clause>, Unapplied> {
+    if let Some(rest) = name.strip_prefix("_has:") {
+        return reverse_chain(resource_type, name, rest, value, base, depth);
+    }
+    if let Some((head, rest)) = name.split_once('.') {
+        return chain(resource_type, name, head, rest, value, base, depth);
+    }
     let (code, modifier) = match name.split_once(':') {
         Some((code, modifier)) => (code, Some(modifier)),
         None => (name, None),
     };
-    if code.contains('.') {
-        return Err(Unapplied::Unknown(
-            "chained parameters are not supported yet".into(),
-        ));
-    }
     let Some(parameter) = registry().get(resource_type, code) else {
         return Err(Unapplied::Unknown(format!(
             "{resource_type} has no search parameter {code:?}"
@@ -415,6 +458,131 @@ fn clause(
         raw_value: value.to_owned(),
         any_of,
         negated,
+    }))
+}
+
+/// A chained parameter: `head` is a reference parameter (with an optional `:Type`),
+/// `rest` the parameter on its targets (which may chain again).
+fn chain(
+    resource_type: &str,
+    name: &str,
+    head: &str,
+    rest: &str,
+    value: &str,
+    base: &str,
+    depth: usize,
+) -> Result<Option<Clause>, Unapplied> {
+    if depth >= MAX_CHAIN_DEPTH {
+        return Err(Unapplied::Invalid(format!(
+            "{name}: chains may be at most {MAX_CHAIN_DEPTH} deep"
+        )));
+    }
+    let (code, target) = match head.split_once(':') {
+        Some((code, target)) => (code, Some(target)),
+        None => (head, None),
+    };
+    let Some(parameter) = registry().get(resource_type, code) else {
+        return Err(Unapplied::Unknown(format!(
+            "{resource_type} has no search parameter {code:?}"
+        )));
+    };
+    if parameter.kind != ParameterType::Reference {
+        return Err(Unapplied::Invalid(format!(
+            "{name}: only reference parameters chain, and {code} is a {}",
+            parameter.kind.name()
+        )));
+    }
+    let candidates: Vec<&str> = match target {
+        Some(t) if parameter.targets.contains(&t) => vec![t],
+        Some(t) => {
+            return Err(Unapplied::Invalid(format!(
+                "{name}: {code} does not point at {t}"
+            )))
+        }
+        None => parameter.targets.clone(),
+    };
+    let inner_code = rest.split(['.', ':']).next().unwrap_or(rest);
+    let mut targets = Vec::new();
+    let mut unknown = None;
+    for target_type in candidates {
+        if registry().get(target_type, inner_code).is_none() && !inner_code.starts_with("_has") {
+            continue;
+        }
+        match clause(target_type, rest, value, base, depth + 1) {
+            Ok(Some(inner)) => targets.push((target_type.to_owned(), inner)),
+            Ok(None) => return Ok(None),
+            Err(Unapplied::Unknown(why)) => unknown = Some(why),
+            Err(e) => return Err(e),
+        }
+    }
+    if targets.is_empty() {
+        return Err(Unapplied::Unknown(unknown.unwrap_or_else(|| {
+            format!("no type that {code} points at has a search parameter {inner_code:?}")
+        })));
+    }
+    Ok(Some(Clause {
+        parameter: parameter.clone(),
+        name: name.to_owned(),
+        raw_value: value.to_owned(),
+        any_of: vec![Wanted::Chained(Box::new(Chain { targets }))],
+        negated: false,
+    }))
+}
+
+/// `_has:<type>:<reference parameter>:<parameter>`.
+fn reverse_chain(
+    resource_type: &str,
+    name: &str,
+    rest: &str,
+    value: &str,
+    base: &str,
+    depth: usize,
+) -> Result<Option<Clause>, Unapplied> {
+    if depth >= MAX_CHAIN_DEPTH {
+        return Err(Unapplied::Invalid(format!(
+            "{name}: chains may be at most {MAX_CHAIN_DEPTH} deep"
+        )));
+    }
+    let mut parts = rest.splitn(3, ':');
+    let (Some(source_type), Some(reference), Some(inner_name)) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Unapplied::Invalid(format!(
+            "{name}: _has takes _has:<type>:<reference parameter>:<parameter>"
+        )));
+    };
+    if crate::fhir::resource::RESOURCE_TYPES
+        .binary_search(&source_type)
+        .is_err()
+    {
+        return Err(Unapplied::Invalid(format!(
+            "{name}: {source_type:?} is not an R4 resource type"
+        )));
+    }
+    match registry().get(source_type, reference) {
+        Some(p) if p.kind == ParameterType::Reference => {}
+        _ => {
+            return Err(Unapplied::Unknown(format!(
+                "{source_type} has no reference parameter {reference:?}"
+            )))
+        }
+    }
+    let Some(id_parameter) = registry().get(resource_type, "_id") else {
+        return Err(Unapplied::Unknown(format!("{resource_type} has no _id")));
+    };
+    let Some(inner) = clause(source_type, inner_name, value, base, depth + 1)? else {
+        return Ok(None);
+    };
+    Ok(Some(Clause {
+        parameter: id_parameter.clone(),
+        name: name.to_owned(),
+        raw_value: value.to_owned(),
+        any_of: vec![Wanted::Has(Box::new(ReverseChain {
+            source_type: source_type.to_owned(),
+            reference: reference.to_owned(),
+            inner,
+        }))],
+        negated: false,
     }))
 }
 
