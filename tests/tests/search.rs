@@ -488,3 +488,165 @@ async fn conditional_create_update_and_delete_decide_by_search() {
     assert_eq!(search(&mesh, "Patient").await["total"], 0);
     mesh.shutdown().await;
 }
+
+fn entries_of(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == mode)
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["resource"]["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_include_summary_elements_total_and_post_search() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &data()).await.unwrap();
+    let order = |bundle: &Value| -> Vec<String> {
+        entries_of(bundle, "match")
+            .into_iter()
+            .map(|e| e.split('/').nth(1).unwrap().to_owned())
+            .collect()
+    };
+
+    // _sort: descending by the latest instant, ascending by the earliest, several keys.
+    let body = search(&mesh, "Observation?patient=zoe&_sort=-date").await;
+    assert_eq!(order(&body), ["temp-zoe", "hr-zoe-2", "hr-zoe-1"]);
+    let body = search(&mesh, "Observation?_sort=date").await;
+    assert_eq!(order(&body), ["hr-zoe-1", "hr-jan", "temp-zoe", "hr-zoe-2"]);
+    let body = search(&mesh, "Observation?_sort=code,-value-quantity").await;
+    assert_eq!(order(&body), ["temp-zoe", "hr-zoe-2", "hr-zoe-1", "hr-jan"]);
+    // ... and pages follow the order.
+    let body = search(&mesh, "Observation?_sort=date&_count=2").await;
+    assert_eq!(order(&body), ["hr-zoe-1", "hr-jan"]);
+    let next = body["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let page: Value = mesh
+        .http
+        .get(next)
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order(&page), ["temp-zoe", "hr-zoe-2"]);
+
+    // _include and _revinclude, :iterate.
+    let body = search(
+        &mesh,
+        "Observation?code=8310-5&_include=Observation:patient",
+    )
+    .await;
+    assert_eq!(entries_of(&body, "match"), ["Observation/temp-zoe"]);
+    assert_eq!(entries_of(&body, "include"), ["Patient/zoe"]);
+    let body = search(&mesh, "Patient?_id=zoe&_revinclude=Observation:patient").await;
+    assert_eq!(entries_of(&body, "match"), ["Patient/zoe"]);
+    let mut included = entries_of(&body, "include");
+    included.sort();
+    assert_eq!(
+        included,
+        [
+            "Observation/hr-zoe-1",
+            "Observation/hr-zoe-2",
+            "Observation/temp-zoe"
+        ]
+    );
+    let body = search(
+        &mesh,
+        "Observation?code=8310-5&_include=Observation:patient&_include:iterate=Patient:organization",
+    )
+    .await;
+    assert_eq!(
+        entries_of(&body, "include"),
+        ["Patient/zoe", "Organization/umcg"]
+    );
+
+    // _summary=count, _elements, _total=none.
+    let body = search(&mesh, "Observation?_summary=count").await;
+    assert_eq!(body["total"], 4);
+    assert!(entries_of(&body, "match").is_empty());
+    let body = search(&mesh, "Patient?_id=zoe&_elements=name").await;
+    let patient = &body["entry"][0]["resource"];
+    assert!(
+        patient.get("name").is_some() && patient.get("birthDate").is_none(),
+        "{patient}"
+    );
+    assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    let body = search(&mesh, "Observation?_total=none").await;
+    assert!(body.get("total").is_none());
+    assert!(body["link"][0]["url"]
+        .as_str()
+        .unwrap()
+        .contains("_total=none"));
+
+    // POST [type]/_search with a form.
+    let response = mesh
+        .http
+        .request(
+            Method::POST,
+            format!("{}/Observation/_search", mesh.node(0).base_url()),
+        )
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("code=8310-5&_include=Observation:patient")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(entries_of(&body, "match"), ["Observation/temp-zoe"]);
+    assert_eq!(entries_of(&body, "include"), ["Patient/zoe"]);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reaches_through_search_only_the_types_it_may_read() {
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &data()).await.unwrap();
+    let narrow = mesh
+        .add_client(0, "labs", "system/Observation.rs", None)
+        .unwrap();
+    let token = mesh.token_for(0, &narrow, None).await.unwrap();
+    let get = |path: &str| {
+        let request = mesh
+            .http
+            .get(format!("{}/{path}", mesh.node(0).base_url()))
+            .bearer_auth(token.clone());
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    // Its own type, yes; a Patient included along, no.
+    let (status, body) = get("Observation?code=8310-5&_include=Observation:patient").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(entries_of(&body, "match"), ["Observation/temp-zoe"]);
+    assert!(entries_of(&body, "include").is_empty(), "{body}");
+    // A chain through Patient would tell it about Patients: 403.
+    let (status, body) = get("Observation?patient.identifier=999911120").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    mesh.shutdown().await;
+}

@@ -97,6 +97,9 @@ pub fn action_of(method: &Method, path: &str) -> AuditAction {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    if *method == Method::POST && matches!(segments.as_slice(), [_, "_search"]) {
+        return AuditAction::Search;
+    }
     if *method != Method::GET && *method != Method::HEAD {
         return AuditAction::Write;
     }

@@ -69,6 +69,7 @@ pub fn router(state: ApiState) -> Router {
                 .put(conditional_update)
                 .delete(conditional_delete),
         )
+        .route("/fhir/{type}/_search", post(search_type_post))
         .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
@@ -540,15 +541,67 @@ async fn search_type(
     if let Err(e) = who.require(&resource_type, Interaction::Search) {
         return e.into_response();
     }
+    run_search(&state, &who, &resource_type, parse_query(query), &headers).await
+}
+
+/// The most bytes of a `POST [type]/_search` form.
+const MAX_SEARCH_FORM_BYTES: usize = 64 * 1024;
+
+/// `POST /fhir/{type}/_search`: the parameters of the form body and of the URL together.
+async fn search_type_post(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Search) {
+        return e.into_response();
+    }
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if media != "application/x-www-form-urlencoded" {
+        return FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not-supported",
+            "POST [type]/_search takes application/x-www-form-urlencoded",
+        )
+        .into_response();
+    }
+    let bytes = match read_body(body, MAX_SEARCH_FORM_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let mut params = parse_query(query);
+    params.extend(form_urlencoded::parse(&bytes).into_owned());
+    run_search(&state, &who, &resource_type, params, &headers).await
+}
+
+async fn run_search(
+    state: &ApiState,
+    who: &crate::auth::Principal,
+    resource_type: &str,
+    params: Vec<(String, String)>,
+    headers: &HeaderMap,
+) -> Response {
     if resource_type == "AuditEvent" {
-        return search_audit_events(&state, &parse_query(query)).await;
+        return search_audit_events(state, &params).await;
     }
     match search::search(
         &state.fhir,
-        &resource_type,
-        &parse_query(query),
+        resource_type,
+        &params,
         &state.base,
-        handling_is_strict(&headers),
+        handling_is_strict(headers),
+        &|t: &str| who.may_read(t),
     ) {
         Ok(bundle) => {
             let note = AccessNote::of_resources(&state.fhir, bundle_resources(&bundle));

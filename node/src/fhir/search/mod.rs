@@ -29,7 +29,7 @@ use crate::storage::search_index::{
 use crate::storage::{Storage, StorageError};
 use extract::IndexValue;
 use parameters::ParameterType;
-use query::{Clause, Prefix, Query, TextMatch, UriMatch, Wanted};
+use query::{Clause, Prefix, Query, Summary, TextMatch, UriMatch, Wanted};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::ops::Bound;
@@ -44,19 +44,30 @@ pub fn search(
     params: &[(String, String)],
     base: &str,
     strict: bool,
+    may_read: &dyn Fn(&str) -> bool,
 ) -> Result<Value, FhirError> {
     check_type(resource_type)?;
     let query = query::parse(resource_type, params, strict, base)?;
+    // A chain reads the types it goes through: the client must be allowed to read them.
+    for t in query.chained_types() {
+        if !may_read(&t) {
+            return Err(crate::auth::forbidden(format!(
+                "the search goes through {t}, which this client may not read"
+            )));
+        }
+    }
     let storage = service.storage();
     let ids = matching_ids(storage, resource_type, &query)?;
     let total = ids.len();
     let (count, offset) = (query.count, query.offset);
+    let ordered = sorted(storage, resource_type, ids, &query.sort)?;
 
     let mut applied: Vec<(String, String)> = query
         .clauses
         .iter()
         .map(|c| (c.name.clone(), c.raw_value.clone()))
         .collect();
+    applied.extend(query.applied.iter().cloned());
     applied.push(("_count".into(), count.to_string()));
     let link = |offset: usize| {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -67,25 +78,35 @@ pub fn search(
         format!("{base}/{resource_type}?{}", q.finish())
     };
     let mut links = vec![json!({"relation": "self", "url": link(offset)})];
-    if offset + count < total && count > 0 {
+    let counting = query.summary == Summary::Count;
+    if !counting && offset + count < total && count > 0 {
         links.push(json!({"relation": "next", "url": link(offset + count)}));
     }
-    if offset > 0 {
+    if !counting && offset > 0 {
         links.push(json!({"relation": "previous", "url": link(offset.saturating_sub(count))}));
     }
     let mut entries = Vec::new();
-    for id in ids.iter().skip(offset).take(count) {
-        let Some(record) = storage.current(resource_type, id)? else {
-            continue;
-        };
-        let (false, Some(resource)) = (record.deleted, record.resource) else {
-            continue;
-        };
-        entries.push(json!({
-            "fullUrl": format!("{base}/{resource_type}/{id}"),
-            "resource": resource,
-            "search": {"mode": "match"},
-        }));
+    let mut page: Vec<(String, String, Value)> = Vec::new();
+    if !counting {
+        for id in ordered.iter().skip(offset).take(count) {
+            if let Some(resource) = current_resource(storage, resource_type, id)? {
+                page.push((resource_type.to_owned(), id.clone(), resource));
+            }
+        }
+    }
+    // What the client may not read is not included.
+    let included: Vec<_> = included(storage, &query, &page)?
+        .into_iter()
+        .filter(|(t, _, _)| may_read(t))
+        .collect();
+    for (mode, list) in [("match", page), ("include", included)] {
+        for (t, id, resource) in list {
+            entries.push(json!({
+                "fullUrl": format!("{base}/{t}/{id}"),
+                "resource": shaped(resource, &query),
+                "search": {"mode": mode},
+            }));
+        }
     }
     if !query.ignored.is_empty() {
         let list: Vec<String> = query
@@ -102,13 +123,214 @@ pub fn search(
             "search": {"mode": "outcome"},
         }));
     }
-    Ok(json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "total": total,
         "link": links,
         "entry": entries,
-    }))
+    });
+    if query.no_total {
+        bundle.as_object_mut().expect("an object").remove("total");
+    }
+    Ok(bundle)
+}
+
+/// A current (not deleted) resource.
+fn current_resource(
+    storage: &Storage,
+    resource_type: &str,
+    id: &str,
+) -> Result<Option<Value>, StorageError> {
+    Ok(storage
+        .current(resource_type, id)?
+        .filter(|record| !record.deleted)
+        .and_then(|record| record.resource))
+}
+
+/// A sort key: what a resource's values of one parameter sort by.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum SortValue {
+    Instant(i64),
+    Number(f64),
+    Text(String),
+}
+
+fn sort_value(value: &IndexValue, descending: bool) -> Option<SortValue> {
+    Some(match value {
+        IndexValue::Date { low, high } => SortValue::Instant(if descending { *high } else { *low }),
+        IndexValue::Quantity { value, .. } | IndexValue::Number(value) => SortValue::Number(*value),
+        IndexValue::String { normalized, .. } => SortValue::Text(normalized.clone()),
+        IndexValue::Token { code, .. } => SortValue::Text(code.clone()),
+        IndexValue::Reference { url, .. } => SortValue::Text(url.clone()),
+        IndexValue::Uri(uri) => SortValue::Text(uri.clone()),
+        _ => return None,
+    })
+}
+
+/// The ids in `_sort` order (ascending by a parameter's least value, descending by its
+/// greatest; resources without a value last), ties by id; without `_sort`, by id.
+fn sorted(
+    storage: &Storage,
+    resource_type: &str,
+    ids: BTreeSet<String>,
+    sort: &[(String, bool)],
+) -> Result<Vec<String>, StorageError> {
+    if sort.is_empty() {
+        return Ok(ids.into_iter().collect());
+    }
+    let mut keyed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let values = storage
+            .index_values(resource_type, &id)?
+            .unwrap_or_default();
+        let keys: Vec<Option<SortValue>> = sort
+            .iter()
+            .map(|(code, descending)| {
+                let candidates =
+                    values_for(&values, code).filter_map(|v| sort_value(v, *descending));
+                if *descending {
+                    candidates.fold(None, |best: Option<SortValue>, v| match best {
+                        Some(b) if b >= v => Some(b),
+                        _ => Some(v),
+                    })
+                } else {
+                    candidates.fold(None, |best: Option<SortValue>, v| match best {
+                        Some(b) if b <= v => Some(b),
+                        _ => Some(v),
+                    })
+                }
+            })
+            .collect();
+        keyed.push((keys, id));
+    }
+    keyed.sort_by(|(a, a_id), (b, b_id)| {
+        for ((x, y), (_, descending)) in a.iter().zip(b).zip(sort) {
+            let order = match (x, y) {
+                (None, None) => std::cmp::Ordering::Equal,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (Some(x), Some(y)) => {
+                    let o = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                    if *descending {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                }
+            };
+            if order != std::cmp::Ordering::Equal {
+                return order;
+            }
+        }
+        a_id.cmp(b_id)
+    });
+    Ok(keyed.into_iter().map(|(_, id)| id).collect())
+}
+
+/// What `_include` and `_revinclude` add to a page (at most [`query::MAX_INCLUDED`]), each
+/// resource once and none that is on the page already; `:iterate` goes on from what was
+/// added until nothing new comes.
+fn included(
+    storage: &Storage,
+    query: &Query,
+    page: &[(String, String, Value)],
+) -> Result<Vec<(String, String, Value)>, FhirError> {
+    if query.include.is_empty() && query.revinclude.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut seen: BTreeSet<(String, String)> = page
+        .iter()
+        .map(|(t, id, _)| (t.clone(), id.clone()))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier: Vec<(String, String)> = seen.iter().cloned().collect();
+    let mut first = true;
+    while !frontier.is_empty() && out.len() < query::MAX_INCLUDED {
+        let mut next = Vec::new();
+        for (t, id) in &frontier {
+            let mut found: Vec<(String, String)> = Vec::new();
+            for include in query.include.iter().filter(|i| first || i.iterate) {
+                if include.source_type != *t {
+                    continue;
+                }
+                let values = storage.index_values(t, id)?.unwrap_or_default();
+                for value in values_for(&values, &include.parameter) {
+                    if let IndexValue::Reference {
+                        target_type: Some(target),
+                        id: Some(target_id),
+                        ..
+                    } = value
+                    {
+                        if include.target_type.as_ref().is_none_or(|w| w == target) {
+                            found.push((target.clone(), target_id.clone()));
+                        }
+                    }
+                }
+            }
+            for include in query.revinclude.iter().filter(|i| first || i.iterate) {
+                let prefix = exact(with(
+                    &parameter_prefix(&include.source_type, &include.parameter),
+                    b'r',
+                    &[id.as_bytes(), t.as_bytes()],
+                ));
+                let sources = ids_under(storage, &prefix, query::MAX_INCLUDED, |_, _| true)?
+                    .unwrap_or_default();
+                found.extend(
+                    sources
+                        .into_iter()
+                        .map(|s| (include.source_type.clone(), s)),
+                );
+            }
+            for key in found {
+                if out.len() >= query::MAX_INCLUDED || !seen.insert(key.clone()) {
+                    continue;
+                }
+                if let Some(resource) = current_resource(storage, &key.0, &key.1)? {
+                    out.push((key.0.clone(), key.1.clone(), resource));
+                    next.push(key);
+                }
+            }
+        }
+        frontier = next;
+        first = false;
+    }
+    Ok(out)
+}
+
+/// A resource as `_summary` and `_elements` ask for it (marked `SUBSETTED` when cut).
+fn shaped(mut resource: Value, query: &Query) -> Value {
+    let keep: Option<Vec<&str>> = match (&query.elements, query.summary) {
+        (Some(elements), _) => Some(elements.iter().map(String::as_str).collect()),
+        (None, Summary::Text) => Some(vec!["text"]),
+        _ => None,
+    };
+    let Some(map) = resource.as_object_mut() else {
+        return resource;
+    };
+    let mut cut = false;
+    if let Some(keep) = keep {
+        let before = map.len();
+        map.retain(|key, _| {
+            matches!(key.as_str(), "resourceType" | "id" | "meta") || keep.contains(&key.as_str())
+        });
+        cut = map.len() != before;
+    } else if query.summary == Summary::Data {
+        cut = map.remove("text").is_some();
+    }
+    if cut {
+        let meta = map.entry("meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            let tags = meta.entry("tag").or_insert_with(|| json!([]));
+            if let Some(tags) = tags.as_array_mut() {
+                tags.push(json!({
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED",
+                }));
+            }
+        }
+    }
+    resource
 }
 
 /// The CapabilityStatement's `searchParam` list of a resource type: every parameter this

@@ -7,6 +7,7 @@
 use super::extract::{date_range, normalize, IndexValue};
 use super::parameters::{registry, ParameterType, SearchParameter};
 use crate::fhir::FhirError;
+use std::collections::BTreeSet;
 
 /// Page size when the client gives none.
 pub const DEFAULT_COUNT: usize = 50;
@@ -216,9 +217,80 @@ pub struct Query {
     pub offset: usize,
     /// Parameters not applied, each with why.
     pub ignored: Vec<(String, String)>,
+    /// `_sort`: (parameter code, descending), in order.
+    pub sort: Vec<(String, bool)>,
+    /// `_include` (and `_include:iterate`).
+    pub include: Vec<Include>,
+    /// `_revinclude` (and `_revinclude:iterate`).
+    pub revinclude: Vec<Include>,
+    /// `_summary`.
+    pub summary: Summary,
+    /// `_elements`: the top-level elements to keep.
+    pub elements: Option<Vec<String>>,
+    /// `_total=none`: leave the total out.
+    pub no_total: bool,
+    /// Result parameters applied, as written (for the self link).
+    pub applied: Vec<(String, String)>,
 }
 
+/// One `_include` or `_revinclude`: the resources that `source_type`'s reference parameter
+/// `parameter` points at (or, reversed, that point at the matches), optionally only of
+/// `target_type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// The type with the reference parameter.
+    pub source_type: String,
+    /// The reference parameter.
+    pub parameter: String,
+    /// Only targets of this type.
+    pub target_type: Option<String>,
+    /// `:iterate`: also from what was included.
+    pub iterate: bool,
+}
+
+/// `_summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    /// `false` (or none): whole resources.
+    Full,
+    /// `count`: the total only.
+    Count,
+    /// `text`: `text`, `id`, `meta` only.
+    Text,
+    /// `data`: without `text`.
+    Data,
+}
+
+/// The most resources `_include` and `_revinclude` add to one page.
+pub const MAX_INCLUDED: usize = 1000;
+
 impl Query {
+    /// The resource types the query's chains and reverse chains search.
+    pub fn chained_types(&self) -> BTreeSet<String> {
+        fn walk(clause: &Clause, out: &mut BTreeSet<String>) {
+            for wanted in &clause.any_of {
+                match wanted {
+                    Wanted::Chained(chain) => {
+                        for (t, inner) in &chain.targets {
+                            out.insert(t.clone());
+                            walk(inner, out);
+                        }
+                    }
+                    Wanted::Has(has) => {
+                        out.insert(has.source_type.clone());
+                        walk(&has.inner, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        for clause in &self.clauses {
+            walk(clause, &mut out);
+        }
+        out
+    }
+
     /// A query of these clauses alone (the first page's size).
     pub fn of(clauses: Vec<Clause>) -> Self {
         Self {
@@ -226,6 +298,13 @@ impl Query {
             count: DEFAULT_COUNT,
             offset: 0,
             ignored: Vec::new(),
+            sort: Vec::new(),
+            include: Vec::new(),
+            revinclude: Vec::new(),
+            summary: Summary::Full,
+            elements: None,
+            no_total: false,
+            applied: Vec::new(),
         }
     }
 }
@@ -241,12 +320,7 @@ pub fn parse(
     strict: bool,
     base: &str,
 ) -> Result<Query, FhirError> {
-    let mut query = Query {
-        clauses: Vec::new(),
-        count: DEFAULT_COUNT,
-        offset: 0,
-        ignored: Vec::new(),
-    };
+    let mut query = Query::of(Vec::new());
     for (name, value) in params {
         match name.as_str() {
             "_count" => {
@@ -264,6 +338,23 @@ pub fn parse(
             }
             n if RESULT_PARAMETERS.contains(&n) => continue,
             _ => {}
+        }
+        match result_parameter(resource_type, name, value, &mut query) {
+            Ok(true) => {
+                query.applied.push((name.clone(), value.clone()));
+                continue;
+            }
+            Ok(false) => {}
+            Err(Unapplied::Invalid(message)) => return Err(FhirError::invalid(message)),
+            Err(Unapplied::Unknown(why)) => {
+                if strict {
+                    return Err(FhirError::invalid(format!(
+                        "{name}: {why} (Prefer: handling=strict)"
+                    )));
+                }
+                query.ignored.push((name.clone(), why));
+                continue;
+            }
         }
         match clause(resource_type, name, value, base, 0) {
             Ok(Some(clause)) => {
@@ -287,6 +378,118 @@ pub fn parse(
         }
     }
     Ok(query)
+}
+
+/// Reads a result parameter into `query`; `Ok(false)` if `name` is not one.
+fn result_parameter(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    query: &mut Query,
+) -> Result<bool, Unapplied> {
+    match name {
+        "_sort" => {
+            for key in value.split(',').filter(|k| !k.is_empty()) {
+                let (code, descending) = match key.strip_prefix('-') {
+                    Some(code) => (code, true),
+                    None => (key, false),
+                };
+                match registry().get(resource_type, code) {
+                    Some(p) if p.kind.is_indexed() && p.expression.is_some() => {
+                        query.sort.push((code.to_owned(), descending))
+                    }
+                    _ => {
+                        return Err(Unapplied::Unknown(format!(
+                            "{resource_type} cannot be sorted by {code:?}"
+                        )))
+                    }
+                }
+            }
+            Ok(true)
+        }
+        "_include" | "_include:iterate" | "_revinclude" | "_revinclude:iterate" => {
+            let iterate = name.ends_with(":iterate");
+            let parts: Vec<&str> = value.split(':').collect();
+            let (source_type, parameter, target_type) = match parts[..] {
+                [s, p] => (s, p, None),
+                [s, p, t] => (s, p, Some(t)),
+                _ => {
+                    return Err(Unapplied::Invalid(format!(
+                        "{name}={value:?}: takes <type>:<reference parameter>[:<target type>]"
+                    )))
+                }
+            };
+            if parameter == "*" {
+                return Err(Unapplied::Unknown(format!(
+                    "{name}={value}: the wildcard is not supported; name the parameter"
+                )));
+            }
+            match registry().get(source_type, parameter) {
+                Some(p) if p.kind == ParameterType::Reference => {}
+                _ => {
+                    return Err(Unapplied::Invalid(format!(
+                        "{name}={value:?}: {source_type} has no reference parameter {parameter:?}"
+                    )))
+                }
+            }
+            let include = Include {
+                source_type: source_type.to_owned(),
+                parameter: parameter.to_owned(),
+                target_type: target_type.map(str::to_owned),
+                iterate,
+            };
+            if name.starts_with("_include") {
+                query.include.push(include);
+            } else {
+                query.revinclude.push(include);
+            }
+            Ok(true)
+        }
+        "_summary" => {
+            query.summary = match value {
+                "false" => Summary::Full,
+                "count" => Summary::Count,
+                "text" => Summary::Text,
+                "data" => Summary::Data,
+                "true" => {
+                    return Err(Unapplied::Unknown(
+                        "_summary=true needs the R4 element definitions, which this node does not carry yet"
+                            .into(),
+                    ))
+                }
+                other => {
+                    return Err(Unapplied::Invalid(format!(
+                        "_summary={other:?}: takes true, false, text, data or count"
+                    )))
+                }
+            };
+            Ok(true)
+        }
+        "_elements" => {
+            query.elements = Some(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            );
+            Ok(true)
+        }
+        "_total" => {
+            query.no_total = match value {
+                "none" => true,
+                "estimate" | "accurate" => false,
+                other => {
+                    return Err(Unapplied::Invalid(format!(
+                        "_total={other:?}: takes none, estimate or accurate"
+                    )))
+                }
+            };
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Why a parameter was not turned into a clause.
