@@ -625,3 +625,92 @@ async fn a_burst_of_large_bundles_is_parsed_a_few_at_a_time_and_others_are_serve
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_patch_applies_whole_or_not_at_all_and_honours_if_match() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let (status, _, created) = send(
+        &mesh,
+        Method::POST,
+        "Patient",
+        Some(json!({"resourceType": "Patient", "name": [{"family": "Jansen"}], "active": true})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("Patient/{id}");
+    let patch = |ops: Value, headers: Vec<(&'static str, String)>| {
+        let url = format!("{}/{path}", mesh.node(0).base_url());
+        let mesh = &mesh;
+        async move {
+            let mut request = mesh
+                .http
+                .patch(url)
+                .bearer_auth(mesh.token(0).await.unwrap())
+                .body(ops.to_string());
+            for (k, v) in headers {
+                request = request.header(k, v);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let json_patch = ("content-type", "application/json-patch+json".to_owned());
+
+    let (status, body) = patch(
+        json!([{"op": "test", "path": "/name/0/family", "value": "Jansen"},
+               {"op": "replace", "path": "/name/0/family", "value": "Jansen-de Vries"},
+               {"op": "remove", "path": "/active"}]),
+        vec![json_patch.clone(), ("if-match", "W/\"1\"".into())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"][0]["family"], "Jansen-de Vries");
+    assert!(body.get("active").is_none());
+    assert_eq!(body["meta"]["versionId"], "2");
+
+    // A stale If-Match: 412.
+    let (status, body) = patch(
+        json!([{"op": "add", "path": "/gender", "value": "female"}]),
+        vec![json_patch.clone(), ("if-match", "W/\"1\"".into())],
+    )
+    .await;
+    assert_outcome(status, &body, 412);
+    // A failing test: 422, and the replace before it is not kept.
+    let (status, body) = patch(
+        json!([{"op": "replace", "path": "/name/0/family", "value": "X"},
+               {"op": "test", "path": "/gender", "value": "male"}]),
+        vec![json_patch.clone()],
+    )
+    .await;
+    assert_outcome(status, &body, 422);
+    // Changing the id or the type: 422.
+    let (status, body) = patch(
+        json!([{"op": "replace", "path": "/id", "value": "other"}]),
+        vec![json_patch.clone()],
+    )
+    .await;
+    assert_outcome(status, &body, 422);
+    // Not a JSON Patch body: 400; another media type: 415.
+    let (status, body) = patch(json!({"op": "add"}), vec![json_patch.clone()]).await;
+    assert_outcome(status, &body, 400);
+    let (status, body) = patch(
+        json!([]),
+        vec![("content-type", "application/fhir+json".into())],
+    )
+    .await;
+    assert_outcome(status, &body, 415);
+    // Nothing of the failures stuck.
+    let (_, _, now) = send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
+    assert_eq!(now["meta"]["versionId"], "2");
+    assert_eq!(now["name"][0]["family"], "Jansen-de Vries");
+    // A missing resource: 404.
+    let (status, _, body) = send(&mesh, Method::GET, "Patient/nobody", None, &[]).await;
+    assert_outcome(status, &body, 404);
+    mesh.shutdown().await;
+}

@@ -70,7 +70,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(conditional_delete),
         )
         .route("/fhir/{type}/_search", post(search_type_post))
-        .route("/fhir/{type}/{id}", get(read).put(update).delete(delete))
+        .route(
+            "/fhir/{type}/{id}",
+            get(read).put(update).delete(delete).patch(patch_resource),
+        )
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .route("/admin/status", get(status))
@@ -673,6 +676,57 @@ fn if_none_exist(headers: &HeaderMap) -> Result<Option<String>, FhirError> {
     Ok(Some(query.to_owned()))
 }
 
+/// `PATCH /fhir/{type}/{id}`: JSON Patch (`application/json-patch+json`).
+async fn patch_resource(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path((resource_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        super::resource::check_type(&resource_type)?;
+        who.require(&resource_type, Interaction::Update)?;
+        let media = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if media != "application/json-patch+json" {
+            return Err(FhirError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                format!(
+                    "PATCH takes application/json-patch+json (FHIRPath Patch is not supported yet), not {media:?}"
+                ),
+            ));
+        }
+        let expected = if_match(&headers)?;
+        let _permit = reserve_body(&headers, MAX_RESOURCE_BYTES).await?;
+        let bytes = read_body(body, MAX_RESOURCE_BYTES).await?;
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes)
+            .map_err(|e| FhirError::invalid(format!("the body is not a JSON Patch: {e}")))?;
+        state.fhir.patch(&resource_type, &id, &patch, expected).await
+    }
+    .await;
+    match result {
+        Ok(written) => {
+            let location = format!(
+                "{}/{resource_type}/{id}/_history/{}",
+                state.base, written.stored.version
+            );
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
+                versioned_response(StatusCode::OK, &written.stored, Some(location)),
+            )
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `PUT /fhir/{type}?<search>`: conditional update.
 async fn conditional_update(
     State(state): State<ApiState>,
@@ -1100,9 +1154,12 @@ fn capability_statement(state: &ApiState) -> Value {
                 "versioning": "versioned",
                 "readHistory": true,
                 "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "interaction": [
                     {"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "update"},
-                    {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
+                    {"code": "patch"}, {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
                 ],
                 "searchParam": search::capability_parameters(t)
             });

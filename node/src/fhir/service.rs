@@ -165,6 +165,61 @@ impl FhirService {
         Ok(version)
     }
 
+    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902): applied to the current version as
+    /// one whole (a failing operation, `test` included, changes nothing), which must stay a
+    /// resource of the same type and id; `if_match` as for an update.
+    pub async fn patch(
+        &self,
+        resource_type: &str,
+        id: &str,
+        patch: &json_patch::Patch,
+        if_match: Option<u64>,
+    ) -> Result<WriteResult, FhirError> {
+        check_type(resource_type)?;
+        check_id(id)?;
+        let (result, dirty) = self
+            .storage
+            .write(now_ms(), |tx| {
+                let current = match tx.current(resource_type, id)? {
+                    None => {
+                        return Err(FhirError::not_found(format!(
+                            "{resource_type}/{id} does not exist"
+                        )))
+                    }
+                    Some(record) if record.deleted => {
+                        return Err(FhirError::gone(format!("{resource_type}/{id} was deleted")))
+                    }
+                    Some(record) => record,
+                };
+                check_if_match(tx, resource_type, id, if_match)?;
+                let mut body = current.resource.unwrap_or_default();
+                json_patch::patch(&mut body, patch).map_err(|e| {
+                    FhirError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "processing",
+                        format!("the patch does not apply to {resource_type}/{id}: {e}"),
+                    )
+                })?;
+                if body.get("resourceType").and_then(Value::as_str) != Some(resource_type)
+                    || body.get("id").and_then(Value::as_str) != Some(id)
+                {
+                    return Err(FhirError::new(
+                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "processing",
+                        "a patch may not change the resource's type or id",
+                    ));
+                }
+                check_resource(&body, Some(resource_type)).map_err(|e| FhirError {
+                    status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    ..e
+                })?;
+                put_in(tx, resource_type, id, &mut body, None)
+            })
+            .await?;
+        self.after_write(dirty).await;
+        Ok(result)
+    }
+
     /// The resources a conditional interaction's search (`condition`, a query string)
     /// finds. Parameters that cannot be applied are an error here, never ignored: a
     /// conditional write decided on half its criteria could change the wrong resource.
