@@ -699,16 +699,29 @@ async fn json_patch_applies_whole_or_not_at_all_and_honours_if_match() {
     // Not a JSON Patch body: 400; another media type: 415.
     let (status, body) = patch(json!({"op": "add"}), vec![json_patch.clone()]).await;
     assert_outcome(status, &body, 400);
+    let (status, body) = patch(json!([]), vec![("content-type", "text/plain".into())]).await;
+    assert_outcome(status, &body, 415);
+    // A FHIRPath Patch (Parameters) is refused plainly.
     let (status, body) = patch(
-        json!([]),
+        json!({"resourceType": "Parameters", "parameter": []}),
         vec![("content-type", "application/fhir+json".into())],
     )
     .await;
-    assert_outcome(status, &body, 415);
+    assert_outcome(status, &body, 422);
     // Nothing of the failures stuck.
     let (_, _, now) = send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
     assert_eq!(now["meta"]["versionId"], "2");
     assert_eq!(now["name"][0]["family"], "Jansen-de Vries");
+    // A merge patch (RFC 7396, what fhirpy sends): fields set, null removes.
+    let (status, body) = patch(
+        json!({"gender": "female", "name": null}),
+        vec![("content-type", "application/json".into())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["gender"], "female");
+    assert!(body.get("name").is_none());
+    assert_eq!(body["meta"]["versionId"], "3");
     // A missing resource: 404.
     let (status, _, body) = send(&mesh, Method::GET, "Patient/nobody", None, &[]).await;
     assert_outcome(status, &body, 404);

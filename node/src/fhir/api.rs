@@ -618,6 +618,7 @@ async fn create(
     State(state): State<ApiState>,
     Extension(who): Who,
     Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -625,7 +626,15 @@ async fn create(
         super::resource::check_type(&resource_type)?;
         who.require(&resource_type, Interaction::Create)?;
         let (resource, _permit) = read_json(&headers, body, MAX_RESOURCE_BYTES).await?;
-        match if_none_exist(&headers)? {
+        // The condition of a conditional create: the If-None-Exist header, or (as fhirpy's
+        // get_or_create sends it) the query string of `POST [type]?[search]`.
+        let condition = match (if_none_exist(&headers)?, query.filter(|q| !q.is_empty())) {
+            (Some(_), Some(_)) => return Err(FhirError::invalid(
+                "a conditional create gives its condition once: If-None-Exist or the query string",
+            )),
+            (header, query) => header.or(query),
+        };
+        match condition {
             Some(condition) => {
                 // Finding the existing resource is a search: the client needs that scope too.
                 who.require(&resource_type, Interaction::Search)?;
@@ -696,20 +705,41 @@ async fn patch_resource(
             .unwrap_or("")
             .trim()
             .to_ascii_lowercase();
-        if media != "application/json-patch+json" {
-            return Err(FhirError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "not-supported",
-                format!(
-                    "PATCH takes application/json-patch+json (FHIRPath Patch is not supported yet), not {media:?}"
-                ),
-            ));
-        }
+        let json_patch = match media.as_str() {
+            "application/json-patch+json" => true,
+            "application/merge-patch+json" | "application/json" | "application/fhir+json" => false,
+            other => {
+                return Err(FhirError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "not-supported",
+                    format!(
+                        "PATCH takes application/json-patch+json (RFC 6902) or a JSON merge patch (RFC 7396), not {other:?}"
+                    ),
+                ))
+            }
+        };
         let expected = if_match(&headers)?;
         let _permit = reserve_body(&headers, MAX_RESOURCE_BYTES).await?;
         let bytes = read_body(body, MAX_RESOURCE_BYTES).await?;
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes)
-            .map_err(|e| FhirError::invalid(format!("the body is not a JSON Patch: {e}")))?;
+        let patch = if json_patch {
+            let patch: json_patch::Patch = serde_json::from_slice(&bytes)
+                .map_err(|e| FhirError::invalid(format!("the body is not a JSON Patch: {e}")))?;
+            super::service::Patch::Json(patch)
+        } else {
+            let merge: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| FhirError::invalid(format!("the body is not JSON: {e}")))?;
+            if !merge.is_object() {
+                return Err(FhirError::invalid("a merge patch is a JSON object"));
+            }
+            if merge.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+                return Err(FhirError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "not-supported",
+                    "FHIRPath Patch (a Parameters body) is not supported yet: send a JSON Patch or a merge patch",
+                ));
+            }
+            super::service::Patch::Merge(merge)
+        };
         state.fhir.patch(&resource_type, &id, &patch, expected).await
     }
     .await;

@@ -165,14 +165,15 @@ impl FhirService {
         Ok(version)
     }
 
-    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902): applied to the current version as
-    /// one whole (a failing operation, `test` included, changes nothing), which must stay a
-    /// resource of the same type and id; `if_match` as for an update.
+    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902) or a JSON merge patch (RFC 7396, as
+    /// fhirpy sends): applied to the current version as one whole (a failing operation,
+    /// `test` included, changes nothing), which must stay a resource of the same type and
+    /// id; `if_match` as for an update.
     pub async fn patch(
         &self,
         resource_type: &str,
         id: &str,
-        patch: &json_patch::Patch,
+        patch: &Patch,
         if_match: Option<u64>,
     ) -> Result<WriteResult, FhirError> {
         check_type(resource_type)?;
@@ -193,13 +194,19 @@ impl FhirService {
                 };
                 check_if_match(tx, resource_type, id, if_match)?;
                 let mut body = current.resource.unwrap_or_default();
-                json_patch::patch(&mut body, patch).map_err(|e| {
-                    FhirError::new(
-                        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                        "processing",
-                        format!("the patch does not apply to {resource_type}/{id}: {e}"),
-                    )
-                })?;
+                match patch {
+                    Patch::Json(operations) => {
+                        json_patch::patch(&mut body, operations).map_err(|e| {
+                            FhirError::new(
+                                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                                "processing",
+                                format!("the patch does not apply to {resource_type}/{id}: {e}"),
+                            )
+                        })?
+                    }
+                    Patch::Merge(merge) => json_patch::merge(&mut body, merge),
+                }
+
                 if body.get("resourceType").and_then(Value::as_str) != Some(resource_type)
                     || body.get("id").and_then(Value::as_str) != Some(id)
                 {
@@ -536,6 +543,15 @@ fn versioned(resource_type: &str, id: &str, record: VersionRecord) -> Result<Ver
 }
 
 /// An update inside a write transaction (shared by PUT and Bundles).
+/// A patch: RFC 6902 operations or an RFC 7396 merge document.
+#[derive(Debug, Clone)]
+pub enum Patch {
+    /// JSON Patch.
+    Json(json_patch::Patch),
+    /// JSON merge patch.
+    Merge(Value),
+}
+
 /// 412 for a conditional interaction whose search finds more than one resource.
 fn multiple_matches(resource_type: &str, condition: &str) -> FhirError {
     FhirError::new(
