@@ -398,7 +398,7 @@ impl DossierResolver {
         elapsed_ms: u64,
     ) -> Value {
         let mut merged: Vec<Value> = Vec::new();
-        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut by_key: HashMap<String, (usize, NodeId)> = HashMap::new();
         let mut issues = Vec::new();
         for holder in plan.holders() {
             let info = &holder.location.info;
@@ -421,16 +421,15 @@ impl DossierResolver {
                             ),
                         }));
                     }
-                    for mut resource in results.remove(&info.node).unwrap_or_default() {
-                        let key = merge_key(&resource);
-                        if let Some(&at) = by_key.get(&key) {
-                            add_origin(&mut merged[at], &self.network, &holder.location, false);
-                        } else {
-                            add_origin(&mut resource, &self.network, &holder.location, true);
-                            by_key.insert(key, merged.len());
-                            merged.push(resource);
-                        }
-                    }
+                    merge_answer(
+                        &mut merged,
+                        &mut by_key,
+                        results.remove(&info.node).unwrap_or_default(),
+                        &info.node,
+                        |resource, first| {
+                            add_origin(resource, &self.network, &holder.location, first)
+                        },
+                    );
                 }
                 HolderState::Failed { reason } => match reason.strip_prefix(REFUSED) {
                     Some(why) => issues.push(refused_issue(&holder.location, why)),
@@ -661,6 +660,62 @@ pub fn holding_mismatch(
     })
 }
 
+/// Adds one holder's answer to the dossier. A resource is merged into an earlier one only
+/// when they are the same (same business identifier for shared types, else the same
+/// content) and the earlier came from another holder: two alike resources inside one
+/// answer are two resources (two identical Devices of one patient). References in this
+/// answer to a merged resource are pointed at the copy that stays, so none dangles.
+fn merge_answer(
+    merged: &mut Vec<Value>,
+    by_key: &mut HashMap<String, (usize, NodeId)>,
+    answer: Vec<Value>,
+    holder: &NodeId,
+    mut origin: impl FnMut(&mut Value, bool),
+) {
+    let literal = |resource: &Value| {
+        format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        )
+    };
+    let mut kept = Vec::new();
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    let mut added_here: HashMap<String, usize> = HashMap::new();
+    for resource in answer {
+        let key = merge_key(&resource);
+        match by_key.get(&key) {
+            Some((at, from)) if from != holder => {
+                let stays = literal(&merged[*at]);
+                let goes = literal(&resource);
+                if stays != goes {
+                    aliases.insert(goes, stays);
+                }
+                origin(&mut merged[*at], false);
+            }
+            _ => {
+                added_here.entry(key).or_insert(kept.len());
+                kept.push(resource);
+            }
+        }
+    }
+    let first_index = merged.len();
+    for mut resource in kept {
+        if !aliases.is_empty() {
+            super::fhir::resource::rewrite_references(&mut resource, &|r: &str| {
+                aliases.get(r).cloned()
+            });
+        }
+        origin(&mut resource, true);
+        merged.push(resource);
+    }
+    for (key, offset) in added_here {
+        by_key
+            .entry(key)
+            .or_insert((first_index + offset, holder.clone()));
+    }
+}
+
 fn merge_key(resource: &Value) -> String {
     let resource_type = resource["resourceType"].as_str().unwrap_or_default();
     if SHARED_TYPES.contains(&resource_type) {
@@ -729,6 +784,58 @@ pub fn requested_bsn(params: &[(String, String)]) -> Result<Bsn, FhirError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn alike_resources_of_one_holder_stay_apart_and_merged_references_do_not_dangle() {
+        let device = |id: &str| json!({"resourceType": "Device", "id": id, "type": {"text": "insulin pump"}});
+        let statement = |id: &str, device: &str| {
+            json!({"resourceType": "DeviceUseStatement", "id": id, "status": "active",
+                "device": {"reference": format!("Device/{device}")}})
+        };
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        let mut merged = Vec::new();
+        let mut by_key = HashMap::new();
+        // One holder with two identical Devices, each used: both stay.
+        merge_answer(
+            &mut merged,
+            &mut by_key,
+            vec![
+                device("d1"),
+                device("d2"),
+                statement("s1", "d1"),
+                statement("s2", "d2"),
+            ],
+            &a,
+            |_, _| {},
+        );
+        assert_eq!(merged.len(), 4);
+        // Another holder's copy of the same Device merges; its statement now points at the
+        // copy that stays.
+        merge_answer(
+            &mut merged,
+            &mut by_key,
+            vec![device("b1"), statement("t1", "b1")],
+            &b,
+            |_, _| {},
+        );
+        assert_eq!(merged.len(), 5);
+        let ids: std::collections::HashSet<String> = merged
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap(),
+                    r["id"].as_str().unwrap()
+                )
+            })
+            .collect();
+        for resource in &merged {
+            if let Some(reference) = resource["device"]["reference"].as_str() {
+                assert!(ids.contains(reference), "{reference} dangles in {merged:?}");
+            }
+        }
+        assert_eq!(merged[4]["device"]["reference"], "Device/d1");
+    }
     use super::*;
     use zorgmesh_protocol::locator::category;
 

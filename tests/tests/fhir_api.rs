@@ -237,7 +237,10 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     )
     .await;
     assert_outcome(status, &body, 400);
+    // PATCH of a resource that does not exist.
     let (status, _, body) = send(&mesh, Method::PATCH, "Patient/a", Some(json!({})), &[]).await;
+    assert_outcome(status, &body, 404);
+    let (status, _, body) = send(&mesh, Method::PATCH, "Patient", Some(json!({})), &[]).await;
     assert_outcome(status, &body, 405);
     let (status, _, body) = send(&mesh, Method::GET, "Patient?_count=many", None, &[]).await;
     assert_outcome(status, &body, 400);
