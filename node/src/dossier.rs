@@ -712,7 +712,7 @@ fn merge_answer(
     for (key, offset) in added_here {
         by_key
             .entry(key)
-            .or_insert((first_index + offset, holder.clone()));
+            .or_insert((first_index + offset, *holder));
     }
 }
 
