@@ -710,9 +710,7 @@ fn merge_answer(
         merged.push(resource);
     }
     for (key, offset) in added_here {
-        by_key
-            .entry(key)
-            .or_insert((first_index + offset, *holder));
+        by_key.entry(key).or_insert((first_index + offset, *holder));
     }
 }
 

@@ -730,3 +730,96 @@ async fn json_patch_applies_whole_or_not_at_all_and_honours_if_match() {
     assert_outcome(status, &body, 404);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_return_conditional_reads_and_xml_refused() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let patient = json!({"resourceType": "Patient", "name": [{"family": "Jansen"}]});
+    // Prefer: return=minimal: no body, the headers still.
+    let url = format!("{}/Patient", mesh.node(0).base_url());
+    let response = mesh
+        .http
+        .post(&url)
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(patient.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(response.headers().contains_key("etag"));
+    assert!(response.text().await.unwrap().is_empty());
+    let id = location
+        .split("/Patient/")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Prefer: return=OperationOutcome.
+    let (status, _, body) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient/{id}"),
+        Some(json!({"resourceType": "Patient", "id": id, "name": [{"family": "de Vries"}]})),
+        &[("prefer", "return=OperationOutcome")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["resourceType"], "OperationOutcome");
+
+    // Conditional reads: the current version or a later date is 304, an old one 200.
+    let (status, _, _) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-none-match", "W/\"2\"")],
+    )
+    .await;
+    assert_eq!(status, 304);
+    let (status, _, body) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-none-match", "W/\"1\"")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["meta"]["versionId"], "2");
+    let (status, _, _) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(status, 304);
+    let (status, _, _) = send(
+        &mesh,
+        Method::GET,
+        &format!("Patient/{id}"),
+        None,
+        &[("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // XML asked for: 406 with an OperationOutcome (in JSON).
+    for (path, accept) in [
+        (format!("Patient/{id}"), "application/fhir+xml"),
+        (format!("Patient/{id}?_format=xml"), "application/fhir+json"),
+    ] {
+        let (status, _, body) = send(&mesh, Method::GET, &path, None, &[("accept", accept)]).await;
+        assert_outcome(status, &body, 406);
+    }
+    mesh.shutdown().await;
+}

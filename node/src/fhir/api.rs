@@ -89,10 +89,48 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(axum::middleware::from_fn(refuse_xml))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
         .with_state(state)
+}
+
+/// True when a request asks for XML only (`_format=xml` or an `Accept` naming XML and no
+/// JSON): this node speaks FHIR JSON.
+fn wants_xml(headers: &HeaderMap, query: Option<&str>) -> bool {
+    let format_xml = query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(name, value)| {
+            name == "_format"
+                && matches!(
+                    value.as_ref(),
+                    "xml" | "text/xml" | "application/xml" | "application/fhir+xml"
+                )
+        })
+    });
+    let accept_xml = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| {
+            let accept = accept.to_ascii_lowercase();
+            accept.contains("xml") && !accept.contains("json") && !accept.contains("*/*")
+        });
+    format_xml || accept_xml
+}
+
+/// 406 with an OperationOutcome for a request that asks for XML.
+async fn refuse_xml(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if request.uri().path().starts_with("/fhir")
+        && wants_xml(request.headers(), request.uri().query())
+    {
+        return FhirError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "not-supported",
+            "this node answers in FHIR JSON only: ask for application/fhir+json",
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// The principal of an authenticated request (set by [`authenticate`]).
@@ -315,6 +353,84 @@ fn versioned_response(
         headers.insert(header::LOCATION, location);
     }
     response
+}
+
+/// The answer to a write, as `Prefer: return=…` asks: the resource (`representation`, the
+/// default), nothing (`minimal`) or an OperationOutcome (`OperationOutcome`); the `ETag`,
+/// `Last-Modified` and `Location` headers in every case.
+fn written_response(
+    status: StatusCode,
+    stored: &super::service::Versioned,
+    location: String,
+    request: &HeaderMap,
+) -> Response {
+    let prefer = request
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|part| part.trim().strip_prefix("return=").map(str::to_owned));
+    let mut response = versioned_response(status, stored, Some(location));
+    match prefer.as_deref() {
+        Some("minimal") => {
+            *response.body_mut() = Body::empty();
+            response.headers_mut().remove(header::CONTENT_TYPE);
+        }
+        Some("OperationOutcome") => {
+            let outcome = super::outcome::operation_outcome(
+                "information",
+                "informational",
+                &format!(
+                    "{}/{} is at version {}",
+                    stored.resource["resourceType"].as_str().unwrap_or_default(),
+                    stored.resource["id"].as_str().unwrap_or_default(),
+                    stored.version
+                ),
+            );
+            let with_outcome = fhir_response(status, &outcome);
+            let (mut parts, body) = with_outcome.into_parts();
+            for name in [header::ETAG, header::LAST_MODIFIED, header::LOCATION] {
+                if let Some(value) = response.headers().get(&name) {
+                    parts.headers.insert(name, value.clone());
+                }
+            }
+            return Response::from_parts(parts, body);
+        }
+        _ => {}
+    }
+    response
+}
+
+/// True when a read's `If-None-Match` names the current version, or its
+/// `If-Modified-Since` is not before the last change: the client's copy is current (304).
+fn not_modified(request: &HeaderMap, stored: &super::service::Versioned) -> bool {
+    if let Some(tags) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let current = format!("W/\"{}\"", stored.version);
+        return tags
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag == current || tag == format!("\"{}\"", stored.version));
+    }
+    request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|text| {
+            time::PrimitiveDateTime::parse(
+                text,
+                time::macros::format_description!(
+                    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+                ),
+            )
+            .ok()
+        })
+        .is_some_and(|since| {
+            let since_ms = since.assume_utc().unix_timestamp() * 1000;
+            // HTTP dates are to the second.
+            (stored.last_updated_ms as i64) / 1000 * 1000 <= since_ms
+        })
 }
 
 /// The whole time a client has to send a request body: a client that trickles its body
@@ -662,8 +778,9 @@ async fn create(
             } else {
                 StatusCode::OK
             };
-            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
-                .attach(versioned_response(status, &written.stored, Some(location)))
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
+                written_response(status, &written.stored, location, &headers),
+            )
         }
         Err(e) => e.into_response(),
     }
@@ -750,7 +867,7 @@ async fn patch_resource(
                 state.base, written.stored.version
             );
             AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
-                versioned_response(StatusCode::OK, &written.stored, Some(location)),
+                written_response(StatusCode::OK, &written.stored, location, &headers),
             )
         }
         Err(e) => e.into_response(),
@@ -796,8 +913,9 @@ async fn conditional_update(
                 "{}/{resource_type}/{id}/_history/{}",
                 state.base, written.stored.version
             );
-            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
-                .attach(versioned_response(status, &written.stored, Some(location)))
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
+                written_response(status, &written.stored, location, &headers),
+            )
         }
         Err(e) => e.into_response(),
     }
@@ -907,6 +1025,12 @@ async fn read(
         return e.into_response();
     }
     match state.fhir.read(&resource_type, &id) {
+        Ok(stored) if not_modified(&headers, &stored) => {
+            let mut response = versioned_response(StatusCode::NOT_MODIFIED, &stored, None);
+            *response.body_mut() = Body::empty();
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            AccessNote::of_resources(&state.fhir, [&stored.resource]).attach(response)
+        }
         Ok(stored) => AccessNote::of_resources(&state.fhir, [&stored.resource])
             .attach(versioned_response(StatusCode::OK, &stored, None)),
         Err(e) => e.into_response(),
@@ -942,8 +1066,9 @@ async fn update(
                 "{}/{resource_type}/{id}/_history/{}",
                 state.base, written.stored.version
             );
-            AccessNote::of_resources(&state.fhir, [&written.stored.resource])
-                .attach(versioned_response(status, &written.stored, Some(location)))
+            AccessNote::of_resources(&state.fhir, [&written.stored.resource]).attach(
+                written_response(status, &written.stored, location, &headers),
+            )
         }
         Err(e) => e.into_response(),
     }
