@@ -823,3 +823,111 @@ async fn prefer_return_conditional_reads_and_xml_refused() {
     }
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_and_system_history_page_newest_first_with_since() {
+    use reqwest::Method;
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for family in ["A", "B", "C"] {
+        let (status, _, created) = send(
+            &mesh,
+            Method::POST,
+            "Patient",
+            Some(json!({"resourceType": "Patient", "name": [{"family": family}]})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _, _) = send(
+        &mesh,
+        Method::POST,
+        "Observation",
+        Some(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _, _) = send(
+        &mesh,
+        Method::PUT,
+        &format!("Patient/{}", ids[0]),
+        Some(json!({"resourceType": "Patient", "id": ids[0], "name": [{"family": "A2"}]})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        mesh.delete(0, &format!("Patient/{}", ids[1]))
+            .await
+            .unwrap(),
+        204
+    );
+
+    // Type level, two per page: every Patient version, newest first, across the pages.
+    let (status, _, mut page) =
+        send(&mesh, Method::GET, "Patient/_history?_count=2", None, &[]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["type"], "history");
+    let mut seen = Vec::new();
+    loop {
+        for entry in page["entry"].as_array().unwrap() {
+            seen.push(format!(
+                "{} {}",
+                entry["request"]["method"].as_str().unwrap(),
+                entry["response"]["etag"].as_str().unwrap()
+            ));
+        }
+        let next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_owned());
+        let Some(next) = next else { break };
+        page = mesh
+            .http
+            .get(next)
+            .bearer_auth(mesh.token(0).await.unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            "DELETE W/\"2\"",
+            "PUT W/\"2\"",
+            "PUT W/\"1\"",
+            "PUT W/\"1\"",
+            "PUT W/\"1\""
+        ],
+        "newest first"
+    );
+    // System level holds the Observation too.
+    let (_, _, all) = send(&mesh, Method::GET, "_history", None, &[]).await;
+    assert_eq!(all["entry"].as_array().unwrap().len(), 6);
+    // _since in the future: nothing; a bad cursor or parameter: 400.
+    let (_, _, none) = send(
+        &mesh,
+        Method::GET,
+        "_history?_since=2999-01-01T00:00:00Z",
+        None,
+        &[],
+    )
+    .await;
+    assert!(none["entry"].as_array().unwrap().is_empty());
+    let (status, _, body) =
+        send(&mesh, Method::GET, "Patient/_history?_cursor=zz", None, &[]).await;
+    assert_outcome(status, &body, 400);
+    let (status, _, body) = send(&mesh, Method::GET, "Patient/_history?family=A", None, &[]).await;
+    assert_outcome(status, &body, 400);
+    mesh.shutdown().await;
+}

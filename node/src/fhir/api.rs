@@ -69,6 +69,8 @@ pub fn router(state: ApiState) -> Router {
                 .put(conditional_update)
                 .delete(conditional_delete),
         )
+        .route("/fhir/_history", get(system_history))
+        .route("/fhir/{type}/_history", get(type_history))
         .route("/fhir/{type}/_search", post(search_type_post))
         .route(
             "/fhir/{type}/{id}",
@@ -627,6 +629,51 @@ async fn search_audit_events(state: &ApiState, params: &[(String, String)]) -> R
     .await;
     match result {
         Ok(bundle) => fhir_response(StatusCode::OK, &bundle),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /fhir/_history`: every type's versions (those the client may read).
+async fn system_history(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match state.fhir.changes(None, &parse_query(query), &state.base) {
+        Ok(mut bundle) => {
+            // Deletes carry no resource: judged by the type in their URL.
+            if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+                entries.retain(|entry| {
+                    entry["request"]["url"]
+                        .as_str()
+                        .and_then(|url| url.split('/').next())
+                        .is_some_and(|t| who.may_read(t))
+                });
+            }
+            withhold_unreadable(&mut bundle, &who);
+            AccessNote::of_resources(&state.fhir, bundle_resources(&bundle))
+                .attach(fhir_response(StatusCode::OK, &bundle))
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /fhir/{type}/_history`.
+async fn type_history(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path(resource_type): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    if let Err(e) = who.require(&resource_type, Interaction::Read) {
+        return e.into_response();
+    }
+    match state
+        .fhir
+        .changes(Some(&resource_type), &parse_query(query), &state.base)
+    {
+        Ok(bundle) => AccessNote::of_resources(&state.fhir, bundle_resources(&bundle))
+            .attach(fhir_response(StatusCode::OK, &bundle)),
         Err(e) => e.into_response(),
     }
 }

@@ -405,6 +405,110 @@ impl FhirService {
         everything_in(&self.storage, patient_ids)
     }
 
+    /// `GET /{type}/_history` and `GET /_history`: versions across resources (of one type, or
+    /// all), newest first, `_since` an instant, `_count` a page (50, at most 1000); the
+    /// `next` link goes on from the last version on the page (`_cursor`), so pages stay
+    /// right while writes go on (new versions are newer than every page after the first).
+    /// What a replica follows a source by.
+    pub fn changes(
+        &self,
+        resource_type: Option<&str>,
+        params: &[(String, String)],
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        if let Some(t) = resource_type {
+            check_type(t)?;
+        }
+        let mut since_ms = 0u64;
+        let mut count = super::search::DEFAULT_COUNT;
+        let mut cursor: Option<Vec<u8>> = None;
+        for (name, value) in params {
+            match name.as_str() {
+                "_since" => {
+                    let (low, _) = super::search::extract::date_range(value).ok_or_else(|| {
+                        FhirError::invalid(format!("_since {value:?} is not a FHIR instant"))
+                    })?;
+                    since_ms = low.max(0) as u64;
+                }
+                "_count" => {
+                    count = value
+                        .parse::<usize>()
+                        .map_err(|_| {
+                            FhirError::invalid(format!("_count {value:?} is not a number"))
+                        })?
+                        .clamp(1, super::search::MAX_COUNT);
+                }
+                "_cursor" => {
+                    cursor = Some(hex::decode(value).map_err(|_| {
+                        FhirError::invalid(format!("_cursor {value:?} is not one this node gave"))
+                    })?);
+                }
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(FhirError::invalid(format!(
+                        "history takes _since, _count and _cursor, not {other}"
+                    )))
+                }
+            }
+        }
+        let changes = self
+            .storage
+            .changes(resource_type, since_ms, cursor.as_deref(), count)?;
+        let entries: Vec<Value> = changes
+            .iter()
+            .map(|change| {
+                let (t, id, v) = (&change.resource_type, &change.id, &change.record);
+                let (method, status) = match (v.deleted, v.version) {
+                    (true, _) => ("DELETE", "204 No Content"),
+                    (false, 1) => ("PUT", "201 Created"),
+                    (false, _) => ("PUT", "200 OK"),
+                };
+                let mut entry = serde_json::json!({
+                    "fullUrl": format!("{base}/{t}/{id}"),
+                    "request": {"method": method, "url": format!("{t}/{id}")},
+                    "response": {
+                        "status": status,
+                        "etag": format!("W/\"{}\"", v.version),
+                        "lastModified": resource::instant(v.last_updated_ms),
+                    },
+                });
+                if let Some(resource) = &v.resource {
+                    entry["resource"] = resource.clone();
+                }
+                entry
+            })
+            .collect();
+        let path = match resource_type {
+            Some(t) => format!("{base}/{t}/_history"),
+            None => format!("{base}/_history"),
+        };
+        let link = |cursor: Option<&[u8]>| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if since_ms > 0 {
+                q.append_pair("_since", &resource::instant(since_ms));
+            }
+            q.append_pair("_count", &count.to_string());
+            if let Some(cursor) = cursor {
+                q.append_pair("_cursor", &hex::encode(cursor));
+            }
+            format!("{path}?{}", q.finish())
+        };
+        let mut links =
+            vec![serde_json::json!({"relation": "self", "url": link(cursor.as_deref())})];
+        if changes.len() == count {
+            if let Some(last) = changes.last() {
+                links
+                    .push(serde_json::json!({"relation": "next", "url": link(Some(&last.cursor))}));
+            }
+        }
+        Ok(serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "history",
+            "link": links,
+            "entry": entries,
+        }))
+    }
+
     /// `GET /{type}/{id}/_history`: every version, newest first, as a history Bundle.
     pub fn history(&self, resource_type: &str, id: &str, base: &str) -> Result<Value, FhirError> {
         check_type(resource_type)?;

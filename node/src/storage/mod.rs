@@ -126,6 +126,62 @@ fn history_key(resource_type: &str, id: &str, version: u64) -> Vec<u8> {
     ]
     .concat()
 }
+/// `t\0 <ms, 8 bytes> <type> \0 <id> \0 <version, 8 bytes>`: every version in write
+/// order, for system-level history.
+fn changes_key(last_updated_ms: u64, resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+    [
+        b"t\0".as_slice(),
+        &last_updated_ms.to_be_bytes(),
+        resource_type.as_bytes(),
+        &[SEP],
+        id.as_bytes(),
+        &[SEP],
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+/// `u\0 <type> \0 <ms, 8 bytes> <id> \0 <version, 8 bytes>`: a type's versions in write
+/// order, for type-level history.
+fn type_changes_key(last_updated_ms: u64, resource_type: &str, id: &str, version: u64) -> Vec<u8> {
+    [
+        type_changes_prefix(resource_type).as_slice(),
+        &last_updated_ms.to_be_bytes(),
+        id.as_bytes(),
+        &[SEP],
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+fn type_changes_prefix(resource_type: &str) -> Vec<u8> {
+    [b"u\0".as_slice(), resource_type.as_bytes(), &[SEP]].concat()
+}
+const CHANGES_PREFIX: &[u8] = b"t\0";
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_after(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// One version in a history across resources.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The resource type.
+    pub resource_type: String,
+    /// The id.
+    pub id: String,
+    /// The version.
+    pub record: VersionRecord,
+    /// Where the next page (older) starts: pass it as `before`.
+    pub cursor: Vec<u8>,
+}
+
 fn link_key(patient_id: &str, resource_type: &str, id: &str) -> Vec<u8> {
     [
         b"l\0",
@@ -422,7 +478,20 @@ impl WriteTransaction<'_> {
         let bytes = serde_json::to_vec(&record).expect("records serialize");
         self.set(history_key(resource_type, id, version), bytes.clone());
         self.set(resource_key(resource_type, id), bytes);
+        self.record_change(resource_type, id, version);
         Ok(PutOutcome { version, created })
+    }
+
+    /// Marks a new version in the system-level and type-level change order.
+    fn record_change(&mut self, resource_type: &str, id: &str, version: u64) {
+        self.set(
+            changes_key(self.now_ms, resource_type, id, version),
+            Vec::new(),
+        );
+        self.set(
+            type_changes_key(self.now_ms, resource_type, id, version),
+            Vec::new(),
+        );
     }
 
     /// Replaces a resource's search index records: those of its previous version (from its
@@ -516,6 +585,7 @@ impl WriteTransaction<'_> {
         let bytes = serde_json::to_vec(&record).expect("records serialize");
         self.set(history_key(resource_type, id, version), bytes.clone());
         self.set(resource_key(resource_type, id), bytes);
+        self.record_change(resource_type, id, version);
         Ok(Some(version))
     }
 }
@@ -612,6 +682,8 @@ impl Storage {
             search_index::INDEX_PREFIX,
             search_index::PATIENT_PREFIX,
             search_index::VALUES_PREFIX,
+            CHANGES_PREFIX,
+            b"u\0",
         ] {
             let mut removals = Vec::with_capacity(CHUNK);
             for key in self.fhir.keys_with_prefix(prefix) {
@@ -647,6 +719,35 @@ impl Storage {
             batch.push((
                 search_index::values_key(resource_type, id),
                 Some(search_index::encode_values(&values)),
+            ));
+            if batch.len() >= CHUNK {
+                self.fhir.apply(std::mem::take(&mut batch))?;
+            }
+        }
+        self.fhir.apply(batch)?;
+        // The change order, from every version kept.
+        let mut batch: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(CHUNK);
+        for item in self.fhir.scan_prefix(b"h\0") {
+            let (key, bytes) = item?;
+            if key.len() < 2 + 8 + 2 {
+                continue;
+            }
+            let record = decode_record(&key, &bytes)?;
+            let middle = &key[2..key.len() - 9];
+            let mut parts = middle.splitn(2, |b| *b == SEP);
+            let (Some(t), Some(i)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let (Ok(t), Ok(i)) = (std::str::from_utf8(t), std::str::from_utf8(i)) else {
+                continue;
+            };
+            batch.push((
+                changes_key(record.last_updated_ms, t, i, record.version),
+                Some(Vec::new()),
+            ));
+            batch.push((
+                type_changes_key(record.last_updated_ms, t, i, record.version),
+                Some(Vec::new()),
             ));
             if batch.len() >= CHUNK {
                 self.fhir.apply(std::mem::take(&mut batch))?;
@@ -966,6 +1067,66 @@ impl Storage {
             // Only this id: the version suffix is exactly 8 bytes.
             if key.len() == prefix.len() + 8 {
                 out.push(decode_record(&key, &bytes)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Versions across resources (of `resource_type`, or all), newest first, written at or
+    /// after `since_ms`, starting before `before` (a [`Change::cursor`]); at most `limit`.
+    pub fn changes(
+        &self,
+        resource_type: Option<&str>,
+        since_ms: u64,
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Change>, StorageError> {
+        let prefix = match resource_type {
+            Some(t) => type_changes_prefix(t),
+            None => CHANGES_PREFIX.to_vec(),
+        };
+        let lowest = [prefix.as_slice(), &since_ms.to_be_bytes()].concat();
+        let end = match before {
+            Some(cursor) if cursor.starts_with(&prefix) => {
+                std::ops::Bound::Excluded(cursor.to_vec())
+            }
+            _ => match prefix_after(&prefix) {
+                Some(end) => std::ops::Bound::Excluded(end),
+                None => std::ops::Bound::Unbounded,
+            },
+        };
+        let mut out = Vec::new();
+        for item in self
+            .fhir
+            .range((std::ops::Bound::Included(lowest), end))
+            .rev()
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item?;
+            let rest = &key[prefix.len() + 8..key.len().saturating_sub(9).max(prefix.len() + 8)];
+            let (t, i) = match resource_type {
+                Some(t) => (t.to_owned(), String::from_utf8_lossy(rest).into_owned()),
+                None => {
+                    let mut parts = rest.splitn(2, |b| *b == SEP);
+                    let t = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    let i = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                    (t, i)
+                }
+            };
+            let version = u64::from_be_bytes(
+                key[key.len() - 8..]
+                    .try_into()
+                    .expect("a change key ends in its version"),
+            );
+            if let Some(record) = self.version(&t, &i, version)? {
+                out.push(Change {
+                    resource_type: t,
+                    id: i,
+                    record,
+                    cursor: key,
+                });
             }
         }
         Ok(out)

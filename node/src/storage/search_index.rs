@@ -45,7 +45,7 @@ use serde_json::Value;
 
 /// The version of the index's layout and extraction rules: entries of another version are
 /// rebuilt when the store opens.
-pub const INDEX_VERSION: u32 = 2;
+pub const INDEX_VERSION: u32 = 3;
 
 /// The record that holds the version of the entries.
 pub const VERSION_KEY: &[u8] = b"m\0search-index";
