@@ -650,3 +650,110 @@ async fn a_client_reaches_through_search_only_the_types_it_may_read() {
     assert_eq!(body["resourceType"], "OperationOutcome");
     mesh.shutdown().await;
 }
+
+async fn follow(mesh: &TestMesh, url: &str) -> Value {
+    mesh.http
+        .get(url)
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn link(bundle: &Value, relation: &str) -> Option<String> {
+    bundle["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_and_previous_links_stay_right_while_data_changes() {
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    let entries: Vec<Value> = (1..=7)
+        .map(|n| {
+            observation(
+                &format!("o{n}"),
+                "zoe",
+                "8867-4",
+                &format!("2021-01-0{n}"),
+                n as f64,
+            )
+        })
+        .collect();
+    mesh.post_bundle(
+        0,
+        &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+    )
+    .await
+    .unwrap();
+    for query in [
+        "Observation?code=8867-4&_count=3",
+        "Observation?code=8867-4&_sort=-date&_count=3",
+    ] {
+        let first = search(&mesh, query).await;
+        let total = first["total"].as_u64().unwrap() as usize;
+        let mut seen: Vec<String> = ids_in_order(&first);
+        // While the client reads page one: one of its entries goes, others come before it.
+        assert_eq!(
+            mesh.delete(0, &format!("Observation/{}", seen[1]))
+                .await
+                .unwrap(),
+            204
+        );
+        mesh.post_bundle(
+            0,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                observation("o0", "jan", "8867-4", "2021-01-09", 1.0)]}),
+        )
+        .await
+        .unwrap();
+        let mut page = first;
+        while let Some(next) = link(&page, "next") {
+            page = follow(&mesh, &next).await;
+            seen.extend(ids_in_order(&page));
+        }
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "{query}: an entry came twice: {seen:?}"
+        );
+        // Every match of page one's time once (one more came in before the pages read, and
+        // is not among them).
+        assert_eq!(seen.len(), total, "{query}: an entry was skipped: {seen:?}");
+        // Back from the last page: the page before it.
+        let previous = follow(&mesh, &link(&page, "previous").unwrap()).await;
+        assert_eq!(ids_in_order(&previous).len(), 3, "{query}");
+        // Put back what this round removed, for the next round.
+        let removed = seen[1].clone();
+        let n: usize = removed[1..].parse().unwrap();
+        mesh.post_bundle(
+            0,
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                observation(&removed, "zoe", "8867-4", &format!("2021-01-0{n}"), n as f64)]}),
+        )
+        .await
+        .unwrap();
+    }
+    mesh.shutdown().await;
+}
+
+fn ids_in_order(bundle: &Value) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "match")
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -59,8 +59,29 @@ pub fn search(
     let storage = service.storage();
     let ids = matching_ids(storage, resource_type, &query)?;
     let total = ids.len();
-    let (count, offset) = (query.count, query.offset);
+    let count = query.count;
     let ordered = sorted(storage, resource_type, ids, &query.sort)?;
+    // Where the page starts: after a cursor, before one (going back), or at an offset.
+    let cursor_of = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let start = match (cursor_of("_page_after"), cursor_of("_page_before")) {
+        (Some(after), _) => {
+            let after = decode_cursor(after)?;
+            ordered.partition_point(|k| compare_keyed(k, &after, &query.sort).is_le())
+        }
+        (None, Some(before)) => {
+            let before = decode_cursor(before)?;
+            ordered
+                .partition_point(|k| compare_keyed(k, &before, &query.sort).is_lt())
+                .saturating_sub(count)
+        }
+        (None, None) => query.offset.min(ordered.len()),
+    };
+    let end = (start + count).min(ordered.len());
 
     let mut applied: Vec<(String, String)> = query
         .clauses
@@ -69,26 +90,36 @@ pub fn search(
         .collect();
     applied.extend(query.applied.iter().cloned());
     applied.push(("_count".into(), count.to_string()));
-    let link = |offset: usize| {
+    let link = |page: Option<(&str, String)>| {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for (n, v) in &applied {
             q.append_pair(n, v);
         }
-        q.append_pair("_offset", &offset.to_string());
+        if let Some((name, cursor)) = page {
+            q.append_pair(name, &cursor);
+        }
         format!("{base}/{resource_type}?{}", q.finish())
     };
-    let mut links = vec![json!({"relation": "self", "url": link(offset)})];
     let counting = query.summary == Summary::Count;
-    if !counting && offset + count < total && count > 0 {
-        links.push(json!({"relation": "next", "url": link(offset + count)}));
+    let own_cursor = ["_page_after", "_page_before"]
+        .into_iter()
+        .find_map(|name| cursor_of(name).map(|c| (name, c.to_owned())));
+    let mut links = vec![json!({"relation": "self", "url": link(own_cursor)})];
+    if !counting && end < ordered.len() && count > 0 && end > start {
+        let cursor = encode_cursor(&ordered[end - 1]);
+        links.push(json!({"relation": "next", "url": link(Some(("_page_after", cursor)))}));
     }
-    if !counting && offset > 0 {
-        links.push(json!({"relation": "previous", "url": link(offset.saturating_sub(count))}));
+    if !counting && start > 0 {
+        if let Some(first) = ordered.get(start) {
+            let cursor = encode_cursor(first);
+            links
+                .push(json!({"relation": "previous", "url": link(Some(("_page_before", cursor)))}));
+        }
     }
     let mut entries = Vec::new();
     let mut page: Vec<(String, String, Value)> = Vec::new();
     if !counting {
-        for id in ordered.iter().skip(offset).take(count) {
+        for (_, id) in &ordered[start..end] {
             if let Some(resource) = current_resource(storage, resource_type, id)? {
                 page.push((resource_type.to_owned(), id.clone(), resource));
             }
@@ -149,7 +180,7 @@ fn current_resource(
 }
 
 /// A sort key: what a resource's values of one parameter sort by.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, PartialOrd, serde::Serialize, serde::Deserialize)]
 enum SortValue {
     Instant(i64),
     Number(f64),
@@ -168,16 +199,42 @@ fn sort_value(value: &IndexValue, descending: bool) -> Option<SortValue> {
     })
 }
 
-/// The ids in `_sort` order (ascending by a parameter's least value, descending by its
-/// greatest; resources without a value last), ties by id; without `_sort`, by id.
+/// A match with its sort keys: where it stands in the order, and what a page cursor holds.
+type Keyed = (Vec<Option<SortValue>>, String);
+
+/// The order of two matches under `_sort` (ascending by a parameter's least value,
+/// descending by its greatest; resources without a value last), ties by id.
+fn compare_keyed(a: &Keyed, b: &Keyed, sort: &[(String, bool)]) -> std::cmp::Ordering {
+    for ((x, y), (_, descending)) in a.0.iter().zip(&b.0).zip(sort) {
+        let order = match (x, y) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (Some(x), Some(y)) => {
+                let o = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
+                if *descending {
+                    o.reverse()
+                } else {
+                    o
+                }
+            }
+        };
+        if order != std::cmp::Ordering::Equal {
+            return order;
+        }
+    }
+    a.1.cmp(&b.1)
+}
+
+/// The matches in `_sort` order (by id without one), each with its keys.
 fn sorted(
     storage: &Storage,
     resource_type: &str,
     ids: BTreeSet<String>,
     sort: &[(String, bool)],
-) -> Result<Vec<String>, StorageError> {
+) -> Result<Vec<Keyed>, StorageError> {
     if sort.is_empty() {
-        return Ok(ids.into_iter().collect());
+        return Ok(ids.into_iter().map(|id| (Vec::new(), id)).collect());
     }
     let mut keyed = Vec::with_capacity(ids.len());
     for id in ids {
@@ -204,28 +261,26 @@ fn sorted(
             .collect();
         keyed.push((keys, id));
     }
-    keyed.sort_by(|(a, a_id), (b, b_id)| {
-        for ((x, y), (_, descending)) in a.iter().zip(b).zip(sort) {
-            let order = match (x, y) {
-                (None, None) => std::cmp::Ordering::Equal,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (Some(x), Some(y)) => {
-                    let o = x.partial_cmp(y).unwrap_or(std::cmp::Ordering::Equal);
-                    if *descending {
-                        o.reverse()
-                    } else {
-                        o
-                    }
-                }
-            };
-            if order != std::cmp::Ordering::Equal {
-                return order;
-            }
-        }
-        a_id.cmp(b_id)
-    });
-    Ok(keyed.into_iter().map(|(_, id)| id).collect())
+    keyed.sort_by(|a, b| compare_keyed(a, b, sort));
+    Ok(keyed)
+}
+
+/// A page cursor: the keys and id of the match a page starts after (or ends before), hex of
+/// its JSON. Pages by cursor stay right while resources are added and removed: a page starts
+/// where the last one ended in the order, not at a count that shifts.
+fn encode_cursor(keyed: &Keyed) -> String {
+    hex::encode(serde_json::to_vec(keyed).expect("cursors serialize"))
+}
+
+fn decode_cursor(text: &str) -> Result<Keyed, FhirError> {
+    hex::decode(text)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| {
+            FhirError::invalid(format!(
+                "the page cursor {text:?} is not one this node gave"
+            ))
+        })
 }
 
 /// What `_include` and `_revinclude` add to a page (at most [`query::MAX_INCLUDED`]), each

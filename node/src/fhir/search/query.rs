@@ -310,7 +310,14 @@ impl Query {
 }
 
 /// Parameters about the result, not the match, that a search accepts.
-const RESULT_PARAMETERS: &[&str] = &["_count", "_offset", "_format", "_pretty"];
+const RESULT_PARAMETERS: &[&str] = &[
+    "_count",
+    "_offset",
+    "_format",
+    "_pretty",
+    "_page_after",
+    "_page_before",
+];
 
 /// Reads a search request on `resource_type` (already checked to be an R4 type). `strict`:
 /// `Prefer: handling=strict`, under which a parameter that cannot be applied is an error.
