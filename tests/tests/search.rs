@@ -757,3 +757,106 @@ fn ids_in_order(bundle: &Value) -> Vec<String> {
         .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_decide_conditional_entries_and_resolve_conditional_references() {
+    let mesh = TestMesh::start("searchtest", &[("search", "noord")])
+        .await
+        .unwrap();
+    mesh.post_bundle(0, &data()).await.unwrap();
+    let transaction = |code: &str| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:4b8f0a2e-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Patient",
+                "identifier": [{"system": BSN, "value": "999911144"}], "name": [{"family": "Bakker"}]},
+             "request": {"method": "POST", "url": "Patient",
+                "ifNoneExist": format!("identifier={BSN}|999911144")}},
+            {"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": LOINC, "code": code}]},
+                "subject": {"reference": "urn:uuid:4b8f0a2e-0000-4000-8000-000000000001"},
+                "performer": [{"reference": format!("Patient?identifier={BSN}|999911120")}]},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]})
+    };
+    let first = mesh.post_bundle(0, &transaction("1111-1")).await.unwrap();
+    assert!(first["entry"][0]["response"]["status"]
+        .as_str()
+        .unwrap()
+        .starts_with("201"));
+    let second = mesh.post_bundle(0, &transaction("2222-2")).await.unwrap();
+    assert!(
+        second["entry"][0]["response"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("200"),
+        "{second}"
+    );
+    let patients = search(&mesh, &format!("Patient?identifier={BSN}|999911144")).await;
+    assert_eq!(
+        patients["total"], 1,
+        "the conditional create made a duplicate"
+    );
+    let bakker = ids(&patients).into_iter().next().unwrap();
+    // Both Observations point at the one Patient, and the conditional reference resolved.
+    let observations = search(&mesh, &format!("Observation?subject=Patient/{bakker}")).await;
+    assert_eq!(observations["total"], 2, "{observations}");
+    let by_performer = search(
+        &mesh,
+        "Observation?performer=Patient/zoe&code=1111-1,2222-2",
+    )
+    .await;
+    assert_eq!(by_performer["total"], 2, "{by_performer}");
+
+    // PUT and DELETE by search inside a transaction.
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient",
+            "identifier": [{"system": BSN, "value": "999911144"}], "name": [{"family": "Bakker-Smit"}]},
+         "request": {"method": "PUT", "url": format!("Patient?identifier={BSN}|999911144")}},
+        {"request": {"method": "DELETE", "url": "Observation?code=1111-1"}}
+    ]});
+    mesh.post_bundle(0, &bundle).await.unwrap();
+    let patient = search(&mesh, &format!("Patient?identifier={BSN}|999911144")).await;
+    assert_eq!(
+        patient["entry"][0]["resource"]["name"][0]["family"],
+        "Bakker-Smit"
+    );
+    assert_eq!(patient["entry"][0]["resource"]["id"], bakker.as_str());
+    assert_eq!(search(&mesh, "Observation?code=1111-1").await["total"], 0);
+
+    // Many matches: 412, and nothing of the transaction is written.
+    let many = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Organization", "name": "new"},
+         "request": {"method": "POST", "url": "Organization"}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": format!("Patient?identifier={BSN}|")}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let response = mesh
+        .http
+        .post(mesh.node(0).base_url())
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/fhir+json")
+        .body(many.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 412);
+    assert_eq!(search(&mesh, "Organization?name=new").await["total"], 0);
+    // A conditional reference that finds nothing: 400.
+    let none = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient?identifier=nobody"}},
+         "request": {"method": "POST", "url": "Observation"}}
+    ]});
+    let response = mesh
+        .http
+        .post(mesh.node(0).base_url())
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/fhir+json")
+        .body(none.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    mesh.shutdown().await;
+}

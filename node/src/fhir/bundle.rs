@@ -34,6 +34,9 @@ pub struct Entry {
     resource: Option<Value>,
     full_url: Option<String>,
     if_match: Option<u64>,
+    /// A conditional entry's search: `ifNoneExist` of a POST, the query of `PUT` or
+    /// `DELETE Type?…` (transactions only; decided when the transaction runs).
+    condition: Option<String>,
 }
 
 impl Entry {
@@ -83,37 +86,58 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| at("request.url is missing".into()))?;
-    if url.contains('?') || request.get("ifNoneExist").is_some() {
-        return Err(FhirError::not_supported(format!(
-            "Bundle.entry[{index}]: conditional and search requests are not supported in Bundles"
-        )));
-    }
-    let mut parts = url.trim_matches('/').split('/');
+    let if_none_exist = request
+        .get("ifNoneExist")
+        .map(|v| {
+            v.as_str()
+                .map(|q| q.rsplit_once('?').map_or(q, |(_, q)| q).to_owned())
+                .filter(|q| !q.is_empty())
+                .ok_or_else(|| at("ifNoneExist must be a search query".into()))
+        })
+        .transpose()?;
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (url, None),
+    };
+    let mut parts = path.trim_matches('/').split('/');
     let resource_type = parts.next().unwrap_or_default().to_owned();
     let id = parts.next().map(str::to_owned);
     if parts.next().is_some() {
         return Err(at(format!(
-            "request.url {url:?} must be 'Type' or 'Type/id'"
+            "request.url {url:?} must be 'Type', 'Type/id' or 'Type?search'"
         )));
     }
     check_type(&resource_type).map_err(|e| at(e.diagnostics))?;
     if let Some(id) = &id {
         check_id(id).map_err(|e| at(e.diagnostics))?;
     }
-    match (method, &id) {
-        (Method::Post, Some(_)) => return Err(at("POST goes to 'Type', not 'Type/id'".into())),
-        (Method::Put | Method::Delete | Method::Get, None) => {
+    let condition = match (method, &id, query, if_none_exist) {
+        (Method::Post, None, None, condition) => condition,
+        (Method::Put | Method::Delete, None, Some(query), None) if !query.is_empty() => {
+            Some(query)
+        }
+        (Method::Post, Some(_), _, _) => {
+            return Err(at("POST goes to 'Type', not 'Type/id'".into()))
+        }
+        (_, _, Some(_), _) | (_, _, _, Some(_)) => {
+            return Err(FhirError::not_supported(format!(
+                "Bundle.entry[{index}]: {method:?} {url:?}: searches in Bundles are conditional POST (ifNoneExist), PUT Type?… and DELETE Type?… only"
+            )))
+        }
+        (Method::Put | Method::Delete | Method::Get, None, None, None) => {
             return Err(at(format!("{method:?} needs 'Type/id' in request.url")))
         }
-        _ => {}
-    }
+        _ => None,
+    };
     let resource = entry.get("resource").cloned();
     if matches!(method, Method::Post | Method::Put) {
         let resource = resource
             .as_ref()
             .ok_or_else(|| at("POST and PUT entries need a resource".into()))?;
         check_resource(resource, Some(&resource_type)).map_err(|e| at(e.diagnostics))?;
-        if let (Method::Put, Some(body_id)) = (method, resource.get("id").and_then(Value::as_str)) {
+        if let (Method::Put, Some(body_id), Some(_)) =
+            (method, resource.get("id").and_then(Value::as_str), &id)
+        {
             if Some(body_id) != id.as_deref() {
                 return Err(at(format!(
                     "resource id {body_id:?} differs from request.url {url:?}"
@@ -135,6 +159,7 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
             .get("ifMatch")
             .and_then(Value::as_str)
             .and_then(parse_if_match),
+        condition,
     })
 }
 
@@ -262,7 +287,9 @@ fn plan_transaction(raw: &[Value]) -> Result<Vec<Entry>, FhirError> {
     let mut targets = BTreeSet::new();
     let mut full_urls: HashMap<String, String> = HashMap::new();
     for entry in &mut entries {
-        if entry.method == Method::Post {
+        if entry.method == Method::Post || (entry.condition.is_some() && entry.id.is_none()) {
+            // A conditional PUT or DELETE gets its target when the transaction runs; until
+            // then a new id stands in (also for references to its fullUrl).
             entry.id = Some(new_id());
         }
         let id = entry.id.clone().expect("every entry has an id now");
@@ -299,7 +326,12 @@ async fn transaction(service: &FhirService, mut entries: Vec<Entry>) -> Result<V
         .storage
         .write(now_ms(), |tx| {
             let mut responses = vec![Value::Null; entries.len()];
+            let mut skip = vec![false; entries.len()];
+            resolve_conditions(service, &mut entries, &mut responses, &mut skip)?;
             for &i in &order {
+                if skip[i] {
+                    continue;
+                }
                 let entry = &mut entries[i];
                 let id = entry.id.clone().expect("assigned above");
                 let at = |e: FhirError| FhirError {
@@ -353,6 +385,161 @@ async fn transaction(service: &FhirService, mut entries: Vec<Entry>) -> Result<V
     }))
 }
 
+/// The most conditional references one transaction may hold.
+const MAX_CONDITIONAL_REFERENCES: usize = 1000;
+
+/// Decides a transaction's conditional entries and references against the store as it is
+/// before the transaction (the write is held, so nothing changes meanwhile): a conditional
+/// create that finds its resource is answered 200 with it and writes nothing; a conditional
+/// PUT or DELETE takes the one match as its target; a reference `Type?search` becomes the
+/// `Type/id` of its one match. More than one match is 412, none for a reference 400; the
+/// transaction then writes nothing.
+fn resolve_conditions(
+    service: &FhirService,
+    entries: &mut [Entry],
+    responses: &mut [Value],
+    skip: &mut [bool],
+) -> Result<(), FhirError> {
+    let base = "";
+    let mut aliases: HashMap<String, String> = HashMap::new();
+    for (i, entry) in entries.iter_mut().enumerate() {
+        let Some(condition) = entry.condition.clone() else {
+            continue;
+        };
+        let at = |e: FhirError| FhirError {
+            diagnostics: format!("Bundle.entry[{}]: {}", entry.index, e.diagnostics),
+            ..e
+        };
+        let matches = service
+            .conditional_matches(&entry.resource_type, &condition, base)
+            .map_err(at)?;
+        let tentative = format!(
+            "{}/{}",
+            entry.resource_type,
+            entry.id.as_deref().unwrap_or_default()
+        );
+        match (entry.method, matches.as_slice()) {
+            (_, [_, _, ..]) => {
+                return Err(at(FhirError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "multiple-matches",
+                    format!(
+                        "the condition {}?{condition} finds more than one resource",
+                        entry.resource_type
+                    ),
+                )))
+            }
+            (Method::Post, [existing]) => {
+                skip[i] = true;
+                aliases.insert(tentative, format!("{}/{existing}", entry.resource_type));
+                responses[i] = json!({
+                    "status": status_line(StatusCode::OK),
+                    "location": format!("{}/{existing}", entry.resource_type),
+                });
+            }
+            (Method::Put, [existing]) => {
+                if let Some(body_id) = entry
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                {
+                    if body_id != existing {
+                        return Err(at(FhirError::invalid(format!(
+                            "the condition finds {}/{existing}, but the resource's id is {body_id:?}",
+                            entry.resource_type
+                        ))));
+                    }
+                }
+                aliases.insert(tentative, format!("{}/{existing}", entry.resource_type));
+                entry.id = Some(existing.clone());
+            }
+            (Method::Put, []) => {
+                if let Some(body_id) = entry
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.get("id"))
+                    .and_then(Value::as_str)
+                {
+                    check_id(body_id).map_err(at)?;
+                    aliases.insert(tentative, format!("{}/{body_id}", entry.resource_type));
+                    entry.id = Some(body_id.to_owned());
+                }
+            }
+            (Method::Delete, [existing]) => entry.id = Some(existing.clone()),
+            (Method::Delete, []) => {
+                skip[i] = true;
+                responses[i] = json!({"status": status_line(StatusCode::NO_CONTENT)});
+            }
+            _ => {}
+        }
+    }
+    // Conditional references, each searched once.
+    let mut searched: HashMap<String, String> = HashMap::new();
+    for entry in entries.iter() {
+        if let Some(resource) = &entry.resource {
+            collect_conditional_references(resource, &mut searched);
+        }
+    }
+    if searched.len() > MAX_CONDITIONAL_REFERENCES {
+        return Err(FhirError::invalid(format!(
+            "a transaction may hold at most {MAX_CONDITIONAL_REFERENCES} conditional references"
+        )));
+    }
+    for (reference, target) in searched.iter_mut() {
+        let (resource_type, query) = reference.split_once('?').expect("collected with a '?'");
+        let matches = service.conditional_matches(resource_type, query, base)?;
+        match matches.as_slice() {
+            [one] => *target = format!("{resource_type}/{one}"),
+            [] => {
+                return Err(FhirError::invalid(format!(
+                    "the conditional reference {reference:?} finds no resource"
+                )))
+            }
+            _ => {
+                return Err(FhirError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "multiple-matches",
+                    format!("the conditional reference {reference:?} finds more than one resource"),
+                ))
+            }
+        }
+    }
+    aliases.extend(searched);
+    if !aliases.is_empty() {
+        for entry in entries.iter_mut() {
+            if let Some(resource) = &mut entry.resource {
+                rewrite_references(resource, &|r: &str| aliases.get(r).cloned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The conditional references (`Type?search`) in a resource.
+fn collect_conditional_references(value: &Value, out: &mut HashMap<String, String>) {
+    match value {
+        Value::Object(object) => {
+            for (key, v) in object {
+                match v {
+                    Value::String(text) if key == "reference" => {
+                        if let Some((t, q)) = text.split_once('?') {
+                            if check_type(t).is_ok() && !q.is_empty() {
+                                out.entry(text.clone()).or_default();
+                            }
+                        }
+                    }
+                    other => collect_conditional_references(other, out),
+                }
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .for_each(|v| collect_conditional_references(v, out)),
+        _ => {}
+    }
+}
+
 fn plan_batch(raw: &[Value]) -> Vec<Result<Entry, FhirError>> {
     raw.iter()
         .enumerate()
@@ -384,6 +571,49 @@ async fn batch(service: &FhirService, planned: Vec<Result<Entry, FhirError>>) ->
 
 async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, FhirError> {
     let resource_type = entry.resource_type.as_str();
+    if let Some(condition) = &entry.condition {
+        // A batch entry's condition is decided on its own, as the REST interaction is.
+        return match entry.method {
+            Method::Post => {
+                let result = service
+                    .create_if_none_exist(
+                        resource_type,
+                        entry.resource.expect("checked"),
+                        condition,
+                        "",
+                    )
+                    .await?;
+                let id = result.stored.resource["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(written_response(&result, resource_type, &id))
+            }
+            Method::Put => {
+                let result = service
+                    .conditional_update(
+                        resource_type,
+                        condition,
+                        entry.resource.expect("checked"),
+                        entry.if_match,
+                        "",
+                    )
+                    .await?;
+                let id = result.stored.resource["id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                Ok(written_response(&result, resource_type, &id))
+            }
+            Method::Delete => {
+                service
+                    .conditional_delete(resource_type, condition, "")
+                    .await?;
+                Ok(json!({"status": status_line(StatusCode::NO_CONTENT)}))
+            }
+            Method::Get => Err(FhirError::not_supported("conditional GET in a batch")),
+        };
+    }
     match entry.method {
         Method::Post => {
             let result = service

@@ -230,7 +230,7 @@ impl FhirService {
     /// The resources a conditional interaction's search (`condition`, a query string)
     /// finds. Parameters that cannot be applied are an error here, never ignored: a
     /// conditional write decided on half its criteria could change the wrong resource.
-    fn conditional_matches(
+    pub(crate) fn conditional_matches(
         &self,
         resource_type: &str,
         condition: &str,
