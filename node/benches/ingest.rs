@@ -3,14 +3,15 @@
 //! disk per resource. Uses only `Storage::open`, `write` and `put`, so that
 //! `scripts/bench-search.sh` runs the same file against the build before the search index.
 //!
-//! `cargo bench -p zorgmesh-node --bench ingest -- [N] [BATCH]` (default 100000 100)
+//! `cargo bench -p zorgmesh-node --bench ingest -- [N] [BATCH]` (default 100000 100); the
+//! engine is `ZORGMESH_BENCH_ENGINE` (`sled`, the default, or `redb`).
 
 #[path = "common/observations.rs"]
 #[allow(dead_code)] // shared with search_latency, which uses all of it
 mod observations;
 
 use std::time::Instant;
-use zorgmesh_node::storage::{Storage, StorageError};
+use zorgmesh_node::storage::{EngineKind, Storage, StorageError};
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let mut total = 0;
@@ -32,6 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let total: usize = args.first().map_or(Ok(100_000), |a| a.parse())?;
     let batch: usize = args.get(1).map_or(Ok(100), |a| a.parse())?;
+    let engine = match std::env::var("ZORGMESH_BENCH_ENGINE").as_deref() {
+        Ok("redb") => EngineKind::Redb,
+        Ok("sled") | Err(_) => EngineKind::Sled,
+        Ok(other) => return Err(format!("unknown engine {other}").into()),
+    };
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,7 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let started = Instant::now();
     runtime.block_on(async {
-        let storage = Storage::open(dir.path())?;
+        let storage = Storage::open_with(dir.path(), engine)?;
         let mut n = 0;
         while n < total {
             let end = (n + batch).min(total);
@@ -60,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elapsed = started.elapsed().as_secs_f64();
     let bytes = dir_bytes(dir.path());
     println!(
-        "ingest {total} Observations in transactions of {batch}: {:.0} resources/s ({elapsed:.1} s), {:.0} bytes on disk per resource",
+        "ingest {total} Observations in transactions of {batch} ({engine}): {:.0} resources/s ({elapsed:.1} s), {:.0} bytes on disk per resource",
         total as f64 / elapsed,
         bytes as f64 / total as f64
     );

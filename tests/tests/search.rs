@@ -858,5 +858,34 @@ async fn transactions_decide_conditional_entries_and_resolve_conditional_referen
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    // A conditional PUT whose match another entry also writes: 400, nothing written.
+    let twice = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": bakker,
+            "identifier": [{"system": BSN, "value": "999911144"}], "name": [{"family": "Twee"}]},
+         "request": {"method": "PUT", "url": format!("Patient/{bakker}")}},
+        {"resource": {"resourceType": "Patient",
+            "identifier": [{"system": BSN, "value": "999911144"}], "name": [{"family": "Drie"}]},
+         "request": {"method": "PUT", "url": format!("Patient?identifier={BSN}|999911144")}}
+    ]});
+    let response = mesh
+        .http
+        .post(mesh.node(0).base_url())
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/fhir+json")
+        .body(twice.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let outcome: Value = response.json().await.unwrap();
+    assert!(
+        outcome.to_string().contains("more than one entry"),
+        "{outcome}"
+    );
+    let patient = search(&mesh, &format!("Patient?identifier={BSN}|999911144")).await;
+    assert_eq!(
+        patient["entry"][0]["resource"]["name"][0]["family"],
+        "Bakker-Smit"
+    );
     mesh.shutdown().await;
 }

@@ -474,6 +474,22 @@ fn resolve_conditions(
             _ => {}
         }
     }
+    // A condition may have found a resource another entry also writes: one target, one
+    // entry, as before the conditions were decided.
+    let mut targets = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        if skip[i] || entry.method == Method::Get {
+            continue;
+        }
+        let id = entry.id.as_deref().unwrap_or_default();
+        if !targets.insert((entry.resource_type.as_str(), id)) {
+            return Err(FhirError::invalid(format!(
+                "Bundle.entry[{}]: {}/{id} is the target of more than one entry once the \
+                 conditions are decided",
+                entry.index, entry.resource_type
+            )));
+        }
+    }
     // Conditional references, each searched once.
     let mut searched: HashMap<String, String> = HashMap::new();
     for entry in entries.iter() {
