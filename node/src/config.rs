@@ -79,6 +79,12 @@ pub struct NodeConfig {
     /// FHIR API listen address.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,
+    /// Origins of browser apps that may call the FHIR API (CORS), such as
+    /// `https://viewer.example.org`; `*` allows every origin. Empty (the default): no CORS
+    /// headers, so browsers keep other origins' scripts out. Tokens are sent as bearer
+    /// headers, never cookies, so no origin gets credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_cors_origins: Vec<String>,
     /// Gossip listen address (TCP).
     #[serde(default = "default_gossip")]
     pub gossip_listen: SocketAddr,
@@ -391,6 +397,7 @@ impl NodeConfig {
     /// Checks values; the error names the field.
     pub fn validate(&self) -> anyhow::Result<()> {
         zorgmesh_certs::validate_label("name", &self.name).map_err(anyhow::Error::msg)?;
+        crate::fhir::api::cors_layer(&self.http_cors_origins)?;
         if !(1..=zorgmesh_protocol::batch::MAX_ENTRIES_PER_BATCH)
             .contains(&self.publishing.batch_max_entries)
         {

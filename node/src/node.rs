@@ -589,6 +589,7 @@ impl RunningNode {
             audit: audit.clone(),
             organisation: identity.identity.organisation_ura.clone(),
             base: format!("{public_url}/fhir"),
+            cors: crate::fhir::api::cors_layer(&config.http_cors_origins)?,
             node_name: config.name.clone(),
             rotator: Some(Arc::new(Rotator {
                 keys: keys.clone(),

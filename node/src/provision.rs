@@ -191,6 +191,7 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
         backup_dir: None,
         storage_engine: Default::default(),
         http_listen: spec.http,
+        http_cors_origins: Vec::new(),
         gossip_listen: spec.gossip,
         data_listen: spec.data,
         data_advertise: spec

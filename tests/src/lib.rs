@@ -31,6 +31,9 @@ pub struct TestMesh {
     /// A node's consent policy other than the default (opt-out, break-the-glass allowed),
     /// taken at its next (re)start.
     pub consent: std::collections::HashMap<usize, zorgmesh_node::consent::ConsentConfig>,
+    /// Browser origins every node's FHIR API allows (CORS), taken at a node's next
+    /// (re)start.
+    pub cors_origins: Vec<String>,
     /// HTTP client.
     pub http: reqwest::Client,
     /// The tests' own client, registered on every node with every scope and the admin
@@ -151,6 +154,7 @@ impl TestMesh {
             sync_interval_ms: 600_000,
             compact_after_batches: 1000,
             consent: Default::default(),
+            cors_origins: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
@@ -201,6 +205,7 @@ impl TestMesh {
         config.sync.interval_ms = self.sync_interval_ms;
         config.publishing.compact_after_batches = self.compact_after_batches;
         config.publishing.batch_window_ms = 50;
+        config.http_cors_origins = self.cors_origins.clone();
         if let Some(consent) = self.consent.get(&i) {
             config.consent = *consent;
         }

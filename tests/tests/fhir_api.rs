@@ -931,3 +931,90 @@ async fn type_and_system_history_page_newest_first_with_since() {
     assert_outcome(status, &body, 400);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_apps_get_cors_only_from_configured_origins() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let mut mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let viewer = "https://viewer.example.org";
+    let preflight = |mesh: &TestMesh, origin: &str| {
+        mesh.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/Patient/p1", mesh.node(0).base_url()),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "PUT")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, if-match, prefer",
+            )
+            .send()
+    };
+    let allowed = |headers: &reqwest::header::HeaderMap| {
+        headers
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    // By default no origin gets CORS headers.
+    let response = preflight(&mesh, viewer).await.unwrap();
+    assert_eq!(allowed(response.headers()), None);
+    let (_, _, capability) = send(&mesh, reqwest::Method::GET, "metadata", None, &[]).await;
+    assert_eq!(capability["rest"][0]["security"]["cors"], false);
+
+    mesh.cors_origins = vec![viewer.to_owned(), "http://localhost:3000".to_owned()];
+    mesh.restart(0).await.unwrap();
+    let (_, _, capability) = send(&mesh, reqwest::Method::GET, "metadata", None, &[]).await;
+    assert_eq!(capability["rest"][0]["security"]["cors"], true);
+    // A preflight needs no token and names what the app may send.
+    let response = preflight(&mesh, viewer).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let headers = response.headers();
+    assert_eq!(allowed(headers).as_deref(), Some(viewer));
+    let methods = headers["access-control-allow-methods"].to_str().unwrap();
+    assert!(
+        methods.contains("PUT") && methods.contains("PATCH"),
+        "{methods}"
+    );
+    let request_headers = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    for wanted in ["authorization", "if-match", "prefer", "if-none-exist"] {
+        assert!(request_headers.contains(wanted), "{request_headers}");
+    }
+    // An actual request from the app: the origin allowed, ETag readable.
+    let (status, headers, body) = send(
+        &mesh,
+        reqwest::Method::PUT,
+        "Patient/p1",
+        Some(json!({"resourceType": "Patient", "id": "p1"})),
+        &[("origin", viewer)],
+    )
+    .await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    assert_eq!(allowed(&headers).as_deref(), Some(viewer));
+    let exposed = headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        exposed.contains("etag") && exposed.contains("location"),
+        "{exposed}"
+    );
+    // Another origin gets nothing: its browser keeps the answer from its scripts.
+    let response = preflight(&mesh, "https://evil.example.org").await.unwrap();
+    assert_eq!(allowed(response.headers()), None);
+    let (_, headers, _) = send(
+        &mesh,
+        reqwest::Method::GET,
+        "Patient/p1",
+        None,
+        &[("origin", "https://evil.example.org")],
+    )
+    .await;
+    assert_eq!(allowed(&headers), None);
+    mesh.shutdown().await;
+}

@@ -47,11 +47,87 @@ pub struct ApiState {
     pub audit: crate::audit::AuditTrail,
     /// This node's organisation (URA): the organisation of every request its clients make.
     pub organisation: String,
+    /// Cross-origin access for browser apps (`None`: no CORS headers).
+    pub cors: Option<tower_http::cors::CorsLayer>,
+}
+
+/// The most origins `http_cors_origins` may list.
+pub const MAX_CORS_ORIGINS: usize = 64;
+
+/// The CORS policy for the configured origins (`None` when there are none): the FHIR
+/// interactions' methods and request headers, and the response headers an app reads
+/// (`ETag`, `Location`, `Last-Modified`, `Content-Location`); preflights are cached 10 min.
+pub fn cors_layer(origins: &[String]) -> anyhow::Result<Option<tower_http::cors::CorsLayer>> {
+    use axum::http::Method;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    if origins.len() > MAX_CORS_ORIGINS {
+        anyhow::bail!("http_cors_origins may list at most {MAX_CORS_ORIGINS} origins");
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            anyhow::bail!("http_cors_origins: \"*\" allows every origin and stands alone");
+        }
+        AllowOrigin::any()
+    } else {
+        let mut values = Vec::with_capacity(origins.len());
+        for origin in origins {
+            // An origin is a scheme and an authority only: no path, query or user.
+            let parsed = origin.parse::<axum::http::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.authority()
+                        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
+                    && u.path_and_query()
+                        .is_none_or(|p| matches!(p.as_str(), "" | "/"))
+                    && !origin.ends_with('/')
+            });
+            if parsed.is_none() {
+                anyhow::bail!(
+                    "http_cors_origins: {origin:?} is not an origin (scheme://host[:port], no path), or \"*\""
+                );
+            }
+            values.push(HeaderValue::from_str(origin)?);
+        }
+        AllowOrigin::list(values)
+    };
+    let request_headers = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        header::ACCEPT,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::HeaderName::from_static("if-none-exist"),
+        header::HeaderName::from_static("prefer"),
+    ];
+    let response_headers = [
+        header::ETAG,
+        header::LOCATION,
+        header::LAST_MODIFIED,
+        header::CONTENT_LOCATION,
+    ];
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers(request_headers)
+            .expose_headers(response_headers)
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 /// The router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let cors = state.cors.clone();
+    let router = Router::new()
         .route("/fhir", post(base_post).get(base_get))
         .route("/fhir/", post(base_post).get(base_get))
         .route("/fhir/metadata", get(metadata))
@@ -95,7 +171,12 @@ pub fn router(state: ApiState) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that a preflight (no token) is answered before authentication.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// True when a request asks for XML only (`_format=xml` or an `Accept` naming XML and no
@@ -1405,6 +1486,7 @@ fn capability_statement(state: &ApiState) -> Value {
         "rest": [{
             "mode": "server",
             "security": {
+                "cors": state.cors.is_some(),
                 "service": [{"coding": [{
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
                     "code": "SMART-on-FHIR"
@@ -1419,4 +1501,39 @@ fn capability_statement(state: &ApiState) -> Value {
             "interaction": [{"code": "transaction"}, {"code": "batch"}]
         }]
     })
+}
+
+#[cfg(test)]
+mod cors_tests {
+    use super::cors_layer;
+
+    #[test]
+    fn cors_origins_are_origins_or_a_lone_star() {
+        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(cors_layer(&[]).unwrap().is_none());
+        for good in [
+            &["https://viewer.example.org"][..],
+            &["http://localhost:3000", "https://a.example.nl"],
+            &["*"],
+        ] {
+            assert!(cors_layer(&owned(good)).unwrap().is_some(), "{good:?}");
+        }
+        for bad in [
+            &["https://viewer.example.org/"][..],
+            &["https://viewer.example.org/app"],
+            &["https://viewer.example.org?x=1"],
+            &["ftp://viewer.example.org"],
+            &["viewer.example.org"],
+            &["https://user@viewer.example.org"],
+            &["*", "https://viewer.example.org"],
+            &[""],
+        ] {
+            let error = cors_layer(&owned(bad)).unwrap_err().to_string();
+            assert!(error.contains("http_cors_origins"), "{bad:?}: {error}");
+        }
+        let many: Vec<String> = (0..65)
+            .map(|i| format!("https://a{i}.example.org"))
+            .collect();
+        assert!(cors_layer(&many).is_err());
+    }
 }
