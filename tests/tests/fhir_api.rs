@@ -1018,3 +1018,134 @@ async fn browser_apps_get_cors_only_from_configured_origins() {
     assert_eq!(allowed(&headers), None);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_narrows_by_type_and_since_and_pages_by_cursor() {
+    use reqwest::Method;
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let put = |path: String, body: Value| {
+        let mesh = &mesh;
+        async move {
+            let (status, _, body) = send(mesh, Method::PUT, &path, Some(body), &[]).await;
+            assert!(status == 200 || status == 201, "{status} {body}");
+            body
+        }
+    };
+    put(
+        "Patient/e1".into(),
+        json!({"resourceType": "Patient", "id": "e1"}),
+    )
+    .await;
+    for i in 0..5 {
+        put(
+            format!("Observation/o{i}"),
+            json!({"resourceType": "Observation", "id": format!("o{i}"), "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": "Patient/e1"}}),
+        )
+        .await;
+    }
+    put(
+        "Condition/c1".into(),
+        json!({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/e1"}}),
+    )
+    .await;
+    let ids = |bundle: &Value| -> Vec<String> {
+        bundle["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["resource"]["resourceType"].as_str().unwrap(),
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (status, _, all) = send(&mesh, Method::GET, "Patient/e1/$everything", None, &[]).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["total"], 7);
+    // _type: only the types asked for, comma-separated or repeated.
+    let (_, _, narrowed) = send(
+        &mesh,
+        Method::GET,
+        "Patient/e1/$everything?_type=Condition,Patient",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(ids(&narrowed), vec!["Condition/c1", "Patient/e1"]);
+    // _since: only what changed then or later.
+    let last_updated = put(
+        "Observation/o3".into(),
+        json!({"resourceType": "Observation", "id": "o3", "status": "amended",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/e1"}}),
+    )
+    .await["meta"]["lastUpdated"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, _, since) = send(
+        &mesh,
+        Method::GET,
+        &format!(
+            "Patient/e1/$everything?_since={}",
+            form_urlencoded::byte_serialize(last_updated.as_bytes()).collect::<String>()
+        ),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(ids(&since), vec!["Observation/o3"], "{since}");
+    // Pages of 3 by cursor; a resource added between pages, before the cursor, does not
+    // shift what the next page holds.
+    let (_, _, first) = send(
+        &mesh,
+        Method::GET,
+        "Patient/e1/$everything?_type=Observation&_count=3",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        ids(&first),
+        vec!["Observation/o0", "Observation/o1", "Observation/o2"]
+    );
+    put(
+        "Observation/o00".into(),
+        json!({"resourceType": "Observation", "id": "o00", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/e1"}}),
+    )
+    .await;
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .expect("a next link")["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = next.split_once("/fhir/").unwrap().1.to_owned();
+    let (_, _, second) = send(&mesh, Method::GET, &path, None, &[]).await;
+    assert_eq!(ids(&second), vec!["Observation/o3", "Observation/o4"]);
+    assert!(second["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["relation"] != "next"));
+    // Bad input: a clear 400.
+    for bad in [
+        "Patient/e1/$everything?_type=Nonsense",
+        "Patient/e1/$everything?_since=yesterday",
+        "Patient/e1/$everything?start=2020",
+    ] {
+        let (status, _, body) = send(&mesh, Method::GET, bad, None, &[]).await;
+        assert_outcome(status, &body, 400);
+    }
+    mesh.shutdown().await;
+}

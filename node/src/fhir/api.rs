@@ -21,6 +21,9 @@ use serde_json::{json, Value};
 /// beyond the OS accept backlog).
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 
+/// The most query parameters an instance operation (`$everything`) reads.
+pub const MAX_OPERATION_PARAMETERS: usize = 64;
+
 /// Largest request body (a transaction Bundle).
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -1225,26 +1228,25 @@ async fn instance_operation(
     State(state): State<ApiState>,
     Extension(who): Who,
     Path((resource_type, id, operation)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     if let Err(e) = who.require(&resource_type, Interaction::Read) {
         return e.into_response();
     }
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .take(MAX_OPERATION_PARAMETERS + 1)
+            .collect();
+    if params.len() > MAX_OPERATION_PARAMETERS {
+        return FhirError::invalid(format!(
+            "an operation takes at most {MAX_OPERATION_PARAMETERS} parameters"
+        ))
+        .into_response();
+    }
     match (resource_type.as_str(), operation.as_str()) {
-        ("Patient", "$everything") => match state.fhir.everything(&id) {
-            Ok(resources) => {
-                let entries: Vec<Value> = resources
-                    .into_iter()
-                    .map(|r| {
-                        let url = format!(
-                            "{}/{}/{}",
-                            state.base,
-                            r["resourceType"].as_str().unwrap_or_default(),
-                            r["id"].as_str().unwrap_or_default()
-                        );
-                        json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
-                    })
-                    .collect();
-                let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
+        ("Patient", "$everything") => match state.fhir.everything_page(&id, &params, &state.base) {
+            Ok(mut bundle) => {
                 withhold_unreadable(&mut bundle, &who);
                 AccessNote::of_resources(&state.fhir, bundle_resources(&bundle))
                     .attach(fhir_response(StatusCode::OK, &bundle))

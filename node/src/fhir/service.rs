@@ -562,6 +562,134 @@ impl FhirService {
         self.everything_of(&[patient_id.to_owned()])
     }
 
+    /// `GET /Patient/{id}/$everything` as a searchset: `_type` (types, comma-separated or
+    /// repeated) and `_since` (an instant: resources last updated then or later) narrow it;
+    /// `_count` pages it (at most [`super::search::MAX_COUNT`]; without it, one page), in the
+    /// order of type and id, with a `next` link that goes on after the page's last resource
+    /// (`_page_after=Type/id`), so pages stay right while the patient's data changes.
+    pub fn everything_page(
+        &self,
+        patient_id: &str,
+        params: &[(String, String)],
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        let mut types: Option<BTreeSet<String>> = None;
+        let mut since_ms: Option<i64> = None;
+        let mut count: Option<usize> = None;
+        let mut after: Option<(String, String)> = None;
+        for (name, value) in params {
+            match name.as_str() {
+                "_type" => {
+                    let wanted = types.get_or_insert_with(BTreeSet::new);
+                    for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                        check_type(t)
+                            .map_err(|e| FhirError::invalid(format!("_type: {}", e.diagnostics)))?;
+                        wanted.insert(t.to_owned());
+                    }
+                }
+                "_since" => {
+                    let (low, _) = super::search::extract::date_range(value).ok_or_else(|| {
+                        FhirError::invalid(format!("_since {value:?} is not a FHIR instant"))
+                    })?;
+                    since_ms = Some(low);
+                }
+                "_count" => {
+                    count = Some(
+                        value
+                            .parse::<usize>()
+                            .map_err(|_| {
+                                FhirError::invalid(format!("_count {value:?} is not a number"))
+                            })?
+                            .clamp(1, super::search::MAX_COUNT),
+                    );
+                }
+                "_page_after" => {
+                    let (t, id) = split_reference(value).ok_or_else(|| {
+                        FhirError::invalid(format!(
+                            "_page_after {value:?} is not one this node gave"
+                        ))
+                    })?;
+                    after = Some((t.to_owned(), id.to_owned()));
+                }
+                "_format" | "_pretty" => {}
+                other => {
+                    return Err(FhirError::invalid(format!(
+                        "$everything takes _type, _since, _count and _page_after, not {other}"
+                    )))
+                }
+            }
+        }
+        let key_of = |r: &Value| {
+            (
+                r["resourceType"].as_str().unwrap_or_default().to_owned(),
+                r["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        };
+        let mut resources: Vec<Value> = self
+            .everything(patient_id)?
+            .into_iter()
+            .filter(|r| {
+                types
+                    .as_ref()
+                    .is_none_or(|t| t.contains(r["resourceType"].as_str().unwrap_or_default()))
+            })
+            .filter(|r| {
+                since_ms.is_none_or(|since| {
+                    r["meta"]["lastUpdated"]
+                        .as_str()
+                        .and_then(super::search::extract::date_range)
+                        .is_some_and(|(low, _)| low >= since)
+                })
+            })
+            .collect();
+        resources.sort_by_cached_key(key_of);
+        let total = resources.len();
+        if let Some(after) = &after {
+            resources.retain(|r| key_of(r) > *after);
+        }
+        let more = count.is_some_and(|c| resources.len() > c);
+        if let Some(c) = count {
+            resources.truncate(c);
+        }
+        let link = |page_after: Option<&(String, String)>| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (name, value) in params {
+                if name != "_page_after" {
+                    q.append_pair(name, value);
+                }
+            }
+            if let Some((t, id)) = page_after {
+                q.append_pair("_page_after", &format!("{t}/{id}"));
+            }
+            let q = q.finish();
+            let path = format!("{base}/Patient/{patient_id}/$everything");
+            if q.is_empty() {
+                path
+            } else {
+                format!("{path}?{q}")
+            }
+        };
+        let mut links = vec![serde_json::json!({"relation": "self", "url": link(after.as_ref())})];
+        if more {
+            let last = resources.last().map(key_of);
+            links.push(serde_json::json!({"relation": "next", "url": link(last.as_ref())}));
+        }
+        let entries: Vec<Value> = resources
+            .into_iter()
+            .map(|r| {
+                let (t, id) = key_of(&r);
+                serde_json::json!({"fullUrl": format!("{base}/{t}/{id}"), "resource": r, "search": {"mode": "match"}})
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": links,
+            "entry": entries,
+        }))
+    }
+
     /// Everything this node holds for a patient key (what the data plane serves).
     pub fn everything_for_key(
         &self,
