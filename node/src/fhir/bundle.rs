@@ -163,6 +163,12 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
     })
 }
 
+/// [`written_response`] for the id the written resource carries.
+fn written_response_of(result: &WriteResult, resource_type: &str) -> Value {
+    let id = result.stored.resource["id"].as_str().unwrap_or_default();
+    written_response(result, resource_type, id)
+}
+
 fn written_response(result: &WriteResult, resource_type: &str, id: &str) -> Value {
     let status = if result.created {
         StatusCode::CREATED
@@ -599,11 +605,7 @@ async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, F
                         "",
                     )
                     .await?;
-                let id = result.stored.resource["id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok(written_response(&result, resource_type, &id))
+                Ok(written_response_of(&result, resource_type))
             }
             Method::Put => {
                 let result = service
@@ -615,11 +617,7 @@ async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, F
                         "",
                     )
                     .await?;
-                let id = result.stored.resource["id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                Ok(written_response(&result, resource_type, &id))
+                Ok(written_response_of(&result, resource_type))
             }
             Method::Delete => {
                 service
@@ -635,11 +633,7 @@ async fn run_batch_entry(service: &FhirService, entry: Entry) -> Result<Value, F
             let result = service
                 .create(resource_type, entry.resource.expect("checked"))
                 .await?;
-            let id = result.stored.resource["id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            Ok(written_response(&result, resource_type, &id))
+            Ok(written_response_of(&result, resource_type))
         }
         Method::Put => {
             let id = entry.id.expect("checked");
