@@ -14,6 +14,7 @@ pub mod outcome;
 pub mod resource;
 pub mod search;
 pub mod service;
+pub mod validation;
 
 pub use outcome::FhirError;
 pub use service::FhirService;
