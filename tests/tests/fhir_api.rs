@@ -269,7 +269,7 @@ async fn bad_input_gets_an_operation_outcome_and_changes_nothing() {
     let before = send(&mesh, Method::GET, "Observation", None, &[]).await.2["total"].clone();
     let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": "urn:uuid:1", "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "ok"}}, "request": {"method": "POST", "url": "Observation"}},
-        {"resource": {"resourceType": "Observation", "id": "x"}, "request": {"method": "PUT", "url": "Observation/y"}}
+        {"resource": {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "ok"}}, "request": {"method": "PUT", "url": "Observation/y"}}
     ]});
     let (status, _, body) = send(&mesh, Method::POST, "", Some(transaction), &[]).await;
     assert_outcome(status, &body, 400);
@@ -1148,4 +1148,193 @@ async fn everything_narrows_by_type_and_since_and_pages_by_cursor() {
         assert_outcome(status, &body, 400);
     }
     mesh.shutdown().await;
+}
+
+fn issue_paths(outcome: &Value) -> Vec<(String, String)> {
+    outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "error")
+        .map(|i| {
+            (
+                i["expression"][0].as_str().unwrap_or("").to_owned(),
+                i["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resources_are_refused_with_every_problem_and_validate_reports_them() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    let mesh = TestMesh::start("apitest", &[("api", "noord")])
+        .await
+        .unwrap();
+    let wrong = json!({"resourceType": "Patient", "gender": "mannelijk", "colour": "blue",
+        "birthDate": "1970-13-45", "name": [{"family": "Jansen"}, {"use": "bijnaam"}]});
+    let wanted = [
+        ("Patient.gender", "code-invalid"),
+        ("Patient.colour", "structure"),
+        ("Patient.birthDate", "value"),
+        ("Patient.name[1].use", "code-invalid"),
+    ];
+    // Create, update and PATCH refuse it with 422 and every problem's path; nothing is stored.
+    let (status, _, outcome) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient",
+        Some(wrong.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422, "{outcome}");
+    let found = issue_paths(&outcome);
+    for (path, code) in wanted {
+        assert!(
+            found.contains(&(path.into(), code.into())),
+            "{path} {code} not in {found:?}"
+        );
+    }
+    assert_eq!(found.len(), wanted.len(), "{found:?}");
+    let mut with_id = wrong.clone();
+    with_id["id"] = json!("p-wrong");
+    let (status, _, _) = send(
+        &mesh,
+        reqwest::Method::PUT,
+        "Patient/p-wrong",
+        Some(with_id),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422);
+    let (status, _, _) = send(&mesh, reqwest::Method::GET, "Patient/p-wrong", None, &[]).await;
+    assert_eq!(status, 404);
+    let (_, _, bundle) = send(&mesh, reqwest::Method::GET, "Patient", None, &[]).await;
+    assert_eq!(bundle["total"], 0, "{bundle}");
+    // An Observation without its mandatory status.
+    let observation = json!({"resourceType": "Observation", "code": {"text": "pols"}});
+    let (status, _, outcome) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Observation",
+        Some(observation),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        issue_paths(&outcome),
+        vec![("Observation.status".to_owned(), "required".to_owned())]
+    );
+
+    // A valid Patient, then a patch that would make it invalid.
+    let valid = json!({"resourceType": "Patient", "id": "p1", "gender": "female"});
+    let (status, _, _) = send(
+        &mesh,
+        reqwest::Method::PUT,
+        "Patient/p1",
+        Some(valid.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let url = format!("{}/Patient/p1", mesh.node(0).base_url());
+    let response = mesh
+        .http
+        .patch(&url)
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .header("content-type", "application/json-patch+json")
+        .body(json!([{"op": "replace", "path": "/gender", "value": "F"}]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 422);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(
+        issue_paths(&outcome),
+        vec![("Patient.gender".to_owned(), "code-invalid".to_owned())]
+    );
+    let (_, _, stored) = send(&mesh, reqwest::Method::GET, "Patient/p1", None, &[]).await;
+    assert_eq!(stored["gender"], "female");
+
+    // In a transaction the issue paths name the entry, and nothing is written.
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p2", "gender": "male"},
+         "request": {"method": "PUT", "url": "Patient/p2"}},
+        {"resource": {"resourceType": "Patient", "id": "p3", "gender": "man"},
+         "request": {"method": "PUT", "url": "Patient/p3"}}]});
+    let (status, _, outcome) = send(&mesh, reqwest::Method::POST, "", Some(transaction), &[]).await;
+    assert_eq!(status, 422, "{outcome}");
+    assert_eq!(
+        issue_paths(&outcome),
+        vec![(
+            "Bundle.entry[1].resource.gender".to_owned(),
+            "code-invalid".to_owned()
+        )]
+    );
+    let (status, _, _) = send(&mesh, reqwest::Method::GET, "Patient/p2", None, &[]).await;
+    assert_eq!(status, 404);
+
+    // $validate: 200 whether or not the resource is valid, with the same issues.
+    let (status, _, outcome) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient/$validate",
+        Some(wrong.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(issue_paths(&outcome).len(), wanted.len(), "{outcome}");
+    let (status, _, outcome) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient/$validate",
+        Some(valid.clone()),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(outcome["issue"][0]["severity"], "information", "{outcome}");
+    // As Parameters, with a mode and a profile (which is said not to be checked).
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Patient", "id": "p9", "gender": "female"}},
+        {"name": "mode", "valueCode": "update"},
+        {"name": "profile", "valueUri": "http://nictiz.nl/fhir/StructureDefinition/nl-core-Patient"}]});
+    let (status, _, outcome) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient/p1/$validate",
+        Some(parameters),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{outcome}");
+    let errors = issue_paths(&outcome);
+    assert_eq!(
+        errors,
+        vec![("Patient.id".to_owned(), "invalid".to_owned())],
+        "{outcome}"
+    );
+    assert!(outcome.to_string().contains("was not checked"), "{outcome}");
+    let delete = json!({"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "delete"}]});
+    let (status, _, _) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient/nobody/$validate",
+        Some(delete),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = send(
+        &mesh,
+        reqwest::Method::POST,
+        "Patient/$nothing",
+        Some(valid),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 405);
 }

@@ -153,9 +153,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/fhir/{type}/_search", post(search_type_post))
         .route(
             "/fhir/{type}/{id}",
-            get(read).put(update).delete(delete).patch(patch_resource),
+            get(read)
+                .put(update)
+                .delete(delete)
+                .patch(patch_resource)
+                .post(type_operation_post),
         )
-        .route("/fhir/{type}/{id}/{operation}", get(instance_operation))
+        .route(
+            "/fhir/{type}/{id}/{operation}",
+            get(instance_operation).post(instance_operation_post),
+        )
         .route("/fhir/{type}/{id}/_history/{version}", get(vread))
         .route("/admin/status", get(status))
         .route("/admin/rotate", post(post_rotate))
@@ -837,7 +844,7 @@ async fn search_type_post(
 
 async fn run_search(
     state: &ApiState,
-    who: &crate::auth::Principal,
+    who: &Principal,
     resource_type: &str,
     params: Vec<(String, String)>,
     headers: &HeaderMap,
@@ -1224,6 +1231,71 @@ async fn delete(
     }
 }
 
+/// `POST /fhir/{type}/$validate` (the only type-level operation taken by POST).
+async fn type_operation_post(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path((resource_type, operation)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if operation != "$validate" {
+        return method_not_allowed().await;
+    }
+    validate_operation(&state, &who, &resource_type, None, &headers, body).await
+}
+
+/// `POST /fhir/{type}/{id}/$validate`.
+async fn instance_operation_post(
+    State(state): State<ApiState>,
+    Extension(who): Who,
+    Path((resource_type, id, operation)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if operation != "$validate" {
+        return FhirError::not_supported(format!(
+            "{operation:?} is not an operation this server takes by POST on a {resource_type}"
+        ))
+        .into_response();
+    }
+    validate_operation(&state, &who, &resource_type, Some(&id), &headers, body).await
+}
+
+/// `$validate`: 200 with an OperationOutcome of every problem the resource has (or one
+/// `information` issue when it has none); 4xx only when the validation could not be done.
+/// The body is the resource, or a Parameters with `resource`, `mode` (`create`, the default
+/// without an id; `update`, the default with one; `delete`) and `profile`.
+async fn validate_operation(
+    state: &ApiState,
+    who: &Principal,
+    resource_type: &str,
+    id: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        super::resource::check_type(resource_type)?;
+        if let Some(id) = id {
+            super::resource::check_id(id)?;
+        }
+        let (body, _permit) = read_json(headers, body, MAX_RESOURCE_BYTES).await?;
+        let request = super::validation::ValidateRequest::of_body(resource_type, body)?;
+        let mode = request.mode.unwrap_or(if id.is_some() {
+            super::validation::Mode::Update
+        } else {
+            super::validation::Mode::Create
+        });
+        who.require(resource_type, mode.interaction())?;
+        super::validation::run(&state.fhir, resource_type, id, request, mode)
+    }
+    .await;
+    match result {
+        Ok(issues) => fhir_response(StatusCode::OK, &super::outcome::issues_outcome(&issues)),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn instance_operation(
     State(state): State<ApiState>,
     Extension(who): Who,
@@ -1430,6 +1502,12 @@ async fn method_not_allowed() -> Response {
     .into_response()
 }
 
+/// `$validate`, as the CapabilityStatement lists it for every type.
+static VALIDATE_OPERATION: std::sync::LazyLock<Value> = std::sync::LazyLock::new(|| {
+    json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+        "documentation": "POST [type]/$validate or [type]/[id]/$validate (mode create, update, delete): the R4 structure and required bindings; profiles are not checked"})
+});
+
 fn capability_statement(state: &ApiState) -> Value {
     let resources: Vec<Value> = RESOURCE_TYPES
         .iter()
@@ -1446,10 +1524,12 @@ fn capability_statement(state: &ApiState) -> Value {
                     {"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "update"},
                     {"code": "patch"}, {"code": "delete"}, {"code": "create"}, {"code": "search-type"}
                 ],
-                "searchParam": search::capability_parameters(t)
+                "searchParam": search::capability_parameters(t),
+                "operation": [VALIDATE_OPERATION.clone()]
             });
             if *t == "Patient" {
                 resource["operation"] = json!([
+                    VALIDATE_OPERATION.clone(),
                     {"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                     {"name": "dossier", "definition": "urn:zorgmesh:OperationDefinition/Patient-dossier",
                      "documentation": "GET [base]/Patient/$dossier?identifier=http://fhir.nl/fhir/NamingSystem/bsn|<bsn>: the patient's resources from every holder in the mesh, each naming its origin"},

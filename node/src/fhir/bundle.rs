@@ -134,7 +134,13 @@ fn parse_entry(index: usize, entry: &Value) -> Result<Entry, FhirError> {
         let resource = resource
             .as_ref()
             .ok_or_else(|| at("POST and PUT entries need a resource".into()))?;
-        check_resource(resource, Some(&resource_type)).map_err(|e| at(e.diagnostics))?;
+        check_resource(resource, Some(&resource_type)).map_err(|e| {
+            if e.issues.is_empty() {
+                at(e.diagnostics)
+            } else {
+                e.in_bundle_entry(index)
+            }
+        })?;
         if let (Method::Put, Some(body_id), Some(_)) =
             (method, resource.get("id").and_then(Value::as_str), &id)
         {

@@ -185,7 +185,8 @@ pub fn check_id(id: &str) -> Result<(), FhirError> {
     }
 }
 
-/// Checks that `value` is a resource of `expected_type` (if given) and returns its type.
+/// Checks that `value` is a resource of `expected_type` (if given) and valid R4 (422 with
+/// every problem and its path otherwise; see [`super::validation`]), and returns its type.
 pub fn check_resource(value: &Value, expected_type: Option<&str>) -> Result<String, FhirError> {
     let object = value
         .as_object()
@@ -217,6 +218,10 @@ pub fn check_resource(value: &Value, expected_type: Option<&str>) -> Result<Stri
         // Holders decide by it: a Consent that cannot be read as rules is refused here.
         crate::consent::fhir_consent::rules_of(value)
             .map_err(|e| FhirError::invalid(format!("Consent: {e}")))?;
+    }
+    let issues = super::validation::validate(value);
+    if super::validation::errors(&issues).next().is_some() {
+        return Err(FhirError::invalid_resource(resource_type, issues));
     }
     Ok(resource_type.to_owned())
 }
