@@ -704,13 +704,23 @@ async fn json_patch_applies_whole_or_not_at_all_and_honours_if_match() {
     assert_outcome(status, &body, 400);
     let (status, body) = patch(json!([]), vec![("content-type", "text/plain".into())]).await;
     assert_outcome(status, &body, 415);
-    // A FHIRPath Patch (Parameters) is refused plainly.
+    // A FHIRPath Patch without operations: 400; one whose path finds nothing: 422.
+    let fhir_json = ("content-type", "application/fhir+json".to_owned());
     let (status, body) = patch(
         json!({"resourceType": "Parameters", "parameter": []}),
-        vec![("content-type", "application/fhir+json".into())],
+        vec![fhir_json.clone()],
     )
     .await;
+    assert_outcome(status, &body, 400);
+    let replace_gender = |value: &str| {
+        json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.gender"},
+            {"name": "value", "valueCode": value}]}]})
+    };
+    let (status, body) = patch(replace_gender("female"), vec![fhir_json.clone()]).await;
     assert_outcome(status, &body, 422);
+    assert!(body.to_string().contains("finds nothing"), "{body}");
     // Nothing of the failures stuck.
     let (_, _, now) = send(&mesh, Method::GET, &format!("Patient/{id}"), None, &[]).await;
     assert_eq!(now["meta"]["versionId"], "2");
@@ -725,6 +735,37 @@ async fn json_patch_applies_whole_or_not_at_all_and_honours_if_match() {
     assert_eq!(body["gender"], "female");
     assert!(body.get("name").is_none());
     assert_eq!(body["meta"]["versionId"], "3");
+    // FHIRPath Patch: replace, add (a list element becomes a list), insert, with If-Match.
+    let (status, body) = patch(
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "operation", "part": [{"name": "type", "valueCode": "replace"},
+                {"name": "path", "valueString": "Patient.gender"},
+                {"name": "value", "valueCode": "other"}]},
+            {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
+                {"name": "path", "valueString": "Patient"},
+                {"name": "name", "valueString": "name"},
+                {"name": "value", "valueHumanName": {"family": "Visser"}}]},
+            {"name": "operation", "part": [{"name": "type", "valueCode": "insert"},
+                {"name": "path", "valueString": "Patient.name"},
+                {"name": "index", "valueInteger": 0},
+                {"name": "value", "valueHumanName": {"family": "Bakker", "use": "maiden"}}]}]}),
+        vec![fhir_json.clone(), ("if-match", "W/\"3\"".into())],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["gender"], "other");
+    assert_eq!(
+        body["name"],
+        json!([{"family": "Bakker", "use": "maiden"}, {"family": "Visser"}])
+    );
+    assert_eq!(body["meta"]["versionId"], "4");
+    // A FHIRPath Patch that would leave an invalid resource: 422 naming the element.
+    let (status, body) = patch(replace_gender("F"), vec![fhir_json.clone()]).await;
+    assert_outcome(status, &body, 422);
+    assert_eq!(
+        body["issue"][0]["expression"][0], "Patient.gender",
+        "{body}"
+    );
     // A missing resource: 404.
     let (status, _, body) = send(&mesh, Method::GET, "Patient/nobody", None, &[]).await;
     assert_outcome(status, &body, 404);

@@ -968,7 +968,7 @@ async fn patch_resource(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "not-supported",
                     format!(
-                        "PATCH takes application/json-patch+json (RFC 6902) or a JSON merge patch (RFC 7396), not {other:?}"
+                        "PATCH takes application/json-patch+json (RFC 6902), a JSON merge patch (RFC 7396) or a FHIRPath Patch (application/fhir+json Parameters), not {other:?}"
                     ),
                 ))
             }
@@ -986,14 +986,14 @@ async fn patch_resource(
             if !merge.is_object() {
                 return Err(FhirError::invalid("a merge patch is a JSON object"));
             }
-            if merge.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
-                return Err(FhirError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "not-supported",
-                    "FHIRPath Patch (a Parameters body) is not supported yet: send a JSON Patch or a merge patch",
-                ));
+            if super::fhirpath_patch::is_fhirpath_patch(&merge) {
+                let patch = super::fhirpath_patch::FhirpathPatch::parse(&merge).map_err(|e| {
+                    FhirError::invalid(format!("the body is not a FHIRPath Patch: {e}"))
+                })?;
+                super::service::Patch::Fhirpath(patch)
+            } else {
+                super::service::Patch::Merge(merge)
             }
-            super::service::Patch::Merge(merge)
         };
         state.fhir.patch(&resource_type, &id, &patch, expected).await
     }

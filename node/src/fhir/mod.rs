@@ -9,6 +9,7 @@
 pub mod access;
 pub mod api;
 pub mod bundle;
+pub mod fhirpath_patch;
 pub mod listener;
 pub mod outcome;
 pub mod resource;

@@ -165,7 +165,7 @@ impl FhirService {
         Ok(version)
     }
 
-    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902) or a JSON merge patch (RFC 7396, as
+    /// `PATCH /{type}/{id}` with a JSON Patch (RFC 6902), a FHIRPath Patch or a JSON merge patch (RFC 7396, as
     /// fhirpy sends): applied to the current version as one whole (a failing operation,
     /// `test` included, changes nothing), which must stay a resource of the same type and
     /// id; `if_match` as for an update.
@@ -205,6 +205,15 @@ impl FhirService {
                         })?
                     }
                     Patch::Merge(merge) => json_patch::merge(&mut body, merge),
+                    Patch::Fhirpath(patch) => patch.apply(&mut body).map_err(|e| {
+                        FhirError::new(
+                            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                            "processing",
+                            format!(
+                                "the FHIRPath Patch does not apply to {resource_type}/{id}: {e}"
+                            ),
+                        )
+                    })?,
                 }
 
                 if body.get("resourceType").and_then(Value::as_str) != Some(resource_type)
@@ -775,13 +784,15 @@ fn versioned(resource_type: &str, id: &str, record: VersionRecord) -> Result<Ver
 }
 
 /// An update inside a write transaction (shared by PUT and Bundles).
-/// A patch: RFC 6902 operations or an RFC 7396 merge document.
+/// A patch: RFC 6902 operations, an RFC 7396 merge document or a FHIRPath Patch.
 #[derive(Debug, Clone)]
 pub enum Patch {
     /// JSON Patch.
     Json(json_patch::Patch),
     /// JSON merge patch.
     Merge(Value),
+    /// FHIRPath Patch (a Parameters resource).
+    Fhirpath(super::fhirpath_patch::FhirpathPatch),
 }
 
 /// 412 for a conditional interaction whose search finds more than one resource.
