@@ -591,6 +591,18 @@ async fn sort_include_summary_elements_total_and_post_search() {
         "{patient}"
     );
     assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    // _summary=true: the elements R4 marks as summary (birthDate is, contact is not).
+    let body = search(&mesh, "Patient?_id=zoe&_summary=true").await;
+    let patient = &body["entry"][0]["resource"];
+    assert!(
+        patient.get("name").is_some() && patient.get("birthDate").is_some(),
+        "{patient}"
+    );
+    assert!(patient.get("text").is_none(), "{patient}");
+    assert!(body["link"][0]["url"]
+        .as_str()
+        .unwrap()
+        .contains("_summary=true"));
     let body = search(&mesh, "Observation?_total=none").await;
     assert!(body.get("total").is_none());
     assert!(body["link"][0]["url"]

@@ -17,6 +17,8 @@ pub mod extract;
 pub mod fhirpath;
 pub mod parameters;
 pub mod query;
+#[rustfmt::skip]
+mod summary_elements;
 
 use super::outcome::operation_outcome;
 use super::resource::check_type;
@@ -353,6 +355,28 @@ fn included(
     Ok(out)
 }
 
+/// The summary elements of a type and the choice elements among them (none for a type
+/// the definitions give none).
+fn summary_of(resource_type: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    let rows = summary_elements::SUMMARY_ELEMENTS;
+    rows.binary_search_by(|(t, _, _)| (*t).cmp(resource_type))
+        .map_or((&[], &[]), |at| (rows[at].1, rows[at].2))
+}
+
+/// Whether a JSON key is one of `elements`: the name itself, or a choice element's name
+/// with its type (`effectiveDateTime` for `effective`).
+fn is_summary_element(key: &str, elements: &[&str], choices: &[&str]) -> bool {
+    if elements.contains(&key) {
+        return true;
+    }
+    choices.iter().any(|choice| {
+        elements.contains(choice)
+            && key.len() > choice.len()
+            && key.starts_with(choice)
+            && key.as_bytes()[choice.len()].is_ascii_uppercase()
+    })
+}
+
 /// A resource as `_summary` and `_elements` ask for it (marked `SUBSETTED` when cut).
 fn shaped(mut resource: Value, query: &Query) -> Value {
     let keep: Option<Vec<&str>> = match (&query.elements, query.summary) {
@@ -360,6 +384,14 @@ fn shaped(mut resource: Value, query: &Query) -> Value {
         (None, Summary::Text) => Some(vec!["text"]),
         _ => None,
     };
+    let summary = (query.elements.is_none() && query.summary == Summary::True)
+        .then(|| {
+            resource
+                .get("resourceType")
+                .and_then(Value::as_str)
+                .map(summary_of)
+        })
+        .flatten();
     let Some(map) = resource.as_object_mut() else {
         return resource;
     };
@@ -368,6 +400,13 @@ fn shaped(mut resource: Value, query: &Query) -> Value {
         let before = map.len();
         map.retain(|key, _| {
             matches!(key.as_str(), "resourceType" | "id" | "meta") || keep.contains(&key.as_str())
+        });
+        cut = map.len() != before;
+    } else if let Some((elements, choices)) = summary {
+        let before = map.len();
+        map.retain(|key, _| {
+            matches!(key.as_str(), "resourceType" | "id" | "meta")
+                || is_summary_element(key, elements, choices)
         });
         cut = map.len() != before;
     } else if query.summary == Summary::Data {
@@ -1054,4 +1093,64 @@ fn number_ids(
         };
         wanted.matches(&value, now)
     })
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    #[test]
+    fn every_resource_type_has_summary_elements_and_the_table_is_sorted() {
+        let rows = summary_elements::SUMMARY_ELEMENTS;
+        assert!(rows.windows(2).all(|w| w[0].0 < w[1].0));
+        let missing: Vec<&&str> = crate::fhir::resource::RESOURCE_TYPES
+            .iter()
+            .filter(|t| summary_of(t).0.is_empty())
+            .collect();
+        assert!(missing.is_empty(), "no summary elements for {missing:?}");
+    }
+
+    #[test]
+    fn summary_true_keeps_the_summary_elements_and_choice_elements_by_their_type() {
+        let query = Query {
+            summary: Summary::True,
+            ..query::parse("Observation", &[], false, "http://x/fhir").unwrap()
+        };
+        let observation = json!({"resourceType": "Observation", "id": "o1", "status": "final",
+            "text": {"status": "generated", "div": "<div>x</div>"},
+            "code": {"text": "pols"}, "effectiveDateTime": "2026-01-01",
+            "valueQuantity": {"value": 72}, "note": [{"text": "rustig"}],
+            "interpretation": [{"text": "normaal"}]});
+        let cut = shaped(observation, &query);
+        let mut keys: Vec<&str> = cut
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "code",
+                "effectiveDateTime",
+                "id",
+                "meta",
+                "resourceType",
+                "status",
+                "valueQuantity"
+            ]
+        );
+        assert_eq!(cut["meta"]["tag"][0]["code"], "SUBSETTED");
+        let patient = json!({"resourceType": "Patient", "id": "p1", "deceasedBoolean": false,
+            "multipleBirthInteger": 2, "gender": "female", "contact": [{"gender": "male"}]});
+        let query = Query {
+            summary: Summary::True,
+            ..query::parse("Patient", &[], false, "http://x/fhir").unwrap()
+        };
+        let cut = shaped(patient, &query);
+        assert_eq!(cut["deceasedBoolean"], false);
+        assert_eq!(cut["gender"], "female");
+        assert!(cut.get("multipleBirthInteger").is_none() && cut.get("contact").is_none());
+    }
 }

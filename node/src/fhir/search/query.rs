@@ -259,6 +259,8 @@ pub enum Summary {
     Text,
     /// `data`: without `text`.
     Data,
+    /// `true`: the elements the R4 definitions mark as summary.
+    True,
 }
 
 /// The most resources `_include` and `_revinclude` add to one page.
@@ -458,12 +460,7 @@ fn result_parameter(
                 "count" => Summary::Count,
                 "text" => Summary::Text,
                 "data" => Summary::Data,
-                "true" => {
-                    return Err(Unapplied::Unknown(
-                        "_summary=true needs the R4 element definitions, which this node does not carry yet"
-                            .into(),
-                    ))
-                }
+                "true" => Summary::True,
                 other => {
                     return Err(Unapplied::Invalid(format!(
                         "_summary={other:?}: takes true, false, text, data or count"
