@@ -4,7 +4,7 @@
 //! `scripts/bench-search.sh` runs the same file against the build before the search index.
 //!
 //! `cargo bench -p zorgmesh-node --bench ingest -- [N] [BATCH]` (default 100000 100); the
-//! engine is `ZORGMESH_BENCH_ENGINE` (`sled`, the default, or `redb`).
+//! engine is `ZORGMESH_BENCH_ENGINE` (`sled`, the default, `redb` or `fjall`).
 
 #[path = "common/observations.rs"]
 #[allow(dead_code)] // shared with search_latency, which uses all of it
@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let batch: usize = args.get(1).map_or(Ok(100), |a| a.parse())?;
     let engine = match std::env::var("ZORGMESH_BENCH_ENGINE").as_deref() {
         Ok("redb") => EngineKind::Redb,
+        Ok("fjall") => EngineKind::Fjall,
         Ok("sled") | Err(_) => EngineKind::Sled,
         Ok(other) => return Err(format!("unknown engine {other}").into()),
     };

@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo build --release --bin zorgmesh && cargo run --release --example crash_loop -- --runs 100`
 //! Options: `--runs N` (default 100), `--seed S` (default 1), `--binary PATH`
-//! (default `target/release/zorgmesh`), `--engine sled|redb` (the store's engine, default
+//! (default `target/release/zorgmesh`), `--engine sled|redb|fjall` (the store's engine, default
 //! sled).
 
 use rand::{Rng, SeedableRng};
@@ -126,8 +126,8 @@ async fn main() -> anyhow::Result<()> {
     let config = dir.path().join("mesh/nodes/victim/node.toml");
     let engine = arg("--engine", "sled");
     anyhow::ensure!(
-        engine == "sled" || engine == "redb",
-        "--engine is sled or redb"
+        engine == "sled" || engine == "redb" || engine == "fjall",
+        "--engine is sled, redb or fjall"
     );
     // The generated config names its engine; a top-level key goes before its tables.
     let text: String = std::fs::read_to_string(&config)?

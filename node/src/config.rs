@@ -9,7 +9,7 @@
 //! # Where `zorgmesh node backup` (POST /admin/backup) writes backups; default: `backups`
 //! # beside `data_dir`. Put it on another disk.
 //! # backup_dir = "/var/backups/zorgmesh"
-//! # The embedded engine of a new store: "sled" (default) or "redb". An existing store
+//! # The embedded engine of a new store: "sled" (default), "redb" or "fjall". An existing store
 //! # keeps the engine it was created with.
 //! # storage_engine = "redb"
 //! # FHIR API (HTTP). Every endpoint but discovery needs an access token (see [auth]).

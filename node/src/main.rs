@@ -240,7 +240,7 @@ enum NodeCommand {
         from: PathBuf,
         #[command(flatten)]
         store: StoreArgs,
-        /// The engine of the restored store: sled or redb (default: the config's
+        /// The engine of the restored store: sled, redb or fjall (default: the config's
         /// storage_engine, else sled). Restoring into another engine migrates the store.
         #[arg(long)]
         engine: Option<String>,
@@ -946,7 +946,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => configured,
                 Some("sled") => zorgmesh_node::storage::EngineKind::Sled,
                 Some("redb") => zorgmesh_node::storage::EngineKind::Redb,
-                Some(other) => bail!("--engine {other:?}: the engines are sled and redb"),
+                Some("fjall") => zorgmesh_node::storage::EngineKind::Fjall,
+                Some(other) => bail!("--engine {other:?}: the engines are sled, redb and fjall"),
             };
             let dir = store_dir(store.config, store.data_dir)?;
             zorgmesh_node::at_rest::restrict_new_files();

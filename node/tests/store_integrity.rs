@@ -155,6 +155,11 @@ async fn every_bit_flip_in_every_file_of_a_redb_store_is_found_or_changes_nothin
     bit_flip_sweep(EngineKind::Redb).await;
 }
 
+#[tokio::test]
+async fn every_bit_flip_in_every_file_of_a_fjall_store_is_found_or_changes_nothing() {
+    bit_flip_sweep(EngineKind::Fjall).await;
+}
+
 async fn bit_flip_sweep(engine: EngineKind) {
     let scratch = tempfile::tempdir().unwrap();
     let pristine = scratch.path().join("pristine");
@@ -232,7 +237,7 @@ async fn bit_flip_sweep(engine: EngineKind) {
 /// every write after it; the seal, written after each flush, notices.
 #[tokio::test]
 async fn a_store_that_went_back_to_an_older_commit_is_refused() {
-    for engine in [EngineKind::Sled, EngineKind::Redb] {
+    for engine in [EngineKind::Sled, EngineKind::Redb, EngineKind::Fjall] {
         went_back(engine);
     }
 }
@@ -300,4 +305,52 @@ async fn a_damaged_record_is_named_and_the_store_refused() {
         "{}",
         text(&checked)
     );
+}
+
+/// A backup of a sled store restored into each other engine holds the same content: the
+/// full check prints the same digest.
+#[tokio::test]
+async fn a_backup_restores_into_every_engine_with_the_same_content() {
+    let scratch = tempfile::tempdir().unwrap();
+    let store = scratch.path().join("sled");
+    populated_store(&store, EngineKind::Sled).await;
+    let checked = zorgmesh(&["node", "check", "--data-dir", s(&store)]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let digest = content_digest(&checked).expect("a sound store prints its digest");
+    let backup = scratch.path().join("store.zmbackup");
+    let taken = zorgmesh(&[
+        "node",
+        "backup",
+        "--data-dir",
+        s(&store),
+        "--out",
+        s(&backup),
+    ]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    for engine in ["redb", "fjall"] {
+        let target = scratch.path().join(engine);
+        let restored = zorgmesh(&[
+            "node",
+            "restore",
+            "--from",
+            s(&backup),
+            "--data-dir",
+            s(&target),
+            "--engine",
+            engine,
+        ]);
+        assert!(restored.status.success(), "{engine}: {}", text(&restored));
+        assert!(
+            text(&restored).contains(&format!("({engine})")),
+            "{}",
+            text(&restored)
+        );
+        let checked = zorgmesh(&["node", "check", "--data-dir", s(&target)]);
+        assert!(checked.status.success(), "{engine}: {}", text(&checked));
+        assert_eq!(
+            content_digest(&checked).as_deref(),
+            Some(digest.as_str()),
+            "{engine}"
+        );
+    }
 }

@@ -1,11 +1,13 @@
-//! The embedded storage engines behind the store: sled 0.34 (the default so far) and redb 2
-//! (a single file, maintained, copy-on-write B-trees). Only `sealed_tree.rs` uses these
-//! types; everything above sees checksummed trees.
+//! The embedded storage engines behind the store: sled 0.34 (the default so far), redb 2
+//! (a single file, maintained, copy-on-write B-trees) and fjall 3 (a maintained LSM tree:
+//! many small writes, such as search index entries, are cheap). Only `sealed_tree.rs` uses
+//! these types; everything above sees checksummed trees.
 //!
 //! Both engines get the same use: atomic multi-key writes to one tree that need not be
 //! durable at once, and a flush that makes every earlier write durable (a write is
 //! acknowledged after it). sled: `apply_batch` and `flush`. redb: a commit with durability
-//! `None` per write and an empty commit with durability `Immediate` per flush.
+//! `None` per write and an empty commit with durability `Immediate` per flush. fjall: a
+//! write batch per write (atomic, in its journal) and `persist(SyncAll)` per flush.
 
 use super::StorageError;
 use std::ops::Bound;
@@ -21,6 +23,8 @@ pub enum EngineKind {
     Sled,
     /// redb 2: one file of copy-on-write B-trees.
     Redb,
+    /// fjall 3: a log-structured merge tree in a directory of files.
+    Fjall,
 }
 
 impl EngineKind {
@@ -28,6 +32,8 @@ impl EngineKind {
     pub fn of_store(dir: &Path) -> Option<Self> {
         if dir.join(REDB_FILE).exists() {
             Some(Self::Redb)
+        } else if dir.join(FJALL_DIR).exists() {
+            Some(Self::Fjall)
         } else if dir.join("db").exists() {
             Some(Self::Sled)
         } else {
@@ -41,12 +47,15 @@ impl std::fmt::Display for EngineKind {
         f.write_str(match self {
             Self::Sled => "sled",
             Self::Redb => "redb",
+            Self::Fjall => "fjall",
         })
     }
 }
 
 /// redb's file inside the data directory.
 pub const REDB_FILE: &str = "zorgmesh.redb";
+/// fjall's directory inside the data directory.
+pub const FJALL_DIR: &str = "fjall";
 
 type RedbTable = redb::TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -57,6 +66,8 @@ pub enum Engine {
     Sled(sled::Db),
     /// redb.
     Redb(Arc<redb::Database>),
+    /// fjall.
+    Fjall(fjall::Database),
 }
 
 /// One tree (sled) or table (redb) of an engine.
@@ -70,6 +81,13 @@ pub enum EngineTree {
         /// The table.
         table: RedbTable,
     },
+    /// A fjall keyspace, with its database (for atomic batches).
+    Fjall {
+        /// The database.
+        db: fjall::Database,
+        /// The keyspace.
+        keyspace: fjall::Keyspace,
+    },
 }
 
 /// A key-value pair read from an engine.
@@ -79,6 +97,28 @@ pub type PairResult = Result<Pair, StorageError>;
 
 fn redb_error(e: impl Into<redb::Error>) -> StorageError {
     StorageError::Engine(e.into().to_string())
+}
+
+fn fjall_error(e: fjall::Error) -> StorageError {
+    StorageError::Engine(e.to_string())
+}
+
+/// fjall refuses an empty key (a tree's state record has one): every key is stored after
+/// one zero byte, which keeps their order.
+fn fjall_key(key: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(key.len() + 1);
+    stored.push(0);
+    stored.extend_from_slice(key);
+    stored
+}
+
+fn fjall_bound(bound: Bound<&[u8]>, start: bool) -> Bound<Vec<u8>> {
+    match bound {
+        Bound::Included(k) => Bound::Included(fjall_key(k)),
+        Bound::Excluded(k) => Bound::Excluded(fjall_key(k)),
+        Bound::Unbounded if start => Bound::Included(vec![0]),
+        Bound::Unbounded => Bound::Unbounded,
+    }
 }
 
 impl Engine {
@@ -107,6 +147,14 @@ impl Engine {
                     Err(e) => Err(OpenFailure::Damaged(e.to_string())),
                 }
             }
+            EngineKind::Fjall => match fjall::Database::builder(dir.join(FJALL_DIR)).open() {
+                Ok(db) => Ok(Self::Fjall(db)),
+                Err(fjall::Error::Locked) => {
+                    Err(OpenFailure::InUse("the database is locked".into()))
+                }
+                Err(fjall::Error::Io(e)) => Err(OpenFailure::Io(e.to_string())),
+                Err(e) => Err(OpenFailure::Damaged(e.to_string())),
+            },
         }
     }
 
@@ -115,6 +163,7 @@ impl Engine {
         match self {
             Self::Sled(_) => EngineKind::Sled,
             Self::Redb(_) => EngineKind::Redb,
+            Self::Fjall(_) => EngineKind::Fjall,
         }
     }
 
@@ -139,6 +188,12 @@ impl Engine {
                     table,
                 })
             }
+            Self::Fjall(db) => Ok(EngineTree::Fjall {
+                db: db.clone(),
+                keyspace: db
+                    .keyspace(name, fjall::KeyspaceCreateOptions::default)
+                    .map_err(fjall_error)?,
+            }),
         }
     }
 
@@ -153,6 +208,9 @@ impl Engine {
                 tx.set_durability(redb::Durability::Immediate);
                 tx.commit().map_err(redb_error)?;
             }
+            Self::Fjall(db) => db
+                .persist(fjall::PersistMode::SyncAll)
+                .map_err(fjall_error)?,
         }
         Ok(())
     }
@@ -164,7 +222,7 @@ impl Engine {
                 db.flush_async().await?;
                 Ok(())
             }
-            Self::Redb(_) => {
+            Self::Redb(_) | Self::Fjall(_) => {
                 let engine = self.clone();
                 tokio::task::spawn_blocking(move || engine.flush())
                     .await
@@ -218,6 +276,10 @@ impl EngineTree {
                     .map_err(redb_error)?
                     .map(|v| v.value().to_vec()))
             }
+            Self::Fjall { keyspace, .. } => Ok(keyspace
+                .get(fjall_key(key))
+                .map_err(fjall_error)?
+                .map(|v| v.to_vec())),
         }
     }
 
@@ -267,6 +329,16 @@ impl EngineTree {
                 }
                 tx.commit().map_err(redb_error)?;
             }
+            Self::Fjall { db, keyspace } => {
+                let mut batch = db.batch();
+                for (key, value) in ops {
+                    match value {
+                        Some(value) => batch.insert(keyspace, fjall_key(&key), value),
+                        None => batch.remove(keyspace, fjall_key(&key)),
+                    }
+                }
+                batch.commit().map_err(fjall_error)?;
+            }
         }
         Ok(())
     }
@@ -299,6 +371,16 @@ impl EngineTree {
                     })),
                 }
             }
+            Self::Fjall { keyspace, .. } => Box::new(
+                keyspace
+                    .range::<Vec<u8>, _>((fjall_bound(start, true), fjall_bound(end, false)))
+                    .map(|guard| {
+                        guard
+                            .into_inner()
+                            .map(|(k, v)| (k[1..].to_vec(), v.to_vec()))
+                            .map_err(fjall_error)
+                    }),
+            ),
         }
     }
 
@@ -320,8 +402,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_engines_scan_prefixes_and_ranges_alike() {
-        for kind in [EngineKind::Sled, EngineKind::Redb] {
+    fn every_engine_scans_prefixes_and_ranges_alike() {
+        for kind in [EngineKind::Sled, EngineKind::Redb, EngineKind::Fjall] {
             let dir = tempfile::tempdir().unwrap();
             let engine = Engine::open(dir.path(), kind).unwrap();
             let tree = engine.open_tree("t").unwrap();
@@ -334,6 +416,10 @@ mod tests {
             ])
             .unwrap();
             tree.apply(vec![(b"c".to_vec(), None)]).unwrap();
+            tree.apply(vec![(Vec::new(), Some(b"state".to_vec()))])
+                .unwrap();
+            assert_eq!(tree.get(b"").unwrap(), Some(b"state".to_vec()), "{kind}");
+            tree.apply(vec![(Vec::new(), None)]).unwrap();
             engine.flush().unwrap();
             let keys = |items: Box<dyn DoubleEndedIterator<Item = PairResult> + Send + '_>| {
                 items.map(|i| i.unwrap().0).collect::<Vec<_>>()

@@ -438,7 +438,7 @@ mod tests {
     use super::super::engine::EngineKind;
     use super::*;
 
-    const KINDS: [EngineKind; 2] = [EngineKind::Sled, EngineKind::Redb];
+    const KINDS: [EngineKind; 3] = [EngineKind::Sled, EngineKind::Redb, EngineKind::Fjall];
 
     fn tree(kind: EngineKind) -> (tempfile::TempDir, Engine, SealedTree) {
         let dir = tempfile::tempdir().unwrap();
