@@ -6,14 +6,15 @@
 //! queries, the same results required); then the index's size per resource.
 //!
 //! `cargo bench -p zorgmesh-node --bench search_latency -- [N] [Q] [S]`
-//! (default 100000 1000 5)
+//! (default 100000 1000 5); the engine is `ZORGMESH_BENCH_ENGINE` (`sled`, the default,
+//! `redb` or `fjall`).
 
 #[path = "common/observations.rs"]
 mod observations;
 
 use std::time::{Duration, Instant};
 use zorgmesh_node::fhir::search::{matching_ids, query, scan_matching_ids};
-use zorgmesh_node::storage::{Storage, StorageError};
+use zorgmesh_node::storage::{EngineKind, Storage, StorageError};
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -21,6 +22,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let engine = match std::env::var("ZORGMESH_BENCH_ENGINE").as_deref() {
+        Ok("redb") => EngineKind::Redb,
+        Ok("fjall") => EngineKind::Fjall,
+        Ok("sled") | Err(_) => EngineKind::Sled,
+        Ok(other) => return Err(format!("unknown engine {other}").into()),
+    };
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -34,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let storage = runtime.block_on(async {
-        let storage = Storage::open(dir.path())?;
+        let storage = Storage::open_with(dir.path(), engine)?;
         let mut n = 0;
         while n < total {
             let end = (n + 500).min(total);
