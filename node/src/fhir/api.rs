@@ -940,7 +940,8 @@ fn if_none_exist(headers: &HeaderMap) -> Result<Option<String>, FhirError> {
     Ok(Some(query.to_owned()))
 }
 
-/// `PATCH /fhir/{type}/{id}`: JSON Patch (`application/json-patch+json`).
+/// `PATCH /fhir/{type}/{id}`: JSON Patch (`application/json-patch+json`), a JSON merge patch,
+/// or a FHIRPath Patch (a Parameters body).
 async fn patch_resource(
     State(state): State<ApiState>,
     Extension(who): Who,
