@@ -12,7 +12,7 @@
 
 use super::engine::{Engine, EngineTree, PairResult};
 use super::StorageError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Mutex, MutexGuard};
 use xxhash_rust::xxh3::Xxh3;
@@ -236,13 +236,29 @@ impl SealedTree {
     ) -> Result<(), StorageError> {
         let ops: BTreeMap<Vec<u8>, Option<Vec<u8>>> = ops.into_iter().collect();
         let mut state = self.lock();
-        self.apply_locked(&mut state, ops)
+        self.apply_locked(&mut state, ops, &HashMap::new())
+    }
+
+    /// [`apply`](Self::apply), where the caller vouches for what the tree holds before
+    /// this write under the keys of `held_before` (`None`: nothing), so those are not read.
+    /// For records derived from others the caller has read and verified (the search
+    /// index, from a resource's values record): a write of thousands of new index records
+    /// then costs no lookup of each. Were the caller wrong, the digest would no longer
+    /// match the records and the next full check would say so.
+    pub fn apply_vouched(
+        &self,
+        ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        held_before: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        self.apply_locked(&mut state, ops, held_before)
     }
 
     fn apply_locked(
         &self,
         state: &mut TreeState,
         ops: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        held_before: &HashMap<Vec<u8>, Option<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let mut next = *state;
         let mut batch = Vec::with_capacity(ops.len() + 1);
@@ -250,12 +266,23 @@ impl SealedTree {
             if key.is_empty() {
                 return Err(self.damage(&key, "a record may not have an empty key".into()));
             }
-            if let Some(stored) = self.tree.get(&key)? {
-                let (_, sum) = self
-                    .open_record(&key, &stored)
-                    .map_err(|message| self.damage(&key, message))?;
+            let old_sum = match held_before.get(&key) {
+                Some(vouched) => vouched
+                    .as_ref()
+                    .map(|payload| checksum(self.name, &key, payload)),
+                None => match self.tree.get(&key)? {
+                    Some(stored) => Some(
+                        self.open_record(&key, &stored)
+                            .map_err(|message| self.damage(&key, message))?
+                            .1,
+                    ),
+                    None => None,
+                },
+            };
+            if let Some(sum) = old_sum {
                 next.digest ^= sum;
-                next.records -= 1;
+                // Saturating: a wrong voucher must not wrap the count (the check reports it).
+                next.records = next.records.saturating_sub(1);
             }
             match value {
                 Some(payload) => {
@@ -293,7 +320,11 @@ impl SealedTree {
         if keep(&payload) {
             return Ok(false);
         }
-        self.apply_locked(&mut state, BTreeMap::from([(key.to_vec(), None)]))?;
+        self.apply_locked(
+            &mut state,
+            BTreeMap::from([(key.to_vec(), None)]),
+            &HashMap::new(),
+        )?;
         Ok(true)
     }
 
@@ -306,7 +337,11 @@ impl SealedTree {
         let mut state = self.lock();
         let current = self.get(key)?;
         let next = update(current.as_deref())?;
-        self.apply_locked(&mut state, BTreeMap::from([(key.to_vec(), Some(next))]))?;
+        self.apply_locked(
+            &mut state,
+            BTreeMap::from([(key.to_vec(), Some(next))]),
+            &HashMap::new(),
+        )?;
         Ok(())
     }
 
