@@ -1271,7 +1271,9 @@ async fn serve_stream(
         let (resources, members, salt) = storage_fhir.holding_for_key(&patient)?;
         let known = crate::consent::known_consent(
             &storage_fhir,
-            &index.holders(&patient),
+            &index
+                .holders(&patient)
+                .map_err(|e| crate::fhir::FhirError::internal(e.to_string()))?,
             index.own(),
             &patient,
         )
@@ -1472,6 +1474,7 @@ async fn consent_records_answer(
     let patient = claims.claims.patient;
     if !mesh
         .holders(&patient)
+        .map_err(|e| (FetchErrorCode::Internal, e.to_string()))?
         .iter()
         .any(|h| h.info.name == peer.name && !h.entry.retracted)
     {

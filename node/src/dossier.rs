@@ -84,7 +84,7 @@ impl Unconfirmed {
     /// entries include the discarded answers. (Rare: a holder that sent its answer but could
     /// not record it, or went away before its `End`; each round leaves out at least one
     /// more holder, so the rounds end.)
-    pub async fn settle(mut self) -> Option<Resolved> {
+    pub async fn settle(mut self) -> Option<Result<Resolved, FhirError>> {
         let deadline = self.confirm_by;
         let timeout_ms = self.resolver.holder_timeout_ms;
         let waits = self
@@ -118,13 +118,17 @@ impl Unconfirmed {
         if discarded.is_empty() {
             return None;
         }
-        let mut again = self
+        let mut again = match self
             .resolver
             .resolve_without(self.patient, &self.context, self.excluded)
-            .await;
+            .await
+        {
+            Ok(again) => again,
+            Err(e) => return Some(Err(e)),
+        };
         discarded.append(&mut again.pulls);
         again.pulls = discarded;
-        Some(again)
+        Some(Ok(again))
     }
 }
 
@@ -156,7 +160,7 @@ impl DossierResolver {
     ) -> Result<(PatientKey, Resolved), FhirError> {
         let bsn = requested_bsn(params)?;
         let key = self.patient_key(bsn).await?;
-        Ok((key, self.resolve(key, context).await))
+        Ok((key, self.resolve(key, context).await?))
     }
 
     /// The patient key of a BSN: cached if this node holds the patient, else from the
@@ -192,7 +196,7 @@ impl DossierResolver {
         &self,
         patient: PatientKey,
         context: &crate::data_plane::RequestContext,
-    ) -> Resolved {
+    ) -> Result<Resolved, FhirError> {
         self.resolve_without(patient, context, HashMap::new()).await
     }
 
@@ -202,11 +206,15 @@ impl DossierResolver {
         patient: PatientKey,
         context: &crate::data_plane::RequestContext,
         excluded: HashMap<NodeId, String>,
-    ) -> Resolved {
+    ) -> Result<Resolved, FhirError> {
         let started = Instant::now();
         let confirm_by =
             tokio::time::Instant::now() + std::time::Duration::from_millis(self.holder_timeout_ms);
-        let holders = self.mesh.holders(&patient);
+        // A lookup the index cannot answer is an error, never a dossier without holders.
+        let holders = self
+            .mesh
+            .holders(&patient)
+            .map_err(|e| FhirError::internal(e.to_string()))?;
         let mut plan = ResolutionPlan::new(
             patient,
             holders,
@@ -275,11 +283,11 @@ impl DossierResolver {
             confirm_by,
             pending,
         });
-        Resolved {
+        Ok(Resolved {
             bundle,
             pulls,
             unconfirmed,
-        }
+        })
     }
 
     /// Fetches the patient's data from one holder (this node's own read locally), with the

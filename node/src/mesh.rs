@@ -772,7 +772,10 @@ impl Mesh {
     }
 
     /// The holders of a patient.
-    pub fn holders(&self, patient: &PatientKey) -> Vec<HolderLocation> {
+    pub fn holders(
+        &self,
+        patient: &PatientKey,
+    ) -> Result<Vec<HolderLocation>, zorgmesh_protocol::index::StoreError> {
         self.index().holders(patient)
     }
 
@@ -992,7 +995,12 @@ impl Mesh {
             (
                 head,
                 index.head_hash(&self.own),
-                index.publisher_entries(&self.own),
+                index.publisher_entries(&self.own).map_err(|e| {
+                    crate::storage::StorageError::Corrupt {
+                        key: "locator index".into(),
+                        message: e.to_string(),
+                    }
+                })?,
             )
         };
         let Some(head_hash) = head_hash.filter(|_| head > 0) else {

@@ -169,7 +169,7 @@ fn a_snapshot_replaces_the_log_prefix_and_the_chain_continues_after_it() {
         &key,
         3,
         full.head_hash(&node).unwrap(),
-        full.publisher_entries(&node),
+        full.publisher_entries(&node).unwrap(),
         10,
     );
 
@@ -233,9 +233,9 @@ fn a_revoked_publisher_leaves_the_index_and_stays_out() {
         index.receive_batch(batch, 10).unwrap();
     }
     assert_eq!(index.live_entries(), 2);
-    assert_eq!(index.revoke_publisher(common::node_id(&key)), 2);
+    assert_eq!(index.revoke_publisher(common::node_id(&key)), Ok(2));
     assert_eq!(index.live_entries(), 0);
-    assert_eq!(index.patient_count(), 0);
+    assert_eq!(index.store().patient_count(), 0);
     assert!(index.publisher_heads().is_empty());
     assert!(!index.admit_publisher(common::publisher_info(&key)));
     assert_eq!(

@@ -19,7 +19,8 @@ const RESOLVER: usize = 5;
 async fn wait_for_key(mesh: &TestMesh, bsn: &str) {
     let key = patient_key_from_shares(&mesh.root, bsn);
     let everywhere = wait_until(Duration::from_secs(30), || {
-        mesh.running().all(|n| !n.mesh.holders(&key).is_empty())
+        mesh.running()
+            .all(|n| !n.mesh.holders(&key).unwrap().is_empty())
     })
     .await;
     assert!(

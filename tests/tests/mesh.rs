@@ -453,7 +453,7 @@ async fn a_holder_that_claims_a_patient_and_serves_nothing_is_named_and_scored_d
         resolver.handle_gossip(&message, Some(liar.0)),
         Verdict::Accept
     );
-    assert_eq!(resolver.holders(&patient).len(), 2);
+    assert_eq!(resolver.holders(&patient).unwrap().len(), 2);
 
     // Every resolution names it, and counts it.
     for round in 1..=3u64 {

@@ -110,6 +110,7 @@ async fn a_retraction_reaches_a_node_that_was_offline() {
         .node(3)
         .mesh
         .holders(&patient_key(BSNS[0], &mesh))
+        .unwrap()
         .iter()
         .map(|h| h.info.name.clone())
         .collect();

@@ -63,6 +63,7 @@ impl DossierResolver {
         let mut next: BTreeSet<String> = self
             .mesh
             .holders(&patient)
+            .map_err(|e| crate::fhir::FhirError::internal(e.to_string()))?
             .into_iter()
             .map(|h| h.info.name)
             .chain(receivers(&own).map(str::to_owned))

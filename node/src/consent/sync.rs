@@ -49,7 +49,7 @@ pub async fn sync_patient(
         .map_err(|e| e.to_string())?;
     let mut read = 0;
     let mut failures = Vec::new();
-    for holder in mesh.holders(&patient) {
+    for holder in mesh.holders(&patient).map_err(|e| e.to_string())? {
         if holder.info.node == mesh.own()
             || holder.entry.retracted
             || holder.entry.categories & category::CONSENT == 0

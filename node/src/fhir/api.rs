@@ -1101,8 +1101,10 @@ fn dossier_answer(
     let what = crate::data_plane::resource_summary_of(bundle_resources(&bundle));
     let settling = match resolved.unconfirmed {
         Some(unconfirmed) => access::Settling::on(async move {
-            let again = unconfirmed.settle().await?;
-            Some(dossier_answer(who, patient, again))
+            Some(match unconfirmed.settle().await? {
+                Ok(again) => dossier_answer(who, patient, again),
+                Err(e) => e.into_response(),
+            })
         }),
         None => access::Settling::none(),
     };

@@ -12,6 +12,9 @@ use crate::locator::{LocatorEntry, NodeId};
 use crate::patient::PatientKey;
 use std::collections::{BTreeMap, HashMap};
 
+pub mod entries;
+pub use entries::{EntryStore, MemoryEntries, PublisherHead, StoreError};
+
 /// Bounds of an index.
 #[derive(Clone, Copy, Debug)]
 pub struct IndexLimits {
@@ -85,13 +88,19 @@ pub enum BatchRejection {
     /// The buffer for out-of-order batches of this publisher is full.
     #[error("too many out-of-order batches buffered for {0}")]
     BufferFull(NodeId),
+    /// The index's store could not take the batch (the index did not change).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl BatchRejection {
     /// True when the sender of the batch is at fault (the verdict should lower its score);
     /// false when the batch was merely not useful now.
     pub fn is_misbehaviour(&self) -> bool {
-        !matches!(self, BatchRejection::BufferFull(_))
+        !matches!(
+            self,
+            BatchRejection::BufferFull(_) | BatchRejection::Store(_)
+        )
     }
 }
 
@@ -168,16 +177,22 @@ impl PublisherState {
     }
 }
 
-/// The sans-IO locator index.
-#[derive(Debug, Default)]
-pub struct LocatorIndex {
+/// The sans-IO locator index. Its entries and each publisher's head live in an
+/// [`EntryStore`] (by default the compact in-memory [`MemoryEntries`]); the publishers'
+/// certificate facts, hand-overs and out-of-order buffers are kept here.
+#[derive(Debug)]
+pub struct LocatorIndex<S: EntryStore = MemoryEntries> {
     limits: IndexLimits,
     publishers: HashMap<NodeId, PublisherState>,
-    patients: HashMap<PatientKey, BTreeMap<NodeId, LocatorEntry>>,
-    by_publisher: HashMap<NodeId, std::collections::HashSet<PatientKey>>,
-    live_entries: usize,
+    store: S,
     revoked: std::collections::HashSet<NodeId>,
     revoked_keys: std::collections::HashSet<NodeId>,
+}
+
+impl Default for LocatorIndex {
+    fn default() -> Self {
+        Self::new(IndexLimits::default())
+    }
 }
 
 /// What installing a snapshot did.
@@ -194,12 +209,28 @@ pub enum SnapshotOutcome {
 }
 
 impl LocatorIndex {
-    /// An empty index.
+    /// An empty index in memory.
     pub fn new(limits: IndexLimits) -> Self {
+        Self::with_store(limits, MemoryEntries::new())
+    }
+}
+
+impl<S: EntryStore> LocatorIndex<S> {
+    /// An index over `store`: a publisher admitted again goes on from the head the store
+    /// recorded for it (a node restarts without replaying its peers' logs).
+    pub fn with_store(limits: IndexLimits, store: S) -> Self {
         Self {
             limits,
-            ..Self::default()
+            publishers: HashMap::new(),
+            store,
+            revoked: Default::default(),
+            revoked_keys: Default::default(),
         }
+    }
+
+    /// The store of the entries.
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
     /// Records a publisher whose certificate chain the caller has verified and that never
@@ -267,14 +298,25 @@ impl LocatorIndex {
                 if self.publishers.len() >= self.limits.max_publishers {
                     return Err(AdmitError::Full);
                 }
+                // A store that failed to say counts as knowing nothing: the log is
+                // then applied from its start again, which only repeats writes.
+                let head = self
+                    .store
+                    .head(&log)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(PublisherHead {
+                        sequence: 0,
+                        hash: GENESIS_HASH,
+                    });
                 self.publishers.insert(
                     log,
                     PublisherState {
                         info,
                         data_address: None,
                         record_issued_at_ms: 0,
-                        next_sequence: FIRST_SEQUENCE,
-                        head_hash: GENESIS_HASH,
+                        next_sequence: head.sequence + FIRST_SEQUENCE,
+                        head_hash: head.hash,
                         pending: BTreeMap::new(),
                         handovers: chain.to_vec(),
                     },
@@ -283,7 +325,8 @@ impl LocatorIndex {
             }
         };
         if standing == ChainStanding::Current && self.revoked_keys.contains(&record_key) {
-            self.revoke_publisher(log);
+            // Its entries are invisible whether or not the store managed to drop them.
+            let _ = self.revoke_publisher(log);
             return Err(AdmitError::Revoked(log));
         }
         Ok(standing)
@@ -319,30 +362,18 @@ impl LocatorIndex {
             .iter()
             .find(|(_, state)| state.current_key() == key)
             .map(|(log, _)| *log)?;
-        Some((log, self.revoke_publisher(log)))
+        Some((log, self.revoke_publisher(log).unwrap_or(0)))
     }
 
     /// Removes a revoked publisher: its entries leave the index, its buffered batches are
     /// dropped, and it is never admitted again (a node that comes back does so under a new
-    /// key). Returns the number of live entries removed.
-    pub fn revoke_publisher(&mut self, node: NodeId) -> usize {
+    /// key). Returns the number of live entries removed. Should the store fail to remove
+    /// them, they stay invisible all the same (no lookup names a holder the index does not
+    /// know) and the error is returned.
+    pub fn revoke_publisher(&mut self, node: NodeId) -> Result<usize, StoreError> {
         self.revoked.insert(node);
         self.publishers.remove(&node);
-        let mut removed = 0;
-        for patient in self.by_publisher.remove(&node).unwrap_or_default() {
-            if let Some(holders) = self.patients.get_mut(&patient) {
-                if let Some(entry) = holders.remove(&node) {
-                    if !entry.retracted {
-                        removed += 1;
-                    }
-                }
-                if holders.is_empty() {
-                    self.patients.remove(&patient);
-                }
-            }
-        }
-        self.live_entries -= removed;
-        removed
+        Ok(self.store.remove_publisher(&node)? as usize)
     }
 
     /// True when the publisher was revoked.
@@ -449,25 +480,25 @@ impl LocatorIndex {
         let mut patients = Vec::new();
         let mut next = Some(batch);
         while let Some(current) = next.take() {
-            state.head_hash = current.body.hash();
-            state.next_sequence = current.body.sequence + 1;
-            sequences.push(current.body.sequence);
-            for entry in current.body.entries {
-                patients.push(entry.patient);
-                let holders = self.patients.entry(entry.patient).or_default();
-                let was_live = holders.get(&publisher).is_some_and(|e| !e.retracted);
-                let is_live = !entry.retracted;
-                match (was_live, is_live) {
-                    (false, true) => self.live_entries += 1,
-                    (true, false) => self.live_entries -= 1,
-                    _ => {}
+            let head = PublisherHead {
+                sequence: current.body.sequence,
+                hash: current.body.hash(),
+            };
+            if let Err(e) = self
+                .store
+                .apply_batch(&publisher, &current.body.entries, head)
+            {
+                if sequences.is_empty() {
+                    return Err(e.into());
                 }
-                self.by_publisher
-                    .entry(publisher)
-                    .or_default()
-                    .insert(entry.patient);
-                holders.insert(publisher, entry);
+                // What was applied stands; this one waits for the next try.
+                state.pending.insert(current.body.sequence, current);
+                break;
             }
+            state.head_hash = head.hash;
+            state.next_sequence = head.sequence + 1;
+            sequences.push(head.sequence);
+            patients.extend(current.body.entries.iter().map(|e| e.patient));
             if let Some(candidate) = state.pending.remove(&state.next_sequence) {
                 if candidate.body.previous_hash == state.head_hash {
                     next = Some(candidate);
@@ -558,29 +589,18 @@ impl LocatorIndex {
             return Ok(SnapshotOutcome::Stale);
         }
         // Replace the publisher's entries.
-        for patient in self.by_publisher.remove(&publisher).unwrap_or_default() {
-            if let Some(holders) = self.patients.get_mut(&patient) {
-                if holders.remove(&publisher).is_some_and(|e| !e.retracted) {
-                    self.live_entries -= 1;
-                }
-                if holders.is_empty() {
-                    self.patients.remove(&patient);
-                }
-            }
-        }
-        for chunk in chunks {
-            for entry in &chunk.body.entries {
-                self.patients
-                    .entry(entry.patient)
-                    .or_default()
-                    .insert(publisher, entry.clone());
-                self.by_publisher
-                    .entry(publisher)
-                    .or_default()
-                    .insert(entry.patient);
-                self.live_entries += 1;
-            }
-        }
+        let entries: Vec<LocatorEntry> = chunks
+            .iter()
+            .flat_map(|chunk| chunk.body.entries.iter().cloned())
+            .collect();
+        self.store.replace_publisher(
+            &publisher,
+            &entries,
+            PublisherHead {
+                sequence,
+                hash: head_hash,
+            },
+        )?;
         let state = self.publishers.get_mut(&publisher).expect("checked above");
         state.next_sequence = sequence + 1;
         state.head_hash = head_hash;
@@ -596,18 +616,8 @@ impl LocatorIndex {
     }
 
     /// A publisher's live entries, sorted by patient key (what its snapshot holds).
-    pub fn publisher_entries(&self, publisher: &NodeId) -> Vec<LocatorEntry> {
-        let mut entries: Vec<LocatorEntry> = self
-            .by_publisher
-            .get(publisher)
-            .into_iter()
-            .flatten()
-            .filter_map(|patient| self.patients.get(patient)?.get(publisher))
-            .filter(|e| !e.retracted)
-            .cloned()
-            .collect();
-        entries.sort_by_key(|e| e.patient);
-        entries
+    pub fn publisher_entries(&self, publisher: &NodeId) -> Result<Vec<LocatorEntry>, StoreError> {
+        self.store.publisher_entries(publisher)
     }
 
     /// The hash of the last batch applied for a publisher.
@@ -617,32 +627,25 @@ impl LocatorIndex {
 
     /// The holders that currently have data for a patient (retracted entries left out),
     /// ordered by node id.
-    pub fn holders(&self, patient: &PatientKey) -> Vec<HolderLocation> {
-        let Some(holders) = self.patients.get(patient) else {
-            return Vec::new();
-        };
-        holders
-            .iter()
-            .filter(|(_, entry)| !entry.retracted)
-            .filter_map(|(node, entry)| {
-                let state = self.publishers.get(node)?;
+    pub fn holders(&self, patient: &PatientKey) -> Result<Vec<HolderLocation>, StoreError> {
+        Ok(self
+            .store
+            .holders_of(patient)?
+            .into_iter()
+            .filter_map(|entry| {
+                let state = self.publishers.get(&entry.holder)?;
                 Some(HolderLocation {
                     info: state.info.clone(),
                     data_address: state.data_address.clone(),
-                    entry: entry.clone(),
+                    entry,
                 })
             })
-            .collect()
+            .collect())
     }
 
     /// Number of live (not retracted) entries.
     pub fn live_entries(&self) -> usize {
-        self.live_entries
-    }
-
-    /// Number of patients with at least one entry (live or retracted).
-    pub fn patient_count(&self) -> usize {
-        self.patients.len()
+        self.store.live_entries() as usize
     }
 
     /// For each publisher, the last applied sequence number (0 when none).
