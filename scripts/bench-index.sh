@@ -17,7 +17,9 @@ cleanup() {
 trap cleanup EXIT
 
 git worktree add --detach --quiet "$work/baseline" "$baseline_commit"
+mkdir -p "$work/baseline/protocol/benches/common"
 cp protocol/benches/index_scale.rs "$work/baseline/protocol/benches/"
+cp protocol/benches/common/synthetic_index.rs "$work/baseline/protocol/benches/common/"
 printf '\n[[bench]]\nname = "index_scale"\nharness = false\n' >> "$work/baseline/protocol/Cargo.toml"
 baseline_target="$root/target/index-baseline-$baseline_commit"
 (cd "$work/baseline" && CARGO_TARGET_DIR="$baseline_target" cargo bench --quiet -p zorgmesh-protocol --bench index_scale --no-run)

@@ -12,6 +12,8 @@
 //! # The embedded engine of a new store: "sled" (default), "redb" or "fjall". An existing store
 //! # keeps the engine it was created with.
 //! # storage_engine = "redb"
+//! # Memory the locator index (kept on disk in `data_dir/locator-index`) may use, in MiB.
+//! # index_memory_mib = 1024
 //! # FHIR API (HTTP). Every endpoint but discovery needs an access token (see [auth]).
 //! http_listen = "127.0.0.1:8080"
 //! # libp2p gossip (TCP).
@@ -76,6 +78,10 @@ pub struct NodeConfig {
     /// The embedded engine of a new store (an existing store keeps its own).
     #[serde(default)]
     pub storage_engine: crate::storage::EngineKind,
+    /// Memory the locator index may use, in MiB (its entries are on disk, in
+    /// `data_dir/locator-index`); at least 8.
+    #[serde(default = "default_index_memory")]
+    pub index_memory_mib: u64,
     /// FHIR API listen address.
     #[serde(default = "default_http")]
     pub http_listen: SocketAddr,
@@ -304,6 +310,10 @@ pub struct ResolveConfig {
     pub holder_timeout_ms: u64,
 }
 
+fn default_index_memory() -> u64 {
+    1024
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
 }
@@ -405,6 +415,9 @@ impl NodeConfig {
                 "publishing.batch_max_entries must be between 1 and {}",
                 zorgmesh_protocol::batch::MAX_ENTRIES_PER_BATCH
             );
+        }
+        if !(8..=1 << 20).contains(&self.index_memory_mib) {
+            anyhow::bail!("index_memory_mib must be between 8 and 1048576");
         }
         if self.publishing.compact_after_batches == 0 {
             anyhow::bail!("publishing.compact_after_batches must be at least 1");

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod dossier;
 pub mod fhir;
 pub mod gossip;
+pub mod index_store;
 pub mod limits;
 pub mod mesh;
 pub mod node;

@@ -6,9 +6,10 @@
 //! network's CA, valid now (cached per certificate) → the record's node equals the batch's
 //! publisher and the gossip author → the index's verdict (signature, sequence, chain).
 
+use crate::index_store::DiskEntries;
 use crate::storage::Storage;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use zorgmesh_certs::{TrustAnchor, VerifiedNode};
 use zorgmesh_protocol::fetch::FetchFrame;
@@ -87,7 +88,7 @@ pub struct Mesh {
     /// the first batch, and a retired (perhaps revoked) key's record does not travel.
     handover_records: Mutex<HashMap<NodeId, SignedNodeRecord>>,
     sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
-    index: Mutex<LocatorIndex>,
+    index: Mutex<LocatorIndex<DiskEntries>>,
     certificates: Mutex<HashMap<[u8; 32], VerifiedNode>>,
     storage: Arc<Storage>,
     own: NodeId,
@@ -98,6 +99,21 @@ pub struct Mesh {
     standings: Mutex<HashMap<NodeId, HolderStanding>>,
     /// Told the patients of applied entries that say their holder keeps a privacy Consent.
     consent_nudge: std::sync::OnceLock<tokio::sync::mpsc::Sender<PatientKey>>,
+    /// What the last [`Mesh::restore`] did.
+    last_restore: Mutex<RestoreReport>,
+}
+
+/// What a restore did: the batches it applied to the index from the kept logs (none that
+/// the index on disk already held), and the logs it applied again from the start because
+/// the index was ahead of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// This node's own batches read back (each is fed again; held ones change nothing).
+    pub own_batches: usize,
+    /// Other publishers' batches that entered the index.
+    pub remote_batches: usize,
+    /// Publishers whose log was applied again from its start.
+    pub logs_applied_again: usize,
 }
 
 /// Holders whose standing is kept (more than any index holds publishers).
@@ -127,8 +143,9 @@ impl Mesh {
         own_certificate: &VerifiedNode,
         own_handovers: &[SignedHandOver],
         sync_nudge: Option<tokio::sync::mpsc::Sender<Option<NodeId>>>,
+        index_store: DiskEntries,
     ) -> Self {
-        let mut index = LocatorIndex::new(IndexLimits::default());
+        let mut index = LocatorIndex::with_store(IndexLimits::default(), index_store);
         let own = own_handovers
             .first()
             .map_or(own_certificate.node, |h| h.body.log);
@@ -152,6 +169,7 @@ impl Mesh {
             forks_detected: std::sync::atomic::AtomicUsize::new(0),
             standings: Mutex::new(HashMap::new()),
             consent_nudge: std::sync::OnceLock::new(),
+            last_restore: Mutex::new(RestoreReport::default()),
         }
     }
 
@@ -313,7 +331,7 @@ impl Mesh {
         Ok(verified)
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, LocatorIndex> {
+    fn index(&self) -> std::sync::MutexGuard<'_, LocatorIndex<DiskEntries>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -447,7 +465,7 @@ impl Mesh {
     fn admit_record(
         &self,
         record: &SignedNodeRecord,
-    ) -> Result<(std::sync::MutexGuard<'_, LocatorIndex>, bool), String> {
+    ) -> Result<(std::sync::MutexGuard<'_, LocatorIndex<DiskEntries>>, bool), String> {
         let log = record.record.node;
         let signer = record.verify(self.anchor.network())?;
         let certificate = self
@@ -662,7 +680,27 @@ impl Mesh {
     pub fn restore(
         &self,
         own_address: &str,
-    ) -> Result<(usize, usize), crate::storage::StorageError> {
+    ) -> Result<RestoreReport, crate::storage::StorageError> {
+        let mut logs_applied_again = 0;
+        // The index on disk goes on from the heads it recorded. It is written before the
+        // logs, so a crash may have kept an index ahead of them (or the store was restored
+        // from a backup): a publisher whose head the kept log does not reach starts again
+        // from its log.
+        let heads = self.index().store().heads();
+        for (publisher, head) in heads {
+            let own = publisher == self.own;
+            let covered = self.storage.log_coverage((!own).then_some(&publisher.0))?;
+            if head.sequence > covered {
+                tracing::warn!(publisher = %publisher, index_head = head.sequence, log_head = covered, "the locator index is ahead of the kept log; the log is applied again");
+                self.index().restart_log(&publisher).map_err(|e| {
+                    crate::storage::StorageError::Corrupt {
+                        key: "locator-index".into(),
+                        message: e.to_string(),
+                    }
+                })?;
+                logs_applied_again += 1;
+            }
+        }
         if let Some(bytes) = self.storage.revocations()? {
             match SignedRevocationList::from_bytes(&bytes)
                 .map_err(|e| e.to_string())
@@ -768,7 +806,18 @@ impl Mesh {
                 Err(e) => tracing::error!(error = %e, "stored gossip message is corrupt"),
             }
         }
-        Ok((own, remote))
+        let report = RestoreReport {
+            own_batches: own,
+            remote_batches: remote,
+            logs_applied_again,
+        };
+        *self.last_restore.lock().unwrap_or_else(|e| e.into_inner()) = report;
+        Ok(report)
+    }
+
+    /// What the last restore did.
+    pub fn last_restore(&self) -> RestoreReport {
+        *self.last_restore.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The holders of a patient.
@@ -989,23 +1038,15 @@ impl Mesh {
         &self,
         keys: &crate::rotation::NodeKeys,
     ) -> Result<Option<u64>, crate::storage::StorageError> {
-        let (head, head_hash, entries) = {
+        let (head, head_hash) = {
             let index = self.index();
             let head = index.publisher_heads().get(&self.own).copied().unwrap_or(0);
-            (
-                head,
-                index.head_hash(&self.own),
-                index.publisher_entries(&self.own).map_err(|e| {
-                    crate::storage::StorageError::Corrupt {
-                        key: "locator index".into(),
-                        message: e.to_string(),
-                    }
-                })?,
-            )
+            (head, index.head_hash(&self.own))
         };
         let Some(head_hash) = head_hash.filter(|_| head > 0) else {
             return Ok(None);
         };
+        let entries = self.own_live_entries(head)?;
         // Read after the head: a key in force at or after the head signs the snapshot.
         let key = keys.current().key.clone();
         let chunks: Vec<Vec<u8>> = zorgmesh_protocol::snapshot::cut_snapshot_of(
@@ -1021,6 +1062,49 @@ impl Mesh {
         .collect();
         self.storage.compact_own_log(&chunks, head).await?;
         Ok(Some(head))
+    }
+
+    /// This node's live entries at sequence `head` of its own log, from its own store:
+    /// its snapshot, then its batches up to `head` in order (the index need not keep full
+    /// patient keys, and a store of the national index is not scanned for one publisher).
+    fn own_live_entries(
+        &self,
+        head: u64,
+    ) -> Result<Vec<zorgmesh_protocol::LocatorEntry>, crate::storage::StorageError> {
+        let unreadable = |what: String, e: String| crate::storage::StorageError::Corrupt {
+            key: what,
+            message: format!("this node's log cannot be read: {e}"),
+        };
+        let mut live: BTreeMap<PatientKey, zorgmesh_protocol::LocatorEntry> = BTreeMap::new();
+        let mut covered = 0;
+        for (part, bytes) in self.storage.own_snapshot()?.iter().enumerate() {
+            let chunk = SignedSnapshotChunk::from_bytes(bytes)
+                .map_err(|e| unreadable(format!("own_snapshot/{part}"), e.to_string()))?;
+            covered = chunk.body.sequence;
+            for entry in chunk.body.entries {
+                live.insert(entry.patient, entry);
+            }
+        }
+        for bytes in self.storage.own_batches() {
+            let batch = SignedBatch::from_bytes(&bytes?)
+                .map_err(|e| unreadable("own_log".into(), e.to_string()))?;
+            // Batches the snapshot covers (left by a crash before they were dropped) are
+            // older than it; batches past the head are not in the index yet.
+            if batch.body.sequence <= covered {
+                continue;
+            }
+            if batch.body.sequence > head {
+                break;
+            }
+            for entry in batch.body.entries {
+                if entry.retracted {
+                    live.remove(&entry.patient);
+                } else {
+                    live.insert(entry.patient, entry);
+                }
+            }
+        }
+        Ok(live.into_values().collect())
     }
 
     /// Where to tell the patients of applied entries that name a privacy Consent (once).

@@ -304,16 +304,21 @@ impl RunningNode {
             .unwrap_or_else(|| data_addr.to_string());
 
         let (sync_nudge, sync_nudges) = mpsc::channel(crate::anti_entropy::NUDGE_QUEUE);
+        let index_store = crate::index_store::DiskEntries::open(
+            &config.data_dir.join(crate::index_store::INDEX_DIR),
+            crate::index_store::MemoryBudget(config.index_memory_mib << 20),
+        )?;
         let mesh = Arc::new(Mesh::new(
             anchor.clone(),
             storage.clone(),
             &identity,
             &handovers,
             Some(sync_nudge),
+            index_store,
         ));
         let (consent_nudge, consent_nudges) = mpsc::channel(crate::consent::sync::NUDGE_QUEUE);
         mesh.set_consent_nudge(consent_nudge);
-        let (own, remote) = mesh.restore(&advertised)?;
+        let restored = mesh.restore(&advertised)?;
         mesh.set_own_address(&advertised);
         if mesh.is_revoked(&identity.node) {
             anyhow::bail!(
@@ -321,7 +326,7 @@ impl RunningNode {
                 trust.node_certificate.display()
             );
         }
-        tracing::info!(node = %config.name, own_batches = own, remote_batches = remote, "index restored");
+        tracing::info!(node = %config.name, own_batches = restored.own_batches, remote_batches = restored.remote_batches, logs_applied_again = restored.logs_applied_again, "index restored");
 
         let publisher = Publisher::new(
             storage.clone(),

@@ -190,6 +190,7 @@ pub fn node_config(spec: &NodeSpec, bootstrap: Vec<String>, evaluator: bool) -> 
         data_dir: "data".into(),
         backup_dir: None,
         storage_engine: Default::default(),
+        index_memory_mib: 1024,
         http_listen: spec.http,
         http_cors_origins: Vec::new(),
         gossip_listen: spec.gossip,

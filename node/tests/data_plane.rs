@@ -109,6 +109,11 @@ async fn evaluator_holder(ca: &CertificateAuthority, evaluator_share: EvaluatorS
         &verified,
         &[],
         None,
+        zorgmesh_node::index_store::DiskEntries::open(
+            &dir.path().join(zorgmesh_node::index_store::INDEX_DIR),
+            zorgmesh_node::index_store::MemoryBudget(8 << 20),
+        )
+        .unwrap(),
     ));
     let fhir = FhirService::new(storage.clone(), publisher);
     let bsn = Bsn::parse("999911120").unwrap();

@@ -8,15 +8,16 @@
 //!
 //! `cargo bench -p zorgmesh-protocol --bench index_scale -- [N] [P]` (default 1000000 1000)
 
-use ed25519_dalek::SigningKey;
-use sha2::{Digest, Sha256};
-use std::time::{Duration, Instant};
-use zorgmesh_protocol::batch::{BatchBody, GENESIS_HASH};
-use zorgmesh_protocol::index::IndexLimits;
-use zorgmesh_protocol::{LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo};
+#[path = "common/synthetic_index.rs"]
+mod synthetic_index;
 
-const HOLDERS_PER_PATIENT: usize = 5;
-const BATCH: usize = 1024;
+use ed25519_dalek::SigningKey;
+use std::time::{Duration, Instant};
+use synthetic_index::{
+    batches_of, info_of, key_of, patient_key, BATCH, HOLDERS_PER_PATIENT, NOW_MS,
+};
+use zorgmesh_protocol::index::IndexLimits;
+use zorgmesh_protocol::LocatorIndex;
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -26,16 +27,6 @@ fn resident_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-fn patient_key(i: usize) -> PatientKey {
-    PatientKey(Sha256::digest((i as u64).to_le_bytes()).into())
-}
-
-fn key_of(publisher: usize) -> SigningKey {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&(publisher as u64 + 1).to_le_bytes());
-    SigningKey::from_bytes(&seed)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -51,28 +42,17 @@ fn main() {
     let total: usize = args.first().map_or(1_000_000, |a| a.parse().expect("N"));
     let publishers: usize = args.get(1).map_or(1000, |a| a.parse().expect("P"));
     assert!(
-        publishers % HOLDERS_PER_PATIENT == 0,
+        publishers.is_multiple_of(HOLDERS_PER_PATIENT),
         "P must be a multiple of 5"
     );
     let patients = total / HOLDERS_PER_PATIENT;
-    let groups = publishers / HOLDERS_PER_PATIENT;
     let mut index = LocatorIndex::new(IndexLimits {
         max_publishers: publishers + 1,
         ..IndexLimits::default()
     });
     let keys: Vec<SigningKey> = (0..publishers).map(key_of).collect();
     for key in &keys {
-        let admitted = index.admit_publisher(PublisherInfo {
-            node: NodeId(key.verifying_key().to_bytes()),
-            name: "bench".into(),
-            organisation_ura: "00000001".into(),
-            organisation_name: "Bench".into(),
-            region: "noord".into(),
-            role: NodeRole::Institution,
-            valid_from_ms: 0,
-            valid_until_ms: u64::MAX,
-        });
-        assert!(admitted);
+        assert!(index.admit_publisher(info_of(key)));
     }
     let rss_before = resident_bytes();
     let mut applying = Duration::ZERO;
@@ -80,41 +60,10 @@ fn main() {
     let mut applied = 0usize;
     let mut slowest = Duration::ZERO;
     for (p, key) in keys.iter().enumerate() {
-        let node = NodeId(key.verifying_key().to_bytes());
-        // Publisher p holds the patients of its group: every `groups`-th one.
-        let mut held: Vec<PatientKey> = (p % groups..patients)
-            .step_by(groups)
-            .map(patient_key)
-            .collect();
-        held.sort();
-        let (mut sequence, mut previous_hash) = (1u64, GENESIS_HASH);
-        for chunk in held.chunks(BATCH) {
-            let entries: Vec<LocatorEntry> = chunk
-                .iter()
-                .map(|patient| LocatorEntry {
-                    patient: *patient,
-                    holder: node,
-                    categories: 0b10_0101,
-                    commitment: patient.0,
-                    updated_at_ms: 1_767_225_600_000,
-                    retracted: false,
-                })
-                .collect();
-            let batch = BatchBody {
-                publisher: node,
-                sequence,
-                previous_hash,
-                created_at_ms: 1_767_225_600_000,
-                entries,
-            }
-            .sign(key);
-            previous_hash = batch.body.hash();
-            sequence += 1;
-            applied += chunk.len();
+        for batch in batches_of(p, key, publishers, patients) {
+            applied += batch.body.entries.len();
             let started = Instant::now();
-            index
-                .receive_batch(batch, 1_767_225_600_000)
-                .expect("applied");
+            index.receive_batch(batch, NOW_MS).expect("applied");
             let took = started.elapsed();
             applying += took;
             slowest = slowest.max(took);

@@ -169,7 +169,7 @@ fn a_snapshot_replaces_the_log_prefix_and_the_chain_continues_after_it() {
         &key,
         3,
         full.head_hash(&node).unwrap(),
-        full.publisher_entries(&node).unwrap(),
+        full.publisher_entries(&node),
         10,
     );
 

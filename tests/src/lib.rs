@@ -205,6 +205,8 @@ impl TestMesh {
         config.sync.interval_ms = self.sync_interval_ms;
         config.publishing.compact_after_batches = self.compact_after_batches;
         config.publishing.batch_window_ms = 50;
+        // Many nodes share the test machine: a small index budget each.
+        config.index_memory_mib = 16;
         config.http_cors_origins = self.cors_origins.clone();
         if let Some(consent) = self.consent.get(&i) {
             config.consent = *consent;

@@ -176,8 +176,12 @@ async fn data_index_and_log_survive_a_restart() {
     let (status, patient) = mesh.get(2, &format!("Patient/{patient_id}")).await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(patient["meta"]["versionId"], "1");
-    // The index is back without any network traffic being needed.
+    // The index is back without any network traffic being needed, and from its own
+    // directory: no kept batch had to be applied again.
     assert_eq!(mesh.node(2).mesh.live_entries(), 5);
+    let restored = mesh.node(2).mesh.last_restore();
+    assert_eq!(restored.remote_batches, 0, "{restored:?}");
+    assert_eq!(restored.logs_applied_again, 0, "{restored:?}");
     assert_eq!(dossier_rows(&mesh.dossier(2, BSN).await.unwrap()), expected);
     // The restarted node continues its log: the next batch is accepted everywhere (no fork).
     mesh.post_bundle(2, &patient_bundle("100000009", "after-restart", 1))
@@ -482,5 +486,42 @@ async fn a_holder_that_claims_a_patient_and_serves_nothing_is_named_and_scored_d
     assert!(scored, "{before} -> {:?}", score());
     let (_, status) = mesh.get(0, "../admin/status").await.unwrap();
     assert_eq!(status["holders"]["noord-b"]["false_claims"], 3, "{status}");
+    mesh.shutdown().await;
+}
+
+/// The locator index on disk is derived from the kept logs: a node whose index directory
+/// is gone rebuilds it from them at start, and a node whose index is ahead of a log (that
+/// log lost, here by dropping it from the store while the node was down) applies that log
+/// again from its start and gets the rest from its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_lost_or_ahead_of_its_log_is_rebuilt_from_the_logs() {
+    let mut mesh = TestMesh::start("testnet", NODES).await.unwrap();
+    let expected = load_split_patient(&mesh).await;
+    mesh.wait_for_entries(4).await.unwrap();
+
+    mesh.stop(1).await;
+    std::fs::remove_dir_all(mesh.data_dir(1).join(zorgmesh_node::index_store::INDEX_DIR)).unwrap();
+    mesh.start_node(1).await.unwrap();
+    assert_eq!(
+        mesh.node(1).mesh.live_entries(),
+        4,
+        "rebuilt from the kept logs"
+    );
+    let restored = mesh.node(1).mesh.last_restore();
+    assert!(restored.remote_batches > 0, "{restored:?}");
+    assert_eq!(dossier_rows(&mesh.dossier(1, BSN).await.unwrap()), expected);
+
+    mesh.stop(1).await;
+    let zuid = mesh.node_id(2);
+    {
+        let storage = zorgmesh_node::storage::Storage::open(&mesh.data_dir(1)).unwrap();
+        storage.forget_publisher(&zuid.0).unwrap();
+    }
+    mesh.start_node(1).await.unwrap();
+    let restored = mesh.node(1).mesh.last_restore();
+    assert_eq!(restored.logs_applied_again, 1, "{restored:?}");
+    // Anti-entropy brings zuid-a's log back from the peers that keep it.
+    mesh.wait_for_entries(4).await.unwrap();
+    assert_eq!(dossier_rows(&mesh.dossier(1, BSN).await.unwrap()), expected);
     mesh.shutdown().await;
 }

@@ -1410,6 +1410,50 @@ impl Storage {
         Ok(out)
     }
 
+    /// The highest sequence of `publisher`'s log this store can serve: its last kept batch,
+    /// or the sequence of its kept snapshot (0: nothing). For this node's own log when
+    /// `publisher` is `None`.
+    pub fn log_coverage(&self, publisher: Option<&[u8; 32]>) -> Result<u64, StorageError> {
+        let (last_batch, snapshot) = match publisher {
+            None => (
+                self.own_log
+                    .iter()
+                    .next_back()
+                    .transpose()?
+                    .and_then(|(k, _)| <[u8; 8]>::try_from(&k[..]).ok())
+                    .map(u64::from_be_bytes),
+                self.own_snapshot.iter().next().transpose()?.map(|(_, v)| v),
+            ),
+            Some(publisher) => {
+                let start = [&publisher[..], &0u64.to_be_bytes()].concat();
+                // The publisher's newest record is kept under sequence u64::MAX.
+                let end = [&publisher[..], &u64::MAX.to_be_bytes()].concat();
+                let last = self
+                    .remote_log
+                    .range(start..end)
+                    .next_back()
+                    .transpose()?
+                    .and_then(|(k, _)| <[u8; 8]>::try_from(&k[32..]).ok())
+                    .map(u64::from_be_bytes);
+                let first_chunk = [&publisher[..], b"s", &0u32.to_be_bytes()].concat();
+                (last, self.remote_snapshots.get(&first_chunk)?)
+            }
+        };
+        let snapshot_sequence = match snapshot {
+            Some(bytes) => {
+                zorgmesh_protocol::snapshot::SignedSnapshotChunk::from_bytes(&bytes)
+                    .map_err(|e| StorageError::Corrupt {
+                        key: "snapshot".into(),
+                        message: format!("a kept snapshot cannot be read: {e}"),
+                    })?
+                    .body
+                    .sequence
+            }
+            None => 0,
+        };
+        Ok(last_batch.unwrap_or(0).max(snapshot_sequence))
+    }
+
     /// Every accepted gossip message, by publisher then sequence.
     pub fn remote_messages(&self) -> impl Iterator<Item = Result<Vec<u8>, StorageError>> + '_ {
         self.remote_log.iter().map(|item| item.map(|(_, v)| v))

@@ -213,6 +213,11 @@ impl LocatorIndex {
     pub fn new(limits: IndexLimits) -> Self {
         Self::with_store(limits, MemoryEntries::new())
     }
+
+    /// A publisher's live entries, sorted by patient key (what its snapshot holds).
+    pub fn publisher_entries(&self, publisher: &NodeId) -> Vec<LocatorEntry> {
+        self.store.publisher_entries(publisher)
+    }
 }
 
 impl<S: EntryStore> LocatorIndex<S> {
@@ -231,6 +236,25 @@ impl<S: EntryStore> LocatorIndex<S> {
     /// The store of the entries.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Drops a publisher's entries and head from the store and starts its log again from
+    /// the first sequence, keeping its certificate facts and hand-overs: for a store whose
+    /// head is ahead of the log kept beside it (the log's last writes were lost, or the
+    /// log was restored from a backup), so that the log is applied again.
+    pub fn restart_log(&mut self, publisher: &NodeId) -> Result<(), StoreError> {
+        self.store.remove_publisher(publisher)?;
+        if let Some(state) = self.publishers.get_mut(publisher) {
+            state.next_sequence = FIRST_SEQUENCE;
+            state.head_hash = GENESIS_HASH;
+            state.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// The store of the entries, to tidy it up (a sweep) or make it durable.
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
     }
 
     /// Records a publisher whose certificate chain the caller has verified and that never
@@ -613,11 +637,6 @@ impl<S: EntryStore> LocatorIndex<S> {
             }
         }
         Ok(SnapshotOutcome::Installed { head })
-    }
-
-    /// A publisher's live entries, sorted by patient key (what its snapshot holds).
-    pub fn publisher_entries(&self, publisher: &NodeId) -> Result<Vec<LocatorEntry>, StoreError> {
-        self.store.publisher_entries(publisher)
     }
 
     /// The hash of the last batch applied for a publisher.
