@@ -78,6 +78,25 @@ enum Command {
     Audit(AuditCommand),
     /// Start a local mesh on loopback, load synthetic patients and resolve dossiers.
     Demo(DemoArgs),
+    /// Simulate a network in virtual time before changing the real one.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// Run a scenario (TOML; see simulation/scenarios/) and write report.json and
+    /// summary.txt to the output directory.
+    Run {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// Seed of every random choice: the same seed gives the same report.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the report goes.
+        #[arg(long, default_value = "sim-out")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -962,6 +981,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("content digest {}", summary.content_digest);
         }
         Command::Client(command) => client_command(command).await?,
+        Command::Sim(SimCommand::Run {
+            scenario,
+            seed,
+            out,
+        }) => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("cannot read {}", scenario.display()))?;
+            let parsed = zorgmesh_simulation::Scenario::parse(&text)
+                .with_context(|| format!("in {}", scenario.display()))?;
+            let report =
+                tokio::task::spawn_blocking(move || zorgmesh_simulation::run(&parsed, seed))
+                    .await?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            std::fs::write(out.join("report.json"), report.to_json())?;
+            std::fs::write(out.join("summary.txt"), report.summary() + "\n")?;
+            println!("{}", report.summary());
+            println!("report: {}", out.join("report.json").display());
+        }
         Command::Demo(args) => {
             if args.patients == 0 {
                 bail!("--patients must be at least 1");

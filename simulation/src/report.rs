@@ -1,0 +1,217 @@
+//! The report of a run: JSON for tools, a summary for people.
+
+use crate::run::{Counters, NodeView};
+use crate::scenario::Scenario;
+use serde::Serialize;
+
+/// Propagation times in whole milliseconds, counted exactly up to 10 minutes (one bucket
+/// per millisecond), beyond that in one overflow bucket: percentiles are exact, memory is
+/// fixed (600,001 counters) whatever the number of samples.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    samples: u64,
+    max: u64,
+}
+
+const HISTOGRAM_MS: usize = 600_000;
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; HISTOGRAM_MS + 1],
+            samples: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Counts one sample.
+    pub fn record(&mut self, ms: u64) {
+        self.counts[(ms as usize).min(HISTOGRAM_MS)] += 1;
+        self.samples += 1;
+        self.max = self.max.max(ms);
+    }
+
+    /// The smallest value at or below which a share `p` of the samples lie.
+    pub fn percentile(&self, p: f64) -> u64 {
+        if self.samples == 0 {
+            return 0;
+        }
+        let wanted = ((self.samples as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (ms, count) in self.counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return if ms == HISTOGRAM_MS {
+                    self.max
+                } else {
+                    ms as u64
+                };
+            }
+        }
+        self.max
+    }
+}
+
+/// Percentiles of the time from a locator update being staged at its holder to its entry
+/// being in another node's index.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Propagation {
+    /// Samples (entries × nodes that applied them, the holder itself included).
+    pub samples: u64,
+    /// Median, ms.
+    pub p50_ms: u64,
+    /// 95th percentile, ms.
+    pub p95_ms: u64,
+    /// 99th percentile, ms.
+    pub p99_ms: u64,
+    /// Slowest, ms.
+    pub max_ms: u64,
+}
+
+/// Traffic per node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Traffic {
+    /// Mean bytes sent per node.
+    pub sent_per_node: f64,
+    /// Mean bytes received per node.
+    pub received_per_node: f64,
+    /// Most bytes received by one node.
+    pub received_max: u64,
+    /// Bytes received per byte of locator entry that entered an index.
+    pub received_per_useful_byte: f64,
+}
+
+/// The report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Nodes.
+    pub nodes: usize,
+    /// Locator updates published.
+    pub updates: u64,
+    /// Signed batches cut.
+    pub batches: usize,
+    /// Propagation times.
+    pub propagation: Propagation,
+    /// Traffic (batch encodings and heads vectors; gossip framing is not counted).
+    pub traffic: Traffic,
+    /// Gossip and anti-entropy messages.
+    pub delivered: u64,
+    /// Deliveries the index called duplicates.
+    pub duplicates: u64,
+    /// Messages lost to link loss or partitions.
+    pub lost: u64,
+    /// Anti-entropy rounds.
+    pub sync_rounds: u64,
+    /// Batches sent by anti-entropy.
+    pub sync_batches: u64,
+    /// Whether every index held every batch before the run gave up.
+    pub converged: bool,
+    /// When that was, in simulated seconds.
+    pub converged_at_s: Option<f64>,
+    /// From when convergence was checked (after the workload and the last heal), seconds.
+    pub settle_from_s: f64,
+    /// Live entries in each node's index (the same everywhere once converged).
+    pub live_entries_per_node: usize,
+    /// Bytes per entry the in-memory store of node 0 holds, from its allocations.
+    pub index_bytes_per_entry: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn assemble(
+    scenario: &Scenario,
+    seed: u64,
+    nodes: &[NodeView],
+    batches: usize,
+    propagation: &Histogram,
+    counters: &Counters,
+    converged_at: Option<u64>,
+    settle_from: u64,
+) -> Report {
+    let count = nodes.len().max(1) as f64;
+    let received: u64 = nodes.iter().map(|n| n.received_bytes).sum();
+    let useful: u64 = nodes.iter().map(|n| n.useful_bytes).sum();
+    Report {
+        scenario: scenario.name.clone(),
+        seed,
+        nodes: nodes.len(),
+        updates: scenario.workload.updates,
+        batches,
+        propagation: Propagation {
+            samples: propagation.samples,
+            p50_ms: propagation.percentile(0.50),
+            p95_ms: propagation.percentile(0.95),
+            p99_ms: propagation.percentile(0.99),
+            max_ms: propagation.max,
+        },
+        traffic: Traffic {
+            sent_per_node: round(nodes.iter().map(|n| n.sent_bytes).sum::<u64>() as f64 / count),
+            received_per_node: round(received as f64 / count),
+            received_max: nodes.iter().map(|n| n.received_bytes).max().unwrap_or(0),
+            received_per_useful_byte: round(received as f64 / useful.max(1) as f64),
+        },
+        delivered: counters.delivered,
+        duplicates: counters.duplicates,
+        lost: counters.lost,
+        sync_rounds: counters.sync_rounds,
+        sync_batches: counters.sync_batches,
+        converged: converged_at.is_some(),
+        converged_at_s: converged_at.map(|us| round(us as f64 / 1e6)),
+        settle_from_s: round(settle_from as f64 / 1e6),
+        live_entries_per_node: nodes.first().map_or(0, |n| n.live_entries),
+        index_bytes_per_entry: round(nodes.first().map_or(0.0, |n| n.index_bytes_per_entry)),
+    }
+}
+
+/// Three decimals, so that the JSON is the same on every machine.
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+impl Report {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        format!(
+            "scenario {} (seed {}): {} nodes, {} updates in {} batches\n\
+             propagation: p50 {} ms, p95 {} ms, p99 {} ms, max {} ms\n\
+             traffic: {:.0} bytes received per node, {:.2} per useful locator byte; {} duplicates, {} lost\n\
+             anti-entropy: {} rounds, {} batches fetched\n\
+             {}",
+            self.scenario,
+            self.seed,
+            self.nodes,
+            self.updates,
+            self.batches,
+            self.propagation.p50_ms,
+            self.propagation.p95_ms,
+            self.propagation.p99_ms,
+            self.propagation.max_ms,
+            self.traffic.received_per_node,
+            self.traffic.received_per_useful_byte,
+            self.duplicates,
+            self.lost,
+            self.sync_rounds,
+            self.sync_batches,
+            match self.converged_at_s {
+                Some(at) => format!(
+                    "converged at {at:.1} s ({:.1} s after the workload and the last heal); {} live entries per index, {:.0} bytes each in memory",
+                    at - self.settle_from_s,
+                    self.live_entries_per_node,
+                    self.index_bytes_per_entry
+                ),
+                None => "did NOT converge".into(),
+            }
+        )
+    }
+}
