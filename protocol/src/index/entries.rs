@@ -87,6 +87,18 @@ struct CompactEntry {
     commitment: [u8; 32],
 }
 
+impl CompactEntry {
+    fn of(entry: &LocatorEntry, slot: u32, epoch: u16) -> Self {
+        Self {
+            slot,
+            epoch,
+            categories: entry.categories,
+            updated_at_ms: entry.updated_at_ms,
+            commitment: entry.commitment,
+        }
+    }
+}
+
 /// The compact in-memory [`EntryStore`]: per patient a small vector of fixed-size entries
 /// naming their holder by a 4-byte slot. A snapshot that replaces a publisher's entries
 /// starts a new epoch of that publisher instead of finding its old entries: those are
@@ -258,13 +270,7 @@ impl EntryStore for MemoryEntries {
         let epoch = self.slots[slot as usize].as_ref().map_or(0, |s| s.epoch);
         let mut live = self.slots[slot as usize].as_ref().map_or(0, |s| s.live);
         for entry in entries {
-            let value = (!entry.retracted).then_some(CompactEntry {
-                slot,
-                epoch,
-                categories: entry.categories,
-                updated_at_ms: entry.updated_at_ms,
-                commitment: entry.commitment,
-            });
+            let value = (!entry.retracted).then(|| CompactEntry::of(entry, slot, epoch));
             let is_live = value.is_some();
             let was_live = self.write(entry.patient, slot, value);
             match (was_live, is_live) {
@@ -303,14 +309,11 @@ impl EntryStore for MemoryEntries {
         }
         let live_entries: Vec<&LocatorEntry> = entries.iter().filter(|e| !e.retracted).collect();
         for entry in &live_entries {
-            let value = CompactEntry {
+            self.write(
+                entry.patient,
                 slot,
-                epoch,
-                categories: entry.categories,
-                updated_at_ms: entry.updated_at_ms,
-                commitment: entry.commitment,
-            };
-            self.write(entry.patient, slot, Some(value));
+                Some(CompactEntry::of(entry, slot, epoch)),
+            );
         }
         let count = live_entries.len() as u64;
         let state = self.slots[slot as usize].as_mut().expect("slot just made");
