@@ -388,12 +388,15 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         max_entries: scenario.publishing.batch_max_entries,
         window_ms: scenario.publishing.batch_window_ms,
     };
+    // Each batch's signature is checked once for all simulated nodes (same verdicts).
+    let verified = zorgmesh_protocol::index::VerifiedSignatures::new();
     let nodes: Vec<SimNode> = (0..count)
         .map(|i| {
             let mut index = LocatorIndex::new(IndexLimits {
                 max_publishers: count + 1,
                 ..IndexLimits::default()
             });
+            index.share_verified_signatures(verified.clone());
             for info in &infos {
                 index.admit_publisher(info.clone());
             }

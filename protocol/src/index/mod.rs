@@ -13,7 +13,9 @@ use crate::patient::PatientKey;
 use std::collections::{BTreeMap, HashMap};
 
 pub mod entries;
+pub mod verified;
 pub use entries::{EntryStore, MemoryEntries, PublisherHead, StoreError};
+pub use verified::VerifiedSignatures;
 
 /// Bounds of an index.
 #[derive(Clone, Copy, Debug)]
@@ -185,6 +187,8 @@ pub struct LocatorIndex<S: EntryStore = MemoryEntries> {
     limits: IndexLimits,
     publishers: HashMap<NodeId, PublisherState>,
     store: S,
+    /// Signatures other indexes of this process already checked (a simulator's nodes).
+    verified: Option<VerifiedSignatures>,
     revoked: std::collections::HashSet<NodeId>,
     revoked_keys: std::collections::HashSet<NodeId>,
 }
@@ -228,9 +232,16 @@ impl<S: EntryStore> LocatorIndex<S> {
             limits,
             publishers: HashMap::new(),
             store,
+            verified: None,
             revoked: Default::default(),
             revoked_keys: Default::default(),
         }
+    }
+
+    /// Checks batch signatures through `verified`, shared with other indexes of this
+    /// process, so that a batch they checked is not checked again.
+    pub fn share_verified_signatures(&mut self, verified: VerifiedSignatures) {
+        self.verified = Some(verified);
     }
 
     /// The store of the entries.
@@ -460,7 +471,11 @@ impl<S: EntryStore> LocatorIndex<S> {
             }
             return Ok(BatchOutcome::Duplicate);
         }
-        batch.verify_by(&state.key_at(sequence))?;
+        let key = state.key_at(sequence);
+        match &self.verified {
+            Some(verified) => verified.verify(&batch, &key)?,
+            None => batch.verify_by(&key)?,
+        }
         if let Some(handover) = state.handover_at(sequence) {
             // The first batch under a new key continues the log where the hand-over said.
             if batch.body.previous_hash != handover.previous_hash {
