@@ -815,6 +815,17 @@ impl Mesh {
         Ok(report)
     }
 
+    /// Deletes up to `limit` invisible entries of the index on disk (of replaced snapshots
+    /// or removed publishers) from `from` on; returns how many went and where to go on
+    /// (`None`: the end was reached). Holds the index for one bounded step.
+    pub fn sweep_index(
+        &self,
+        from: Option<PatientKey>,
+        limit: usize,
+    ) -> Result<(usize, Option<PatientKey>), zorgmesh_protocol::index::StoreError> {
+        self.index().store_mut().sweep(from, limit)
+    }
+
     /// What the last restore did.
     pub fn last_restore(&self) -> RestoreReport {
         *self.last_restore.lock().unwrap_or_else(|e| e.into_inner())

@@ -127,6 +127,56 @@ async fn seal_periodically(storage: Arc<Storage>, mut shutdown: watch::Receiver<
     }
 }
 
+/// How often the index on disk is swept of invisible entries, and how many entries one
+/// step reads (the index is held for one step at a time).
+const INDEX_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+const INDEX_SWEEP_STEP: usize = 50_000;
+
+/// Sweeps the locator index on disk: a snapshot that replaced a publisher's entries, or a
+/// revocation, leaves the old entries invisible but on disk until a sweep deletes them.
+async fn sweep_index_periodically(mesh: Arc<Mesh>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(INDEX_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let mut from = None;
+        let mut dropped = 0;
+        loop {
+            let sweeping = mesh.clone();
+            let step =
+                tokio::task::spawn_blocking(move || sweeping.sweep_index(from, INDEX_SWEEP_STEP))
+                    .await;
+            match step {
+                Ok(Ok((gone, next))) => {
+                    dropped += gone;
+                    match next {
+                        Some(next) => from = Some(next),
+                        None => break,
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot sweep the locator index");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the index sweep failed");
+                    break;
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(dropped, "locator index swept of replaced entries");
+        }
+    }
+}
+
 /// The patient-key side of a node's status.
 pub struct KeyStatus {
     /// The OPRF client.
@@ -320,6 +370,10 @@ impl RunningNode {
         mesh.set_consent_nudge(consent_nudge);
         let restored = mesh.restore(&advertised)?;
         mesh.set_own_address(&advertised);
+        tasks.push(tokio::spawn(sweep_index_periodically(
+            mesh.clone(),
+            shutdown_rx.clone(),
+        )));
         if mesh.is_revoked(&identity.node) {
             anyhow::bail!(
                 "the network CA revoked this node's certificate ({}): it may not rejoin the mesh; ask the CA for a new certificate for a new key",
