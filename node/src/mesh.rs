@@ -820,9 +820,12 @@ impl Mesh {
     /// (`None`: the end was reached). Holds the index for one bounded step.
     pub fn sweep_index(
         &self,
-        from: Option<PatientKey>,
+        from: Option<crate::index_store::SweepCursor>,
         limit: usize,
-    ) -> Result<(usize, Option<PatientKey>), zorgmesh_protocol::index::StoreError> {
+    ) -> Result<
+        (usize, Option<crate::index_store::SweepCursor>),
+        zorgmesh_protocol::index::StoreError,
+    > {
         self.index().store_mut().sweep(from, limit)
     }
 

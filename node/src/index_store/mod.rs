@@ -69,6 +69,10 @@ struct Slot {
     head: PublisherHead,
 }
 
+/// Where a [`DiskEntries::sweep`] goes on: the first entry it did not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepCursor([u8; ENTRY_KEY]);
+
 /// The on-disk [`EntryStore`].
 pub struct DiskEntries {
     db: fjall::Database,
@@ -309,11 +313,10 @@ impl DiskEntries {
     /// end was reached). Bounded work, for a periodic tidy-up.
     pub fn sweep(
         &mut self,
-        from: Option<PatientKey>,
+        from: Option<SweepCursor>,
         limit: usize,
-    ) -> Result<(usize, Option<PatientKey>), StoreError> {
-        let start = from.map_or([0u8; ENTRY_KEY], |p| entry_key(&p, 0));
-        // `from` is a patient whose entries the last sweep did not reach: its prefix.
+    ) -> Result<(usize, Option<SweepCursor>), StoreError> {
+        let start = from.map_or([0u8; ENTRY_KEY], |c| c.0);
         let mut batch = self.write_batch();
         let mut dropped = 0;
         let mut next = None;
@@ -321,16 +324,17 @@ impl DiskEntries {
             let (key, value) = item
                 .into_inner()
                 .map_err(|e| failed("cannot read the entries", e))?;
+            let malformed = || StoreError(format!("entry key {} is malformed", hex::encode(&key)));
+            let whole: [u8; ENTRY_KEY] = key[..].try_into().map_err(|_| malformed())?;
             if seen >= limit {
-                let mut patient = [0u8; 32];
-                patient[..PATIENT_PREFIX].copy_from_slice(&key[..PATIENT_PREFIX.min(key.len())]);
-                next = Some(PatientKey(patient));
+                next = Some(SweepCursor(whole));
                 break;
             }
-            let number =
-                u32::from_be_bytes(key[PATIENT_PREFIX..ENTRY_KEY].try_into().map_err(|_| {
-                    StoreError(format!("entry key {} is malformed", hex::encode(&key)))
-                })?);
+            let number = u32::from_be_bytes(
+                whole[PATIENT_PREFIX..]
+                    .try_into()
+                    .map_err(|_| malformed())?,
+            );
             let (epoch, ..) = decode_entry(&key, &value)?;
             if self.is_current(number, epoch).is_none() {
                 batch.remove(&self.entries, key.to_vec());
@@ -549,12 +553,40 @@ mod tests {
             .unwrap();
         assert!(store.holders_of(&PatientKey([1; 32])).unwrap().is_empty());
         assert_eq!(store.sweep(None, 100).unwrap(), (1, None));
-        let key = entry_key(&PatientKey([2; 32]), 0);
+        // In steps of one entry, a sweep still reaches the end, also past a patient with
+        // entries of two publishers.
+        store
+            .replace_publisher(&publisher, &[entry(3)], head)
+            .unwrap();
+        let second = NodeId([4; 32]);
+        let theirs = LocatorEntry {
+            holder: second,
+            ..entry(3)
+        };
+        store
+            .apply_batch(&second, std::slice::from_ref(&theirs), head)
+            .unwrap();
+        let (mut dropped, mut cursor, mut steps) = (0, None, 0);
+        loop {
+            let (gone, next) = store.sweep(cursor, 1).unwrap();
+            dropped += gone;
+            steps += 1;
+            match next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+            assert!(steps < 10, "the sweep does not advance");
+        }
+        assert_eq!(dropped, 1);
+        let mut both = vec![entry(3), theirs];
+        both.sort_by_key(|e| e.holder);
+        assert_eq!(store.holders_of(&PatientKey([3; 32])).unwrap(), both);
+        let key = entry_key(&PatientKey([3; 32]), 0);
         let mut stored = store.entries.get(key).unwrap().unwrap().to_vec();
         stored.pop();
         store.entries.insert(key, stored).unwrap();
         let error = store
-            .holders_of(&PatientKey([2; 32]))
+            .holders_of(&PatientKey([3; 32]))
             .unwrap_err()
             .to_string();
         assert!(error.contains("43 bytes, 44 expected"), "{error}");
