@@ -19,7 +19,7 @@ use zorgmesh_protocol::index::{
     AdmitError, BatchOutcome, ChainStanding, HolderLocation, IndexLimits, SnapshotOutcome,
 };
 use zorgmesh_protocol::record::SignedNodeRecord;
-use zorgmesh_protocol::revocation::SignedRevocationList;
+use zorgmesh_protocol::revocation::{AppliedRevocations, RevocationState, SignedRevocationList};
 use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
 use zorgmesh_protocol::standing::{Answer, HolderStanding};
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
@@ -73,12 +73,6 @@ pub enum RevocationOutcome {
     Stale,
 }
 
-#[derive(Default)]
-struct Revocations {
-    list: Option<SignedRevocationList>,
-    revoked: BTreeSet<NodeId>,
-}
-
 /// The index and its validation.
 pub struct Mesh {
     anchor: TrustAnchor,
@@ -92,7 +86,7 @@ pub struct Mesh {
     certificates: Mutex<HashMap<[u8; 32], VerifiedNode>>,
     storage: Arc<Storage>,
     own: NodeId,
-    revocations: Mutex<Revocations>,
+    revocations: Mutex<RevocationState>,
     revocation_watch: tokio::sync::watch::Sender<u64>,
     forks_detected: std::sync::atomic::AtomicUsize,
     /// How each holder answered this node's fetches (false claims lower its gossip score).
@@ -164,7 +158,7 @@ impl Mesh {
             certificates: Mutex::new(HashMap::new()),
             storage,
             own,
-            revocations: Mutex::new(Revocations::default()),
+            revocations: Mutex::new(RevocationState::default()),
             revocation_watch: tokio::sync::watch::channel(0).0,
             forks_detected: std::sync::atomic::AtomicUsize::new(0),
             standings: Mutex::new(HashMap::new()),
@@ -203,13 +197,13 @@ impl Mesh {
             .collect()
     }
 
-    fn revocation_state(&self) -> std::sync::MutexGuard<'_, Revocations> {
+    fn revocation_state(&self) -> std::sync::MutexGuard<'_, RevocationState> {
         self.revocations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// True when the network CA revoked `node`.
     pub fn is_revoked(&self, node: &NodeId) -> bool {
-        self.revocation_state().revoked.contains(node)
+        self.revocation_state().is_revoked(node)
     }
 
     /// True when the log `log` no longer counts: the index revoked it (its key in force was
@@ -221,20 +215,17 @@ impl Mesh {
 
     /// Every node the held revocation list names.
     pub fn revoked_nodes(&self) -> BTreeSet<NodeId> {
-        self.revocation_state().revoked.clone()
+        self.revocation_state().revoked().clone()
     }
 
     /// The sequence of the held revocation list (0: none).
     pub fn revocation_sequence(&self) -> u64 {
-        self.revocation_state()
-            .list
-            .as_ref()
-            .map_or(0, |l| l.body.sequence)
+        self.revocation_state().sequence()
     }
 
     /// The held revocation list.
     pub fn revocation_list(&self) -> Option<SignedRevocationList> {
-        self.revocation_state().list.clone()
+        self.revocation_state().list().cloned()
     }
 
     /// Told each time a newer revocation list applies (its sequence).
@@ -264,33 +255,20 @@ impl Mesh {
         &self,
         list: SignedRevocationList,
     ) -> Result<RevocationOutcome, String> {
-        list.verify(&self.anchor.public_key(), self.anchor.network())
-            .map_err(|e| e.to_string())?;
-        let sequence = list.body.sequence;
         let mut state = self.revocation_state();
-        if sequence <= state.list.as_ref().map_or(0, |l| l.body.sequence) {
+        let newer = state
+            .check(&list, &self.anchor.public_key(), self.anchor.network())
+            .map_err(|e| e.to_string())?;
+        if !newer {
             return Ok(RevocationOutcome::Stale);
         }
         // Durable before it takes effect: a restart re-applies it.
         self.storage
             .store_revocations(&list.to_bytes())
             .map_err(|e| format!("cannot keep the revocation list: {e}"))?;
-        let revoked = list.body.revoked_nodes();
-        let newly_revoked: Vec<NodeId> = revoked.difference(&state.revoked).copied().collect();
-        let mut removed_entries = 0;
-        let mut revoked_logs = Vec::new();
-        {
-            // A revoked key that is a log's key in force takes the log with it; a key that
-            // handed its log over to a successor leaves the log alone.
-            let mut index = self.index();
-            for node in &newly_revoked {
-                if let Some((log, removed)) = index.revoke_key(*node) {
-                    removed_entries += removed;
-                    revoked_logs.push(log);
-                }
-            }
-        }
-        for log in &revoked_logs {
+        let applied = state.apply(list, &mut self.index());
+        drop(state);
+        for log in &applied.revoked_logs {
             if *log == self.own {
                 continue;
             }
@@ -298,11 +276,12 @@ impl Mesh {
                 tracing::error!(error = %e, node = %log, "cannot drop a revoked node's stored log");
             }
         }
-        // Lists are cumulative: a node missing from a newer list was dropped from it after
-        // its certificate expired, and stays out of the index.
-        state.revoked.extend(revoked);
-        state.list = Some(list);
-        drop(state);
+        let AppliedRevocations {
+            sequence,
+            newly_revoked,
+            removed_entries,
+            ..
+        } = applied;
         tracing::warn!(sequence, revoked = ?newly_revoked, removed_entries, "revocation list applied");
         self.revocation_watch.send_replace(sequence);
         Ok(RevocationOutcome::Applied {

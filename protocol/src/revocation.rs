@@ -202,6 +202,101 @@ impl SignedRevocationList {
     }
 }
 
+/// The revocations a node holds, and what applying a newer list does to its index. Sans-IO:
+/// [`RevocationState::check`] says whether a list is valid and newer; the caller keeps it
+/// durably (a restart must re-apply it) and then calls [`RevocationState::apply`].
+#[derive(Clone, Debug, Default)]
+pub struct RevocationState {
+    list: Option<SignedRevocationList>,
+    revoked: BTreeSet<NodeId>,
+}
+
+/// What applying a revocation list did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedRevocations {
+    /// The list's sequence.
+    pub sequence: u64,
+    /// Keys this list revoked that the previous one did not.
+    pub newly_revoked: Vec<NodeId>,
+    /// Live locator entries that left the index.
+    pub removed_entries: usize,
+    /// Logs that left the index with their key in force (the caller drops their stored
+    /// batches, its own excepted).
+    pub revoked_logs: Vec<NodeId>,
+}
+
+impl RevocationState {
+    /// The sequence of the held list (0: none).
+    pub fn sequence(&self) -> u64 {
+        self.list.as_ref().map_or(0, |l| l.body.sequence)
+    }
+
+    /// The held list.
+    pub fn list(&self) -> Option<&SignedRevocationList> {
+        self.list.as_ref()
+    }
+
+    /// Every key any applied list named (lists are cumulative: a key dropped from a newer
+    /// list because its certificate expired stays revoked).
+    pub fn revoked(&self) -> &BTreeSet<NodeId> {
+        &self.revoked
+    }
+
+    /// True when an applied list named `node`.
+    pub fn is_revoked(&self, node: &NodeId) -> bool {
+        self.revoked.contains(node)
+    }
+
+    /// Checks a list (the CA's signature, the network): `Ok(true)` when it is newer than
+    /// the held one and should be kept and applied, `Ok(false)` when it is stale.
+    pub fn check(
+        &self,
+        list: &SignedRevocationList,
+        ca_key: &[u8; 32],
+        network: &str,
+    ) -> Result<bool, RevocationError> {
+        list.verify(ca_key, network)?;
+        Ok(list.body.sequence > self.sequence())
+    }
+
+    /// Applies a list [`RevocationState::check`] found newer: each newly revoked key that
+    /// is a log's key in force takes that log's entries out of `index` (a key that handed
+    /// its log over to a successor leaves the log alone). A stale list changes nothing.
+    pub fn apply<S: crate::index::EntryStore>(
+        &mut self,
+        list: SignedRevocationList,
+        index: &mut crate::index::LocatorIndex<S>,
+    ) -> AppliedRevocations {
+        let sequence = list.body.sequence;
+        if sequence <= self.sequence() {
+            return AppliedRevocations {
+                sequence,
+                newly_revoked: Vec::new(),
+                removed_entries: 0,
+                revoked_logs: Vec::new(),
+            };
+        }
+        let named = list.body.revoked_nodes();
+        let newly_revoked: Vec<NodeId> = named.difference(&self.revoked).copied().collect();
+        let mut removed_entries = 0;
+        let mut revoked_logs = Vec::new();
+        for node in &newly_revoked {
+            if let Some((log, removed)) = index.revoke_key(*node) {
+                removed_entries += removed;
+                revoked_logs.push(log);
+            }
+        }
+        self.revoked.extend(named);
+        self.list = Some(list);
+        AppliedRevocations {
+            sequence,
+            newly_revoked,
+            removed_entries,
+            revoked_logs,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

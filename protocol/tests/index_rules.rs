@@ -243,3 +243,47 @@ fn a_revoked_publisher_leaves_the_index_and_stays_out() {
         Err(BatchRejection::UnknownPublisher(common::node_id(&key)))
     );
 }
+
+#[test]
+fn a_newer_revocation_list_takes_its_keys_out_and_a_stale_or_forged_one_does_nothing() {
+    use zorgmesh_protocol::revocation::{
+        Revocation, RevocationListBody, RevocationState, SignedRevocationList,
+    };
+    let ca = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let ca_public = ca.verifying_key().to_bytes();
+    let key = common::publisher_key();
+    let mut index = LocatorIndex::new(IndexLimits::default());
+    index.admit_publisher(common::publisher_info(&key));
+    for batch in three_batches() {
+        index.receive_batch(batch, 10).unwrap();
+    }
+    let revocation = |node| Revocation {
+        node,
+        name: "umcg".into(),
+        revoked_at_ms: 5,
+        not_after: i64::MAX,
+        reason: "key compromised".into(),
+    };
+    let first =
+        RevocationListBody::empty("nl").successor(vec![revocation(common::node_id(&key))], 5);
+    let first = SignedRevocationList::sign(first, &ca);
+    let mut state = RevocationState::default();
+    assert_eq!(state.check(&first, &ca_public, "nl"), Ok(true));
+    let mut forged = first.clone();
+    forged.body.sequence = 9;
+    assert!(state.check(&forged, &ca_public, "nl").is_err());
+    assert!(state.check(&first, &ca_public, "be").is_err());
+
+    let applied = state.apply(first.clone(), &mut index);
+    assert_eq!(applied.sequence, 1);
+    assert_eq!(applied.newly_revoked, vec![common::node_id(&key)]);
+    assert_eq!(applied.removed_entries, 3);
+    assert_eq!(applied.revoked_logs, vec![common::node_id(&key)]);
+    assert_eq!(index.live_entries(), 0);
+    assert!(state.is_revoked(&common::node_id(&key)));
+    assert_eq!(state.sequence(), 1);
+    // The same list again is stale and changes nothing.
+    assert_eq!(state.check(&first, &ca_public, "nl"), Ok(false));
+    let again = state.apply(first, &mut index);
+    assert!(again.newly_revoked.is_empty() && again.removed_entries == 0);
+}
