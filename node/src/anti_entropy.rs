@@ -13,13 +13,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use zorgmesh_protocol::fetch::FetchFrame;
 use zorgmesh_protocol::gossip::GossipMessage;
-use zorgmesh_protocol::sync::{heads_digest, plan_requests};
+use zorgmesh_protocol::sync::{SyncSession, SyncStep};
 use zorgmesh_protocol::NodeId;
 
 /// Depth of the nudge channel (extra nudges are dropped: one pending round is enough).
 pub const NUDGE_QUEUE: usize = 16;
-/// Rounds per peer before giving up on a long catch-up in one go.
-const MAX_ROUNDS_PER_SYNC: usize = 64;
 
 /// Counters of the anti-entropy task.
 #[derive(Debug, Default)]
@@ -43,7 +41,8 @@ pub struct SyncOutcome {
     pub applied: usize,
 }
 
-/// Syncs this node's index from one peer until nothing more is missing.
+/// Syncs this node's index from one peer until nothing more is missing, driving the
+/// protocol's [`SyncSession`]: each step is one request to the peer.
 pub async fn sync_with(
     mesh: &Mesh,
     data_plane: &DataPlane,
@@ -52,89 +51,94 @@ pub async fn sync_with(
     addr: SocketAddr,
 ) -> Result<SyncOutcome, crate::data_plane::FetchError> {
     let mut outcome = SyncOutcome::default();
-    // Revocations first: a newer list changes which publishers count at all.
-    match data_plane
-        .revocations(peer, name, addr, mesh.revocation_sequence())
-        .await
-    {
-        Ok(Some(list)) => {
-            if let Err(reason) = mesh.apply_revocations(list) {
-                tracing::warn!(peer = %name, reason = %reason, "revocation list refused");
-            }
-        }
-        Ok(None) => {}
-        Err(crate::data_plane::FetchError::Remote { code, message }) => {
-            tracing::debug!(peer = %name, ?code, message = %message, "peer sent no revocation list");
-        }
-        Err(e) => return Err(e),
-    }
-    outcome.round_trips += 1;
-    for _ in 0..MAX_ROUNDS_PER_SYNC {
-        let local = mesh.heads();
-        let digest = data_plane.heads_digest(peer, name, addr).await?;
-        outcome.round_trips += 1;
-        if digest == heads_digest(&local) {
-            return Ok(outcome);
-        }
-        let mut remote = data_plane.heads(peer, name, addr).await?;
-        outcome.round_trips += 1;
-        // A peer that has not yet applied a revocation still lists the revoked publisher.
-        // (A log whose first key is revoked after it was handed over still counts.)
-        remote.retain(|head| !mesh.is_log_revoked(&head.publisher));
-        // This node's own log is learnt from peers only at start (`own_log`).
-        remote.retain(|head| head.publisher != mesh.own());
-        let requests = plan_requests(&local, &remote);
-        if requests.is_empty() {
-            // The peer is behind us, not ahead: nothing to fetch from it.
-            return Ok(outcome);
-        }
-        let mut progressed = false;
-        for request in requests {
-            let frames = data_plane.batches(peer, name, addr, request).await?;
-            outcome.round_trips += 1;
-            let mut announce: Vec<u8> = Vec::new();
-            let mut chunks: Vec<Vec<u8>> = Vec::new();
-            for frame in frames {
-                match frame {
-                    FetchFrame::Snapshot { bytes } => chunks.push(bytes),
-                    FetchFrame::Message { bytes } => {
-                        if !chunks.is_empty() {
-                            progressed |= install(
-                                mesh,
-                                &announce,
-                                &std::mem::take(&mut chunks),
-                                &mut outcome,
-                            );
-                        }
-                        if matches!(
-                            GossipMessage::from_bytes(&bytes),
-                            Ok(GossipMessage::Announce { .. })
-                        ) {
-                            announce = bytes.clone();
-                        }
-                        match mesh.handle_gossip(&bytes, None) {
-                            Verdict::Accept => {
-                                outcome.applied += 1;
-                                progressed = true;
-                            }
-                            Verdict::Reject(reason) => {
-                                tracing::warn!(peer = %name, reason = %reason, "a message fetched in sync was rejected");
-                            }
-                            Verdict::Ignore => {}
+    let (mut session, mut step) = SyncSession::start(mesh.revocation_sequence());
+    loop {
+        step = match step {
+            SyncStep::AskRevocations { held } => {
+                match data_plane.revocations(peer, name, addr, held).await {
+                    Ok(Some(list)) => {
+                        if let Err(reason) = mesh.apply_revocations(list) {
+                            tracing::warn!(peer = %name, reason = %reason, "revocation list refused");
                         }
                     }
-                    _ => {}
+                    Ok(None) => {}
+                    Err(crate::data_plane::FetchError::Remote { code, message }) => {
+                        tracing::debug!(peer = %name, ?code, message = %message, "peer sent no revocation list");
+                    }
+                    Err(e) => return Err(e),
+                }
+                outcome.round_trips += 1;
+                session.on_revocations()
+            }
+            SyncStep::AskDigest => {
+                let digest = data_plane.heads_digest(peer, name, addr).await?;
+                outcome.round_trips += 1;
+                session.on_digest(&digest, &mesh.heads())
+            }
+            SyncStep::AskHeads => {
+                let remote = data_plane.heads(peer, name, addr).await?;
+                outcome.round_trips += 1;
+                // A log whose first key is revoked after it was handed over still counts.
+                session.on_heads(&mesh.heads(), remote, |publisher| {
+                    *publisher != mesh.own() && !mesh.is_log_revoked(publisher)
+                })
+            }
+            SyncStep::Fetch(requests) => {
+                let mut progressed = false;
+                for request in requests {
+                    let frames = data_plane.batches(peer, name, addr, request).await?;
+                    outcome.round_trips += 1;
+                    progressed |= apply_frames(mesh, name, frames, &mut outcome);
+                }
+                session.on_fetched(progressed)
+            }
+            SyncStep::Done(_) => return Ok(outcome),
+        };
+    }
+}
+
+/// Feeds one range's frames to the index: gossip messages as gossip, snapshot chunks as a
+/// snapshot after the announcement before them. True when anything was applied.
+fn apply_frames(
+    mesh: &Mesh,
+    name: &str,
+    frames: Vec<FetchFrame>,
+    outcome: &mut SyncOutcome,
+) -> bool {
+    let mut progressed = false;
+    let mut announce: Vec<u8> = Vec::new();
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    for frame in frames {
+        match frame {
+            FetchFrame::Snapshot { bytes } => chunks.push(bytes),
+            FetchFrame::Message { bytes } => {
+                if !chunks.is_empty() {
+                    progressed |= install(mesh, &announce, &std::mem::take(&mut chunks), outcome);
+                }
+                if matches!(
+                    GossipMessage::from_bytes(&bytes),
+                    Ok(GossipMessage::Announce { .. })
+                ) {
+                    announce = bytes.clone();
+                }
+                match mesh.handle_gossip(&bytes, None) {
+                    Verdict::Accept => {
+                        outcome.applied += 1;
+                        progressed = true;
+                    }
+                    Verdict::Reject(reason) => {
+                        tracing::warn!(peer = %name, reason = %reason, "a message fetched in sync was rejected");
+                    }
+                    Verdict::Ignore => {}
                 }
             }
-            if !chunks.is_empty() {
-                progressed |= install(mesh, &announce, &chunks, &mut outcome);
-            }
-        }
-        if !progressed {
-            return Ok(outcome);
+            _ => {}
         }
     }
-    Ok(outcome)
+    if !chunks.is_empty() {
+        progressed |= install(mesh, &announce, &chunks, outcome);
+    }
+    progressed
 }
 
 fn install(mesh: &Mesh, announce: &[u8], chunks: &[Vec<u8>], outcome: &mut SyncOutcome) -> bool {

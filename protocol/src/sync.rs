@@ -86,6 +86,118 @@ pub fn plan_requests(local: &BTreeMap<NodeId, u64>, remote: &[PublisherHead]) ->
         .collect()
 }
 
+/// Most digest-heads-fetch rounds one sync with a peer makes; a longer catch-up goes on at
+/// the next sync.
+pub const MAX_ROUNDS_PER_SYNC: usize = 64;
+
+/// What a node does next in a sync with one peer (see [`SyncSession`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncStep {
+    /// Ask the peer for a revocation list newer than the one held (its sequence): a newer
+    /// list changes which publishers count at all, so it comes first.
+    AskRevocations {
+        /// The sequence of the list this node holds (0: none).
+        held: u64,
+    },
+    /// Ask for the peer's [`heads_digest`].
+    AskDigest,
+    /// Ask for the peer's heads vector.
+    AskHeads,
+    /// Fetch these ranges and feed every message (and snapshot) to the index, then call
+    /// [`SyncSession::on_fetched`].
+    Fetch(Vec<RangeRequest>),
+    /// The sync is over.
+    Done(SyncEnd),
+}
+
+/// Why a sync ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEnd {
+    /// The digests matched: the two indexes hold the same heads.
+    InSync,
+    /// The peer is ahead on no publisher this node counts.
+    PeerBehind,
+    /// A fetch applied nothing (the peer served nothing new).
+    NoProgress,
+    /// [`MAX_ROUNDS_PER_SYNC`] rounds were made.
+    RoundLimit,
+}
+
+/// One sync with one peer, as a state machine the node's network code and the simulator
+/// both drive: revocations first, then rounds of digest, heads and fetch until the digests
+/// match, the peer has nothing more, a fetch brings nothing, or the round limit is reached.
+/// Each step is one request and its answer.
+#[derive(Clone, Debug)]
+pub struct SyncSession {
+    rounds: usize,
+}
+
+impl SyncSession {
+    /// Starts a sync; the first step asks for revocations.
+    pub fn start(held_revocations: u64) -> (Self, SyncStep) {
+        (
+            Self { rounds: 0 },
+            SyncStep::AskRevocations {
+                held: held_revocations,
+            },
+        )
+    }
+
+    /// Rounds begun so far.
+    pub fn rounds(&self) -> usize {
+        self.rounds
+    }
+
+    /// The revocations were answered (and any newer list applied): the first round begins.
+    pub fn on_revocations(&mut self) -> SyncStep {
+        self.next_round()
+    }
+
+    /// The peer's digest, against this node's heads now.
+    pub fn on_digest(&mut self, remote: &[u8; 32], local: &BTreeMap<NodeId, u64>) -> SyncStep {
+        if *remote == heads_digest(local) {
+            SyncStep::Done(SyncEnd::InSync)
+        } else {
+            SyncStep::AskHeads
+        }
+    }
+
+    /// The peer's heads vector, against this node's heads now. `counts` says whether a
+    /// publisher counts at all: a peer that has not yet applied a revocation still lists
+    /// the revoked, and a node learns its own log from peers only when it starts.
+    pub fn on_heads(
+        &mut self,
+        local: &BTreeMap<NodeId, u64>,
+        mut remote: Vec<PublisherHead>,
+        counts: impl Fn(&NodeId) -> bool,
+    ) -> SyncStep {
+        remote.retain(|head| counts(&head.publisher));
+        let requests = plan_requests(local, &remote);
+        if requests.is_empty() {
+            SyncStep::Done(SyncEnd::PeerBehind)
+        } else {
+            SyncStep::Fetch(requests)
+        }
+    }
+
+    /// The fetched ranges were fed to the index; `progressed` when anything was applied.
+    pub fn on_fetched(&mut self, progressed: bool) -> SyncStep {
+        if progressed {
+            self.next_round()
+        } else {
+            SyncStep::Done(SyncEnd::NoProgress)
+        }
+    }
+
+    fn next_round(&mut self) -> SyncStep {
+        if self.rounds == MAX_ROUNDS_PER_SYNC {
+            return SyncStep::Done(SyncEnd::RoundLimit);
+        }
+        self.rounds += 1;
+        SyncStep::AskDigest
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +239,46 @@ mod tests {
             ]
         );
         assert!(plan_requests(&heads(&[(1, 9)]), &heads_vector(&heads(&[(1, 5)]))).is_empty());
+    }
+
+    #[test]
+    fn a_session_asks_revocations_first_then_rounds_until_nothing_is_missing() {
+        let (mut session, first) = SyncSession::start(3);
+        assert_eq!(first, SyncStep::AskRevocations { held: 3 });
+        assert_eq!(session.on_revocations(), SyncStep::AskDigest);
+        let local = heads(&[(1, 5)]);
+        let remote = heads(&[(1, 7), (2, 1), (9, 4)]);
+        assert_eq!(
+            session.on_digest(&heads_digest(&remote), &local),
+            SyncStep::AskHeads
+        );
+        // Publisher 9 does not count (revoked): it is not fetched.
+        let step = session.on_heads(&local, heads_vector(&remote), |p| p.0[0] != 9);
+        let SyncStep::Fetch(requests) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(requests.len(), 2);
+        assert_eq!(session.on_fetched(true), SyncStep::AskDigest);
+        assert_eq!(session.rounds(), 2);
+        assert_eq!(
+            session.on_digest(&heads_digest(&remote), &remote),
+            SyncStep::Done(SyncEnd::InSync)
+        );
+        assert_eq!(
+            session.on_heads(&remote, heads_vector(&local), |_| true),
+            SyncStep::Done(SyncEnd::PeerBehind)
+        );
+        assert_eq!(
+            session.on_fetched(false),
+            SyncStep::Done(SyncEnd::NoProgress)
+        );
+        // A catch-up that keeps progressing stops at the round limit.
+        let (mut session, _) = SyncSession::start(0);
+        let mut step = session.on_revocations();
+        while step == SyncStep::AskDigest {
+            step = session.on_fetched(true);
+        }
+        assert_eq!(step, SyncStep::Done(SyncEnd::RoundLimit));
+        assert_eq!(session.rounds(), MAX_ROUNDS_PER_SYNC);
     }
 }

@@ -8,10 +8,12 @@
 //! node has a real [`zorgmesh_protocol::PublisherLog`] that cuts and signs batches (ed25519)
 //! and a real [`zorgmesh_protocol::LocatorIndex`] that verifies and applies them, with its
 //! verdicts (applied, buffered behind a gap, duplicate) deciding what gossip forwards, and
-//! anti-entropy planned by [`zorgmesh_protocol::sync::plan_requests`]. What is modelled:
-//! links (latency, jitter, loss, partitions) and gossipsub's eager push over a mesh of
-//! `mesh_degree` peers. Not yet modelled: gossipsub's lazy IHAVE/IWANT and peer scoring,
-//! link bandwidth, node crashes, revocation and evaluator outages.
+//! anti-entropy driven by the node's own [`zorgmesh_protocol::sync::SyncSession`], and
+//! revocation lists applied by [`zorgmesh_protocol::revocation::RevocationState`]. What is
+//! modelled: links (latency, jitter, packet loss as retransmission delay, partitions),
+//! gossipsub's eager push over a mesh of `mesh_degree` peers, and faults over time (region
+//! partitions, node crashes and restarts, late joiners, revoked nodes, evaluator outages).
+//! Not yet modelled: gossipsub's lazy IHAVE/IWANT and peer scoring, and link bandwidth.
 //!
 //! ```text
 //! zorgmesh sim run simulation/scenarios/small.toml --seed 1 --out target/sim
@@ -20,6 +22,7 @@
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod sweep;
 
 pub use report::Report;
 pub use run::run;

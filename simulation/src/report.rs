@@ -84,6 +84,20 @@ pub struct Traffic {
     pub received_per_useful_byte: f64,
 }
 
+/// How the network absorbed one fault.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FaultOutcome {
+    /// The fault.
+    pub fault: String,
+    /// When its effect ended (heal, restart, join, revocation issued, outage over), in
+    /// simulated seconds.
+    pub effect_ends_s: f64,
+    /// How long after that every node that is up (and not revoked) held everything
+    /// published until then and the newest revocation list; `None` when that never
+    /// happened before the run ended.
+    pub absorbed_after_s: Option<f64>,
+}
+
 /// The report.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Report {
@@ -105,8 +119,17 @@ pub struct Report {
     pub delivered: u64,
     /// Deliveries the index called duplicates.
     pub duplicates: u64,
-    /// Messages lost to link loss or partitions.
+    /// Messages lost to partitions, nodes that were down or cut off, or a link that lost
+    /// every retransmission.
     pub lost: u64,
+    /// Retransmissions after packet loss.
+    pub retransmissions: u64,
+    /// Batches an index refused (a revoked publisher's).
+    pub refused: u64,
+    /// Writes sent to a node that was down, retried at its restart.
+    pub writes_deferred: u64,
+    /// Writes whose patient key waited for the evaluators.
+    pub writes_waiting_for_keys: u64,
     /// Anti-entropy rounds.
     pub sync_rounds: u64,
     /// Batches sent by anti-entropy.
@@ -117,26 +140,49 @@ pub struct Report {
     pub converged_at_s: Option<f64>,
     /// From when convergence was checked (after the workload and the last heal), seconds.
     pub settle_from_s: f64,
+    /// How each fault was absorbed, in the order their effects ended.
+    pub faults: Vec<FaultOutcome>,
+    /// Entries of revoked nodes still in the index of any node that is not revoked (0
+    /// once every node applied the revocation).
+    pub revoked_entries_left: usize,
     /// Live entries in each node's index (the same everywhere once converged).
     pub live_entries_per_node: usize,
-    /// Bytes per entry the in-memory store of node 0 holds, from its allocations.
+    /// Bytes per entry the in-memory store of the first node that is not revoked holds, from
+    /// its allocations.
     pub index_bytes_per_entry: f64,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn assemble(
-    scenario: &Scenario,
-    seed: u64,
-    nodes: &[NodeView],
-    batches: usize,
-    propagation: &Histogram,
-    counters: &Counters,
-    converged_at: Option<u64>,
-    settle_from: u64,
-) -> Report {
+/// What a run hands the report.
+pub(crate) struct RunResult<'a> {
+    pub scenario: &'a Scenario,
+    pub seed: u64,
+    pub nodes: &'a [NodeView],
+    pub batches: usize,
+    pub propagation: &'a Histogram,
+    pub counters: &'a Counters,
+    pub converged_at: Option<u64>,
+    pub settle_from: u64,
+    pub faults: Vec<FaultOutcome>,
+    pub revoked_entries_left: usize,
+}
+
+pub(crate) fn assemble(run: RunResult<'_>) -> Report {
+    let RunResult {
+        scenario,
+        seed,
+        nodes,
+        batches,
+        propagation,
+        counters,
+        converged_at,
+        settle_from,
+        faults,
+        revoked_entries_left,
+    } = run;
     let count = nodes.len().max(1) as f64;
     let received: u64 = nodes.iter().map(|n| n.received_bytes).sum();
     let useful: u64 = nodes.iter().map(|n| n.useful_bytes).sum();
+    let reference = nodes.iter().find(|n| !n.revoked);
     Report {
         scenario: scenario.name.clone(),
         seed,
@@ -159,13 +205,19 @@ pub(crate) fn assemble(
         delivered: counters.delivered,
         duplicates: counters.duplicates,
         lost: counters.lost,
+        retransmissions: counters.retransmissions,
+        refused: counters.refused,
+        writes_deferred: counters.writes_deferred,
+        writes_waiting_for_keys: counters.writes_waiting_for_keys,
         sync_rounds: counters.sync_rounds,
         sync_batches: counters.sync_batches,
         converged: converged_at.is_some(),
         converged_at_s: converged_at.map(|us| round(us as f64 / 1e6)),
         settle_from_s: round(settle_from as f64 / 1e6),
-        live_entries_per_node: nodes.first().map_or(0, |n| n.live_entries),
-        index_bytes_per_entry: round(nodes.first().map_or(0.0, |n| n.index_bytes_per_entry)),
+        faults,
+        revoked_entries_left,
+        live_entries_per_node: reference.map_or(0, |n| n.live_entries),
+        index_bytes_per_entry: round(reference.map_or(0.0, |n| n.index_bytes_per_entry)),
     }
 }
 
@@ -212,6 +264,13 @@ impl Report {
                 ),
                 None => "did NOT converge".into(),
             }
-        )
+        ) + &self
+            .faults
+            .iter()
+            .map(|f| match f.absorbed_after_s {
+                Some(after) => format!("\nfault: {}: absorbed {after:.3} s after it ended", f.fault),
+                None => format!("\nfault: {}: NOT absorbed", f.fault),
+            })
+            .collect::<String>()
     }
 }

@@ -1,22 +1,33 @@
 //! The simulation loop: virtual time, an event queue, and per node the protocol's own
-//! [`PublisherLog`] and [`LocatorIndex`]. Gossip is modelled as gossipsub's eager push
-//! over a mesh of `mesh_degree` peers per node, forwarding what the index accepted (as the
-//! node does); anti-entropy as the node's: every `sync_interval_ms` a node asks a random
-//! peer for its heads and fetches what it lacks (`sync::plan_requests`).
+//! [`PublisherLog`], [`LocatorIndex`], [`RevocationState`] and [`SyncSession`].
+//!
+//! - Gossip is gossipsub's eager push over a mesh of `mesh_degree` peers per node,
+//!   forwarding what the index accepted (as the node does), with the seen-message cache
+//!   dropping copies before the index sees them.
+//! - Anti-entropy is the node's: every `sync_interval_ms` a node syncs with a random peer
+//!   by driving a [`SyncSession`], one request and answer per step (revocations, digest,
+//!   heads, one fetch per range).
+//! - Links: latency plus uniform jitter; a lost packet delays its message by one
+//!   retransmission timeout (streams are reliable); a partition or a node that is down
+//!   drops it.
 //!
 //! Everything is drawn from one seeded generator and every tie in the queue is broken by
 //! insertion order, so a scenario and a seed give the same report, byte for byte.
 
-use crate::report::{Histogram, Report};
+use crate::report::{FaultOutcome, Histogram, Report};
 use crate::scenario::{Fault, Scenario};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::sync::Arc;
 use zorgmesh_protocol::batch::SignedBatch;
 use zorgmesh_protocol::index::{BatchOutcome, IndexLimits};
+use zorgmesh_protocol::revocation::{
+    Revocation, RevocationListBody, RevocationState, SignedRevocationList,
+};
+use zorgmesh_protocol::sync::{PublisherHead, RangeRequest, SyncSession, SyncStep};
 use zorgmesh_protocol::{
     BatchPolicy, LocatorEntry, LocatorIndex, NodeId, NodeRole, PatientKey, PublisherInfo,
     PublisherLog,
@@ -26,28 +37,100 @@ use zorgmesh_protocol::{
 type Micros = u64;
 
 const MS: Micros = 1_000;
+const SECOND: Micros = 1_000 * MS;
 /// The wall-clock epoch virtual time starts at (certificates are valid around it).
 const EPOCH_MS: u64 = 1_767_225_600_000;
+/// The simulated network's name (revocation lists are signed for it).
+const NETWORK: &str = "simnet";
+/// Bytes of a fetch request on the wire (a request frame with its range).
+const REQUEST_BYTES: u64 = 64;
+/// Most retransmissions of one message on a lossy link before it is counted lost.
+const MAX_RETRANSMISSIONS: u32 = 8;
+/// QUIC's probe timeout adds the peer's maximum ACK delay to a round trip.
+const MAX_ACK_DELAY: Micros = 25 * MS;
+/// How often convergence after a fault is checked.
+const CHECK_EVERY: Micros = 100 * MS;
+/// The key deriver's first and longest pause after the evaluators failed it.
+const DERIVE_PAUSE_FIRST: Micros = 100 * MS;
+const DERIVE_PAUSE_MAX: Micros = 10 * SECOND;
+
+/// A request of a sync, as it reaches the peer.
+enum SyncRequest {
+    Revocations { held: u64 },
+    Digest,
+    Heads,
+    Range(RangeRequest),
+}
+
+/// The peer's answer.
+enum SyncAnswer {
+    Revocations(Option<Arc<SignedRevocationList>>),
+    Digest([u8; 32]),
+    Heads(Vec<PublisherHead>),
+    Batches(Vec<usize>),
+}
 
 enum Event {
-    /// A locator update for `patient` at holder `node`.
-    Stage { node: usize, patient: u64 },
+    /// A source system writes an update for `patient` to holder `node`.
+    Write {
+        node: usize,
+        patient: u64,
+        written_ms: u64,
+    },
     /// A holder's publisher log may cut a batch.
-    Poll { node: usize },
-    /// A batch reaches `to` from `from`.
+    Poll {
+        node: usize,
+    },
+    /// A batch reaches `to` from `from` by gossip.
     Deliver {
         to: usize,
         from: usize,
         batch: usize,
     },
-    /// A node starts an anti-entropy round.
-    SyncTick { node: usize },
-    /// A peer's heads reach the node that asked.
-    Heads {
+    /// A revocation list reaches `to` from `from` by gossip.
+    DeliverRevocations {
+        to: usize,
+        from: usize,
+        list: Arc<SignedRevocationList>,
+    },
+    /// A node starts an anti-entropy sync.
+    SyncTick {
+        node: usize,
+    },
+    /// A sync request reaches the peer.
+    SyncAsk {
         node: usize,
         peer: usize,
-        heads: BTreeMap<NodeId, u64>,
+        sync: u64,
+        request: SyncRequest,
     },
+    /// The peer's answer reaches the node that asked.
+    SyncReply {
+        node: usize,
+        sync: u64,
+        answer: SyncAnswer,
+    },
+    /// A holder's key deriver tries the evaluators again.
+    DeriveRetry {
+        node: usize,
+    },
+    /// Fault `fault` begins (crash, revocation, outage) or ends (restart, join).
+    FaultStart {
+        fault: usize,
+    },
+    FaultEnd {
+        fault: usize,
+    },
+}
+
+/// A sync in progress at a node.
+struct SyncInProgress {
+    id: u64,
+    peer: usize,
+    session: SyncSession,
+    /// Ranges still to fetch in this round, and whether the round applied anything.
+    ranges: VecDeque<RangeRequest>,
+    progressed: bool,
 }
 
 struct SimNode {
@@ -56,9 +139,21 @@ struct SimNode {
     log: PublisherLog,
     poll_at: Option<Micros>,
     index: LocatorIndex,
+    revocations: RevocationState,
+    /// What the sim knows this node's index holds of each publisher's log (last sequence).
+    heads: Vec<u64>,
     mesh: Vec<usize>,
     /// gossipsub's seen-message cache: batch ids this node has had (a bit each).
     seen: Vec<u64>,
+    up: bool,
+    sync: Option<SyncInProgress>,
+    /// Writes refused while the node was down, retried by their sources at restart.
+    refused_writes: Vec<(u64, u64)>,
+    /// Writes of patients waiting for their keys (evaluators out), and the deriver's pause.
+    waiting_for_keys: Vec<(u64, u64)>,
+    derive_pause: Option<Micros>,
+    /// Patients this holder has keys for.
+    keyed: HashSet<u64>,
     sent_bytes: u64,
     received_bytes: u64,
     useful_bytes: u64,
@@ -70,8 +165,19 @@ pub(crate) struct Counters {
     pub delivered: u64,
     pub duplicates: u64,
     pub lost: u64,
+    pub retransmissions: u64,
+    pub refused: u64,
     pub sync_rounds: u64,
     pub sync_batches: u64,
+    pub writes_deferred: u64,
+    pub writes_waiting_for_keys: u64,
+}
+
+struct PendingCheck {
+    fault: usize,
+    from: Micros,
+    /// Each publisher's log length when the fault's effect ended.
+    target: Vec<u64>,
 }
 
 struct Sim<'a> {
@@ -81,14 +187,24 @@ struct Sim<'a> {
     queue: BinaryHeap<Reverse<(Micros, u64)>>,
     events: BTreeMap<u64, Event>,
     next_event: u64,
+    next_sync: u64,
     nodes: Vec<SimNode>,
     node_ids: Vec<NodeId>,
+    node_names: Vec<String>,
     publisher_of: BTreeMap<NodeId, usize>,
+    ca: SigningKey,
+    /// The CA's newest list (what the next one builds on).
+    ca_list: RevocationListBody,
+    /// Nodes the CA revoked.
+    revoked: Vec<bool>,
+    evaluators_out: bool,
     /// Every batch cut, with its encoded size; by publisher, the batch ids in sequence order.
     batches: Vec<(Arc<SignedBatch>, u64)>,
     log_of: Vec<Vec<usize>>,
     propagation: Histogram,
     counters: Counters,
+    checks: Vec<PendingCheck>,
+    outcomes: Vec<FaultOutcome>,
 }
 
 impl<'a> Sim<'a> {
@@ -131,28 +247,43 @@ impl<'a> Sim<'a> {
                     self.scenario.region_index(&regions[1]),
                 );
                 let pair = (Some(ra) == x && Some(rb) == y) || (Some(ra) == y && Some(rb) == x);
-                pair && self.now >= at_s * 1_000 * MS && self.now < heal_s * 1_000 * MS
+                pair && self.now >= at_s * SECOND && self.now < heal_s * SECOND
             }
+            _ => false,
         })
+    }
+
+    /// True when `a` talks to `b` at all: both up, and neither has cut the other off for
+    /// a revocation.
+    fn connected(&self, a: usize, b: usize) -> bool {
+        let refuses = |x: usize, y: usize| self.nodes[x].revocations.is_revoked(&self.node_ids[y]);
+        self.nodes[a].up && self.nodes[b].up && !refuses(a, b) && !refuses(b, a)
     }
 
     /// When a message sent now from `a` reaches `b`, or `None` when it is lost.
     fn transit(&mut self, a: usize, b: usize) -> Option<Micros> {
-        if self.cut_off(a, b) {
+        if !self.connected(a, b) || self.cut_off(a, b) {
             self.counters.lost += 1;
             return None;
         }
         let (latency, jitter, loss) = self.link(a, b);
-        if loss > 0.0 && self.rng.gen_bool(loss) {
-            self.counters.lost += 1;
-            return None;
+        let mut delay = latency;
+        if jitter > 0 {
+            delay += self.rng.gen_range(0..=jitter);
         }
-        let jitter = if jitter > 0 {
-            self.rng.gen_range(0..=jitter)
-        } else {
-            0
-        };
-        Some(self.now + latency + jitter)
+        if loss > 0.0 {
+            let mut tries = 0;
+            while self.rng.gen_bool(loss) {
+                tries += 1;
+                if tries > MAX_RETRANSMISSIONS {
+                    self.counters.lost += 1;
+                    return None;
+                }
+                self.counters.retransmissions += 1;
+                delay += 2 * latency + MAX_ACK_DELAY;
+            }
+        }
+        Some(self.now + delay)
     }
 
     fn send_batch(&mut self, from: usize, to: usize, batch: usize) {
@@ -178,34 +309,39 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// A holder's new batch: into its own index, then pushed to its mesh.
-    fn publish(&mut self, node: usize, batch: SignedBatch) {
-        let bytes = batch.to_bytes().len() as u64;
-        let id = self.batches.len();
-        let publisher = self.publisher_of[&batch.body.publisher];
-        self.log_of[publisher].push(id);
-        let own = batch.clone();
-        self.batches.push((Arc::new(batch), bytes));
-        let (word, bit) = (id / 64, 1u64 << (id % 64));
+    fn mark_seen(&mut self, node: usize, batch: usize) -> bool {
+        let (word, bit) = (batch / 64, 1u64 << (batch % 64));
         let seen = &mut self.nodes[node].seen;
         if seen.len() <= word {
             seen.resize(word + 1, 0);
         }
+        let new = seen[word] & bit == 0;
         seen[word] |= bit;
+        new
+    }
+
+    /// A holder's new batch: into its own index, then pushed to its mesh.
+    fn publish(&mut self, node: usize, batch: SignedBatch) {
+        let bytes = batch.to_bytes().len() as u64;
+        let id = self.batches.len();
+        self.log_of[node].push(id);
+        let own = batch.clone();
+        self.batches.push((Arc::new(batch), bytes));
+        self.mark_seen(node, id);
         let now_ms = self.now_ms();
         if let Err(e) = self.nodes[node].index.receive_batch(own, now_ms) {
             panic!("a holder's own batch was refused by its index: {e}");
         }
+        self.nodes[node].heads[node] = self.log_of[node].len() as u64;
         for peer in self.nodes[node].mesh.clone() {
             self.send_batch(node, peer, id);
         }
     }
 
     /// Feeds a batch to `node`'s index; returns whether it was new (to forward).
-    fn apply(&mut self, node: usize, batch: usize, bytes: u64) -> bool {
+    fn apply(&mut self, node: usize, batch: usize) -> bool {
         let signed = (*self.batches[batch].0).clone();
         let now_ms = self.now_ms();
-        self.nodes[node].received_bytes += bytes;
         match self.nodes[node].index.receive_batch(signed, now_ms) {
             Ok(BatchOutcome::Applied { sequences, .. }) => {
                 let publisher = self.publisher_of[&self.batches[batch].0.body.publisher];
@@ -218,6 +354,8 @@ impl<'a> Sim<'a> {
                         self.propagation
                             .record(now_ms.saturating_sub(entry.updated_at_ms));
                     }
+                    let head = &mut self.nodes[node].heads[publisher];
+                    *head = (*head).max(sequence);
                 }
                 true
             }
@@ -226,32 +364,286 @@ impl<'a> Sim<'a> {
                 self.counters.duplicates += 1;
                 false
             }
-            Err(e) => panic!("a valid batch was refused: {e}"),
+            Err(_) => {
+                // A revoked publisher's batch, at a node that already applied the list.
+                self.counters.refused += 1;
+                false
+            }
+        }
+    }
+
+    /// Stages a write's locator entry at its holder.
+    fn stage(&mut self, node: usize, patient: u64, written_ms: u64) {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&patient.to_be_bytes());
+        let now_ms = self.now_ms();
+        let holder = self.node_ids[node];
+        self.nodes[node].log.stage(
+            LocatorEntry {
+                patient: PatientKey(key),
+                holder,
+                categories: zorgmesh_protocol::locator::category::OBSERVATIONS,
+                commitment: [(patient % 251) as u8; 32],
+                // Propagation is measured from the source's write, so that a write waiting
+                // for a restart or for the evaluators shows in it.
+                updated_at_ms: written_ms,
+                retracted: false,
+            },
+            now_ms,
+        );
+        self.schedule_poll(node);
+    }
+
+    fn write(&mut self, node: usize, patient: u64, written_ms: u64) {
+        if !self.nodes[node].up {
+            self.counters.writes_deferred += 1;
+            self.nodes[node].refused_writes.push((patient, written_ms));
+            return;
+        }
+        if self.nodes[node].keyed.contains(&patient) {
+            self.stage(node, patient, written_ms);
+        } else if self.evaluators_out {
+            self.counters.writes_waiting_for_keys += 1;
+            self.nodes[node]
+                .waiting_for_keys
+                .push((patient, written_ms));
+            if self.nodes[node].derive_pause.is_none() {
+                self.nodes[node].derive_pause = Some(DERIVE_PAUSE_FIRST);
+                self.schedule(self.now + DERIVE_PAUSE_FIRST, Event::DeriveRetry { node });
+            }
+        } else {
+            self.nodes[node].keyed.insert(patient);
+            self.stage(node, patient, written_ms);
+        }
+    }
+
+    /// Applies a revocation list at `node`; true when it was newer (to forward).
+    fn take_revocations(&mut self, node: usize, list: &SignedRevocationList) -> bool {
+        let ca = self.ca.verifying_key().to_bytes();
+        let sim_node = &mut self.nodes[node];
+        match sim_node.revocations.check(list, &ca, NETWORK) {
+            Ok(true) => {
+                let applied = sim_node
+                    .revocations
+                    .apply(list.clone(), &mut sim_node.index);
+                for log in applied.revoked_logs {
+                    if let Some(&p) = self.publisher_of.get(&log) {
+                        self.nodes[node].heads[p] = 0;
+                    }
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e) => panic!("the CA's own list was refused: {e}"),
+        }
+    }
+
+    fn counts(&self, node: usize, publisher: &NodeId) -> bool {
+        *publisher != self.node_ids[node]
+            && !self.nodes[node].index.is_revoked(publisher)
+            && !self.nodes[node].revocations.is_revoked(publisher)
+    }
+
+    /// Sends a sync request from `node` to `peer`, or ends the sync when it cannot go.
+    fn ask(&mut self, node: usize, peer: usize, sync: u64, request: SyncRequest) {
+        self.nodes[node].sent_bytes += REQUEST_BYTES;
+        match self.transit(node, peer) {
+            Some(at) => self.schedule(
+                at,
+                Event::SyncAsk {
+                    node,
+                    peer,
+                    sync,
+                    request,
+                },
+            ),
+            None => self.nodes[node].sync = None,
+        }
+    }
+
+    /// Takes the session's next step: a request to the peer, or the end of the sync.
+    fn step(&mut self, node: usize, step: SyncStep) {
+        let Some(sync) = self.nodes[node].sync.as_mut() else {
+            return;
+        };
+        let (peer, id) = (sync.peer, sync.id);
+        let request = match step {
+            SyncStep::AskRevocations { held } => SyncRequest::Revocations { held },
+            SyncStep::AskDigest => {
+                self.counters.sync_rounds += 1;
+                SyncRequest::Digest
+            }
+            SyncStep::AskHeads => SyncRequest::Heads,
+            SyncStep::Fetch(requests) => {
+                sync.ranges = requests.into();
+                sync.progressed = false;
+                let first = sync.ranges.pop_front().expect("a fetch has a range");
+                SyncRequest::Range(first)
+            }
+            SyncStep::Done(_) => {
+                self.nodes[node].sync = None;
+                return;
+            }
+        };
+        self.ask(node, peer, id, request);
+    }
+
+    fn answer(&mut self, peer: usize, request: SyncRequest) -> (SyncAnswer, u64) {
+        match request {
+            SyncRequest::Revocations { held } => {
+                let list = self.nodes[peer]
+                    .revocations
+                    .list()
+                    .filter(|l| l.body.sequence > held)
+                    .cloned();
+                let bytes = list.as_ref().map_or(8, |l| l.to_bytes().len() as u64);
+                (SyncAnswer::Revocations(list.map(Arc::new)), bytes)
+            }
+            SyncRequest::Digest => {
+                let heads = self.nodes[peer].index.publisher_heads();
+                (
+                    SyncAnswer::Digest(zorgmesh_protocol::sync::heads_digest(&heads)),
+                    32,
+                )
+            }
+            SyncRequest::Heads => {
+                let heads = self.nodes[peer].index.publisher_heads();
+                let vector = zorgmesh_protocol::sync::heads_vector(&heads);
+                let bytes = 40 * vector.len() as u64;
+                (SyncAnswer::Heads(vector), bytes)
+            }
+            SyncRequest::Range(range) => {
+                let mut ids = Vec::new();
+                let mut bytes = 0;
+                if let Some(&publisher) = self.publisher_of.get(&range.publisher) {
+                    let held = self.nodes[peer].heads[publisher];
+                    let last = (range.from + u64::from(range.limit)).min(held + 1);
+                    for sequence in range.from..last {
+                        let id = self.log_of[publisher][(sequence - 1) as usize];
+                        bytes += self.batches[id].1;
+                        ids.push(id);
+                    }
+                }
+                (SyncAnswer::Batches(ids), bytes)
+            }
+        }
+    }
+
+    fn on_reply(&mut self, node: usize, answer: SyncAnswer) {
+        let step = match answer {
+            SyncAnswer::Revocations(list) => {
+                if let Some(list) = list {
+                    if self.take_revocations(node, &list) {
+                        self.gossip_revocations(node, None, list);
+                    }
+                }
+                let sync = self.nodes[node].sync.as_mut().expect("a sync is on");
+                sync.session.on_revocations()
+            }
+            SyncAnswer::Digest(digest) => {
+                let local = self.nodes[node].index.publisher_heads();
+                let sync = self.nodes[node].sync.as_mut().expect("a sync is on");
+                sync.session.on_digest(&digest, &local)
+            }
+            SyncAnswer::Heads(heads) => {
+                let local = self.nodes[node].index.publisher_heads();
+                let counted: Vec<PublisherHead> = heads
+                    .into_iter()
+                    .filter(|h| self.counts(node, &h.publisher))
+                    .collect();
+                let sync = self.nodes[node].sync.as_mut().expect("a sync is on");
+                sync.session.on_heads(&local, counted, |_| true)
+            }
+            SyncAnswer::Batches(ids) => {
+                let mut progressed = false;
+                for id in ids {
+                    self.counters.sync_batches += 1;
+                    self.mark_seen(node, id);
+                    progressed |= self.apply(node, id);
+                }
+                let sync = self.nodes[node].sync.as_mut().expect("a sync is on");
+                sync.progressed |= progressed;
+                if let Some(next) = sync.ranges.pop_front() {
+                    let (peer, id) = (sync.peer, sync.id);
+                    self.ask(node, peer, id, SyncRequest::Range(next));
+                    return;
+                }
+                let progressed = sync.progressed;
+                sync.session.on_fetched(progressed)
+            }
+        };
+        self.step(node, step);
+    }
+
+    fn gossip_revocations(
+        &mut self,
+        node: usize,
+        except: Option<usize>,
+        list: Arc<SignedRevocationList>,
+    ) {
+        let bytes = list.to_bytes().len() as u64;
+        for peer in self.nodes[node].mesh.clone() {
+            if Some(peer) == except {
+                continue;
+            }
+            self.nodes[node].sent_bytes += bytes;
+            if let Some(at) = self.transit(node, peer) {
+                self.schedule(
+                    at,
+                    Event::DeliverRevocations {
+                        to: peer,
+                        from: node,
+                        list: list.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn start_sync(&mut self, node: usize) {
+        if !self.nodes[node].up || self.nodes[node].sync.is_some() {
+            return;
+        }
+        let peer = loop {
+            let p = self.rng.gen_range(0..self.nodes.len());
+            if p != node {
+                break p;
+            }
+        };
+        let id = self.next_sync;
+        self.next_sync += 1;
+        let (session, first) = SyncSession::start(self.nodes[node].revocations.sequence());
+        self.nodes[node].sync = Some(SyncInProgress {
+            id,
+            peer,
+            session,
+            ranges: VecDeque::new(),
+            progressed: false,
+        });
+        self.step(node, first);
+    }
+
+    fn fault_node(&self, fault: usize) -> Option<usize> {
+        match &self.scenario.faults[fault] {
+            Fault::Crash { node, .. }
+            | Fault::LateJoin { node, .. }
+            | Fault::Revoke { node, .. } => self.scenario.node_index(node),
+            _ => None,
         }
     }
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Stage { node, patient } => {
-                let mut key = [0u8; 32];
-                key[..8].copy_from_slice(&patient.to_be_bytes());
-                let now_ms = self.now_ms();
-                let holder = self.node_ids[node];
-                self.nodes[node].log.stage(
-                    LocatorEntry {
-                        patient: PatientKey(key),
-                        holder,
-                        categories: zorgmesh_protocol::locator::category::OBSERVATIONS,
-                        commitment: [(patient % 251) as u8; 32],
-                        updated_at_ms: now_ms,
-                        retracted: false,
-                    },
-                    now_ms,
-                );
-                self.schedule_poll(node);
-            }
+            Event::Write {
+                node,
+                patient,
+                written_ms,
+            } => self.write(node, patient, written_ms),
             Event::Poll { node } => {
                 self.nodes[node].poll_at = None;
+                if !self.nodes[node].up {
+                    return;
+                }
                 let now_ms = self.now_ms();
                 let key = self.nodes[node].key.clone();
                 while let Some(batch) = self.nodes[node].log.poll(now_ms, &key) {
@@ -260,21 +652,19 @@ impl<'a> Sim<'a> {
                 self.schedule_poll(node);
             }
             Event::Deliver { to, from, batch } => {
+                if !self.nodes[to].up {
+                    self.counters.lost += 1;
+                    return;
+                }
                 self.counters.delivered += 1;
                 let bytes = self.batches[batch].1;
+                self.nodes[to].received_bytes += bytes;
                 // gossipsub drops a message it has seen before the node sees it.
-                let (word, bit) = (batch / 64, 1u64 << (batch % 64));
-                let seen = &mut self.nodes[to].seen;
-                if seen.len() <= word {
-                    seen.resize(word + 1, 0);
-                }
-                if seen[word] & bit != 0 {
-                    self.nodes[to].received_bytes += bytes;
+                if !self.mark_seen(to, batch) {
                     self.counters.duplicates += 1;
                     return;
                 }
-                seen[word] |= bit;
-                if self.apply(to, batch, bytes) {
+                if self.apply(to, batch) {
                     for peer in self.nodes[to].mesh.clone() {
                         if peer != from {
                             self.send_batch(to, peer, batch);
@@ -282,63 +672,175 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            Event::SyncTick { node } => {
-                self.counters.sync_rounds += 1;
-                let peer = loop {
-                    let p = self.rng.gen_range(0..self.nodes.len());
-                    if p != node {
-                        break p;
-                    }
-                };
-                // The peer answers with its heads after a round trip.
-                if let Some(there) = self.transit(node, peer) {
-                    let heads = self.nodes[peer].index.publisher_heads();
-                    let saved = self.now;
-                    self.now = there;
-                    let back = self.transit(peer, node);
-                    self.now = saved;
-                    if let Some(back) = back {
-                        let bytes = 40 * heads.len() as u64;
-                        self.nodes[peer].sent_bytes += bytes;
-                        self.nodes[node].received_bytes += bytes;
-                        self.schedule(back, Event::Heads { node, peer, heads });
-                    }
+            Event::DeliverRevocations { to, from, list } => {
+                if !self.nodes[to].up {
+                    return;
                 }
+                self.nodes[to].received_bytes += list.to_bytes().len() as u64;
+                if self.take_revocations(to, &list) {
+                    self.gossip_revocations(to, Some(from), list);
+                }
+            }
+            Event::SyncTick { node } => {
+                self.start_sync(node);
                 let next = self.now + self.scenario.sync_interval_ms * MS;
                 self.schedule(next, Event::SyncTick { node });
             }
-            Event::Heads { node, peer, heads } => {
-                let ours = self.nodes[node].index.publisher_heads();
-                let remote = zorgmesh_protocol::sync::heads_vector(&heads);
-                for request in zorgmesh_protocol::sync::plan_requests(&ours, &remote) {
-                    let publisher = self.publisher_of[&request.publisher];
-                    let upto = heads[&request.publisher];
-                    for sequence in
-                        request.from..(request.from + u64::from(request.limit)).min(upto + 1)
-                    {
-                        let id = self.log_of[publisher][(sequence - 1) as usize];
-                        self.counters.sync_batches += 1;
-                        self.send_batch(peer, node, id);
-                    }
+            Event::SyncAsk {
+                node,
+                peer,
+                sync,
+                request,
+            } => {
+                if !self.nodes[peer].up {
+                    self.nodes[node].sync = None;
+                    return;
                 }
+                self.nodes[peer].received_bytes += REQUEST_BYTES;
+                let (answer, bytes) = self.answer(peer, request);
+                self.nodes[peer].sent_bytes += bytes;
+                match self.transit(peer, node) {
+                    Some(at) => self.schedule(at, Event::SyncReply { node, sync, answer }),
+                    None => self.nodes[node].sync = None,
+                }
+            }
+            Event::SyncReply { node, sync, answer } => {
+                let current = self.nodes[node].sync.as_ref().map(|s| s.id);
+                if !self.nodes[node].up || current != Some(sync) {
+                    return;
+                }
+                let bytes = match &answer {
+                    SyncAnswer::Revocations(list) => {
+                        list.as_ref().map_or(8, |l| l.to_bytes().len() as u64)
+                    }
+                    SyncAnswer::Digest(_) => 32,
+                    SyncAnswer::Heads(heads) => 40 * heads.len() as u64,
+                    SyncAnswer::Batches(ids) => ids.iter().map(|id| self.batches[*id].1).sum(),
+                };
+                self.nodes[node].received_bytes += bytes;
+                self.on_reply(node, answer);
+            }
+            Event::DeriveRetry { node } => {
+                if self.evaluators_out || !self.nodes[node].up {
+                    let pause = self.nodes[node]
+                        .derive_pause
+                        .map_or(DERIVE_PAUSE_FIRST, |p| (p * 2).min(DERIVE_PAUSE_MAX));
+                    self.nodes[node].derive_pause = Some(pause);
+                    self.schedule(self.now + pause, Event::DeriveRetry { node });
+                    return;
+                }
+                self.nodes[node].derive_pause = None;
+                for (patient, written_ms) in std::mem::take(&mut self.nodes[node].waiting_for_keys)
+                {
+                    self.nodes[node].keyed.insert(patient);
+                    self.stage(node, patient, written_ms);
+                }
+            }
+            Event::FaultStart { fault } => match &self.scenario.faults[fault] {
+                Fault::Crash { .. } => {
+                    let node = self.fault_node(fault).expect("validated");
+                    self.nodes[node].up = false;
+                    self.nodes[node].sync = None;
+                }
+                Fault::Revoke { .. } => {
+                    let node = self.fault_node(fault).expect("validated");
+                    self.revoked[node] = true;
+                    let revocation = Revocation {
+                        node: self.node_ids[node],
+                        name: self.node_names[node].clone(),
+                        revoked_at_ms: self.now_ms(),
+                        not_after: i64::MAX,
+                        reason: "revoked in the scenario".into(),
+                    };
+                    let body = self.ca_list.successor(vec![revocation], self.now_ms());
+                    self.ca_list = body.clone();
+                    let list = Arc::new(SignedRevocationList::sign(body, &self.ca));
+                    // The operator hands it to the first node that is up and not revoked.
+                    if let Some(first) =
+                        (0..self.nodes.len()).find(|&n| self.nodes[n].up && !self.revoked[n])
+                    {
+                        self.take_revocations(first, &list);
+                        self.gossip_revocations(first, None, list);
+                    }
+                    self.begin_check(fault);
+                }
+                Fault::EvaluatorOutage { .. } => self.evaluators_out = true,
+                Fault::Partition { .. } | Fault::LateJoin { .. } => {}
+            },
+            Event::FaultEnd { fault } => {
+                match &self.scenario.faults[fault] {
+                    Fault::Crash { .. } | Fault::LateJoin { .. } => {
+                        let node = self.fault_node(fault).expect("validated");
+                        self.nodes[node].up = true;
+                        // A starting node syncs at once, and its sources retry their writes.
+                        self.start_sync(node);
+                        for (patient, written_ms) in
+                            std::mem::take(&mut self.nodes[node].refused_writes)
+                        {
+                            self.write(node, patient, written_ms);
+                        }
+                        self.schedule_poll(node);
+                    }
+                    Fault::EvaluatorOutage { .. } => self.evaluators_out = false,
+                    Fault::Partition { .. } | Fault::Revoke { .. } => {}
+                }
+                self.begin_check(fault);
+            }
+        }
+    }
+
+    /// Starts measuring how long the network takes to absorb fault `fault`.
+    fn begin_check(&mut self, fault: usize) {
+        let target = self.log_of.iter().map(|l| l.len() as u64).collect();
+        self.checks.push(PendingCheck {
+            fault,
+            from: self.now,
+            target,
+        });
+    }
+
+    /// True when every node that is up and not revoked holds at least `target` of every
+    /// publisher that is not revoked, and the CA's newest list.
+    fn holds(&self, target: &[u64]) -> bool {
+        let sequence = self.ca_list.sequence;
+        self.nodes.iter().enumerate().all(|(n, node)| {
+            if !node.up || self.revoked[n] {
+                return true;
+            }
+            node.revocations.sequence() >= sequence
+                && target
+                    .iter()
+                    .enumerate()
+                    .all(|(p, t)| self.revoked[p] || node.heads[p] >= *t)
+        })
+    }
+
+    fn run_checks(&mut self) {
+        let mut i = 0;
+        while i < self.checks.len() {
+            if self.holds(&self.checks[i].target) {
+                let check = self.checks.swap_remove(i);
+                let fault = &self.scenario.faults[check.fault];
+                self.outcomes.push(FaultOutcome {
+                    fault: fault.describe(),
+                    effect_ends_s: check.from as f64 / 1e6,
+                    absorbed_after_s: Some(round((self.now - check.from) as f64 / 1e6)),
+                });
+            } else {
+                i += 1;
             }
         }
     }
 
     /// True when every node holds every publisher's last batch.
     fn converged(&self) -> bool {
-        let heads: BTreeMap<NodeId, u64> = self
-            .node_ids
-            .iter()
-            .enumerate()
-            .map(|(p, id)| (*id, self.log_of[p].len() as u64))
-            .filter(|(_, s)| *s > 0)
-            .collect();
-        self.nodes.iter().all(|n| {
-            let held = n.index.publisher_heads();
-            heads.iter().all(|(id, s)| held.get(id) == Some(s))
-        })
+        let target: Vec<u64> = self.log_of.iter().map(|l| l.len() as u64).collect();
+        self.nodes.iter().all(|n| n.up) && self.holds(&target)
     }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 fn publisher_info(node: NodeId, name: String, region: &str) -> PublisherInfo {
@@ -358,7 +860,9 @@ fn publisher_info(node: NodeId, name: String, region: &str) -> PublisherInfo {
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let regions = scenario.node_regions();
+    let node_names = scenario.node_names();
     let count = regions.len();
+    let ca = SigningKey::from_bytes(&rng.gen::<[u8; 32]>());
     let keys: Vec<SigningKey> = (0..count)
         .map(|_| SigningKey::from_bytes(&rng.gen::<[u8; 32]>()))
         .collect();
@@ -369,7 +873,13 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let infos: Vec<PublisherInfo> = node_ids
         .iter()
         .enumerate()
-        .map(|(i, id)| publisher_info(*id, format!("node-{i}"), &scenario.regions[regions[i]].name))
+        .map(|(i, id)| {
+            publisher_info(
+                *id,
+                node_names[i].clone(),
+                &scenario.regions[regions[i]].name,
+            )
+        })
         .collect();
     // A mesh of about `mesh_degree` peers each, made symmetric.
     let mut mesh: Vec<Vec<usize>> = vec![Vec::new(); count];
@@ -390,12 +900,22 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     };
     // Each batch's signature is checked once for all simulated nodes (same verdicts).
     let verified = zorgmesh_protocol::index::VerifiedSignatures::new();
+    let late: Vec<bool> = (0..count)
+        .map(|n| {
+            scenario.faults.iter().any(|f| {
+                matches!(f, Fault::LateJoin { node, .. } if scenario.node_index(node) == Some(n))
+            })
+        })
+        .collect();
     let nodes: Vec<SimNode> = (0..count)
         .map(|i| {
-            let mut index = LocatorIndex::new(IndexLimits {
-                max_publishers: count + 1,
-                ..IndexLimits::default()
-            });
+            let mut index = LocatorIndex::with_store(
+                IndexLimits {
+                    max_publishers: count + 1,
+                    ..IndexLimits::default()
+                },
+                zorgmesh_protocol::index::MemoryEntries::seeded(seed ^ i as u64),
+            );
             index.share_verified_signatures(verified.clone());
             for info in &infos {
                 index.admit_publisher(info.clone());
@@ -408,8 +928,16 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
                 log: PublisherLog::new(node_ids[i], policy, None),
                 poll_at: None,
                 index,
+                revocations: RevocationState::default(),
+                heads: vec![0; count],
                 mesh: peers,
                 seen: Vec::new(),
+                up: !late[i],
+                sync: None,
+                refused_writes: Vec::new(),
+                waiting_for_keys: Vec::new(),
+                derive_pause: None,
+                keyed: HashSet::new(),
                 sent_bytes: 0,
                 received_bytes: 0,
                 useful_bytes: 0,
@@ -428,38 +956,70 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         queue: BinaryHeap::new(),
         events: BTreeMap::new(),
         next_event: 0,
+        next_sync: 0,
         nodes,
         node_ids,
+        node_names,
         publisher_of,
+        ca,
+        ca_list: RevocationListBody::empty(NETWORK),
+        revoked: vec![false; count],
+        evaluators_out: false,
         batches: Vec::new(),
         log_of: vec![Vec::new(); count],
         propagation: Histogram::default(),
         counters: Counters::default(),
+        checks: Vec::new(),
+        outcomes: Vec::new(),
     };
     // The workload, spread evenly with jitter over the duration.
-    let span = scenario.duration_s * 1_000 * MS;
+    let span = scenario.duration_s * SECOND;
     let step = span / scenario.workload.updates.max(1);
     for n in 0..scenario.workload.updates {
         let at = n * step + sim.rng.gen_range(0..step.max(1));
         let node = sim.rng.gen_range(0..count);
         let patient = sim.rng.gen_range(0..scenario.workload.patients);
-        sim.schedule(at, Event::Stage { node, patient });
+        sim.schedule(
+            at,
+            Event::Write {
+                node,
+                patient,
+                written_ms: EPOCH_MS + at / MS,
+            },
+        );
     }
     for node in 0..count {
         let first = sim.rng.gen_range(0..scenario.sync_interval_ms * MS);
         sim.schedule(first, Event::SyncTick { node });
     }
+    for (i, fault) in scenario.faults.iter().enumerate() {
+        let starts = match fault {
+            Fault::Partition { at_s, .. }
+            | Fault::Crash { at_s, .. }
+            | Fault::Revoke { at_s, .. }
+            | Fault::EvaluatorOutage { at_s, .. } => Some(*at_s),
+            Fault::LateJoin { .. } => None,
+        };
+        if let Some(at) = starts {
+            if !matches!(fault, Fault::Partition { .. }) {
+                sim.schedule(at * SECOND, Event::FaultStart { fault: i });
+            }
+        }
+        if !matches!(fault, Fault::Revoke { .. }) {
+            sim.schedule(fault.ends_at_s() * SECOND, Event::FaultEnd { fault: i });
+        }
+    }
     // Run through the workload, then until every index converged (at most as long again).
-    let last_heal = scenario
+    let last_fault = scenario
         .faults
         .iter()
-        .map(|Fault::Partition { heal_s, .. }| heal_s * 1_000 * MS)
+        .map(|f| f.ends_at_s() * SECOND)
         .max()
         .unwrap_or(0);
-    let settle_from = span.max(last_heal) + scenario.publishing.batch_window_ms * MS;
-    let give_up = settle_from + span.max(60_000 * MS);
+    let settle_from = span.max(last_fault) + scenario.publishing.batch_window_ms * MS;
+    let give_up = settle_from + span.max(60 * SECOND);
     let mut converged_at = None;
-    let mut next_check = settle_from;
+    let mut next_check = 0;
     while let Some(Reverse((at, id))) = sim.queue.pop() {
         if at > give_up {
             break;
@@ -468,23 +1028,55 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
         let event = sim.events.remove(&id).expect("every queued event is kept");
         sim.handle(event);
         if sim.now >= next_check {
-            next_check = sim.now + 100 * MS;
-            if sim.converged() {
+            next_check = sim.now + CHECK_EVERY;
+            if !sim.checks.is_empty() {
+                sim.run_checks();
+            }
+            if sim.now >= settle_from && sim.converged() {
                 converged_at = Some(sim.now);
                 break;
             }
         }
     }
-    crate::report::assemble(
+    for check in std::mem::take(&mut sim.checks) {
+        sim.outcomes.push(FaultOutcome {
+            fault: scenario.faults[check.fault].describe(),
+            effect_ends_s: check.from as f64 / 1e6,
+            absorbed_after_s: None,
+        });
+    }
+    let mut outcomes = std::mem::take(&mut sim.outcomes);
+    outcomes.sort_by(|a, b| {
+        a.effect_ends_s
+            .total_cmp(&b.effect_ends_s)
+            .then(a.fault.cmp(&b.fault))
+    });
+    let revoked_entries_left = sim
+        .revoked
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| **r)
+        .map(|(p, _)| {
+            sim.nodes
+                .iter()
+                .enumerate()
+                .filter(|(n, _)| !sim.revoked[*n])
+                .map(|(_, node)| node.index.publisher_entries(&sim.node_ids[p]).len())
+                .sum::<usize>()
+        })
+        .sum();
+    crate::report::assemble(crate::report::RunResult {
         scenario,
         seed,
-        &sim.nodes_view(),
-        sim.batches.len(),
-        &sim.propagation,
-        &sim.counters,
+        nodes: &sim.nodes_view(),
+        batches: sim.batches.len(),
+        propagation: &sim.propagation,
+        counters: &sim.counters,
         converged_at,
         settle_from,
-    )
+        faults: outcomes,
+        revoked_entries_left,
+    })
 }
 
 /// What the report needs of each node.
@@ -494,18 +1086,21 @@ pub(crate) struct NodeView {
     pub useful_bytes: u64,
     pub live_entries: usize,
     pub index_bytes_per_entry: f64,
+    pub revoked: bool,
 }
 
 impl Sim<'_> {
     fn nodes_view(&self) -> Vec<NodeView> {
         self.nodes
             .iter()
-            .map(|n| NodeView {
+            .enumerate()
+            .map(|(i, n)| NodeView {
                 sent_bytes: n.sent_bytes,
                 received_bytes: n.received_bytes,
                 useful_bytes: n.useful_bytes,
                 live_entries: n.index.live_entries(),
                 index_bytes_per_entry: n.index.store().bytes_per_entry(),
+                revoked: self.revoked[i],
             })
             .collect()
     }

@@ -60,7 +60,9 @@ pub struct LinkSpec {
     /// Uniform jitter added to the latency, at most this much.
     #[serde(default)]
     pub jitter_ms: u64,
-    /// Chance that a message is lost (0 to 1).
+    /// Chance that a packet is lost (0 to 1). Gossip and fetches run over reliable
+    /// streams, so a loss delays a message by a retransmission timeout (one round trip
+    /// plus 25 ms, QUIC's probe timeout) rather than dropping it.
     #[serde(default)]
     pub loss: f64,
 }
@@ -143,11 +145,13 @@ pub struct Workload {
     pub updates: u64,
 }
 
-/// A fault over time.
+/// A fault over time. Nodes are named `<region>-<n>`, `n` counting from 1 within the
+/// region (`noord-1` is the first node of region `noord`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
 pub enum Fault {
-    /// Every link between the two regions drops everything from `at_s` until `heal_s`.
+    /// Every link between the two regions drops everything from `at_s` until `heal_s`
+    /// (connections break: what was in flight is lost, anti-entropy fills it in).
     Partition {
         /// The two regions.
         regions: [String; 2],
@@ -156,6 +160,80 @@ pub enum Fault {
         /// When it heals.
         heal_s: u64,
     },
+    /// A node goes down at `at_s` and starts again at `restart_s` with what it had kept
+    /// durably (its index and its log); writes sent to it meanwhile are retried by their
+    /// source after the restart.
+    Crash {
+        /// The node.
+        node: String,
+        /// When it goes down.
+        at_s: u64,
+        /// When it is back.
+        restart_s: u64,
+    },
+    /// A node joins the network at `at_s` with an empty index (before, it is not in
+    /// service and receives no writes).
+    LateJoin {
+        /// The node.
+        node: String,
+        /// When it joins.
+        at_s: u64,
+    },
+    /// The network CA revokes a node at `at_s`: a new revocation list is handed to one
+    /// other node and spreads by gossip and anti-entropy; every node that applies it drops
+    /// the revoked node's entries and connections.
+    Revoke {
+        /// The revoked node.
+        node: String,
+        /// When the CA issues the list.
+        at_s: u64,
+    },
+    /// Too few evaluators answer from `at_s` until `until_s`: a holder cannot derive the
+    /// key of a patient it has not held before, and retries as the node's key deriver
+    /// does (100 ms, doubling up to 10 s); updates for patients it already holds go on.
+    EvaluatorOutage {
+        /// When the outage starts.
+        at_s: u64,
+        /// When enough evaluators answer again.
+        until_s: u64,
+    },
+}
+
+impl Fault {
+    /// When the fault's effect ends (heal, restart, join, the list issued, the outage
+    /// over), in seconds: convergence after it is measured from then.
+    pub fn ends_at_s(&self) -> u64 {
+        match self {
+            Fault::Partition { heal_s, .. } => *heal_s,
+            Fault::Crash { restart_s, .. } => *restart_s,
+            Fault::LateJoin { at_s, .. } | Fault::Revoke { at_s, .. } => *at_s,
+            Fault::EvaluatorOutage { until_s, .. } => *until_s,
+        }
+    }
+
+    /// A short description for the report.
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::Partition {
+                regions,
+                at_s,
+                heal_s,
+            } => format!(
+                "partition {} | {} from {at_s} s to {heal_s} s",
+                regions[0], regions[1]
+            ),
+            Fault::Crash {
+                node,
+                at_s,
+                restart_s,
+            } => format!("{node} down from {at_s} s to {restart_s} s"),
+            Fault::LateJoin { node, at_s } => format!("{node} joins at {at_s} s"),
+            Fault::Revoke { node, at_s } => format!("{node} revoked at {at_s} s"),
+            Fault::EvaluatorOutage { at_s, until_s } => {
+                format!("evaluators out from {at_s} s to {until_s} s")
+            }
+        }
+    }
 }
 
 /// Why a scenario cannot run.
@@ -184,6 +262,25 @@ impl Scenario {
             .enumerate()
             .flat_map(|(r, region)| std::iter::repeat_n(r, region.nodes))
             .collect()
+    }
+
+    /// Every node's name, `<region>-<n>`, in node order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .flat_map(|region| (1..=region.nodes).map(move |n| format!("{}-{n}", region.name)))
+            .collect()
+    }
+
+    /// The index of a node by name.
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        let (region, n) = name.rsplit_once('-')?;
+        let n: usize = n.parse().ok()?;
+        let r = self.region_index(region)?;
+        if n == 0 || n > self.regions[r].nodes {
+            return None;
+        }
+        Some(self.regions[..r].iter().map(|r| r.nodes).sum::<usize>() + n - 1)
     }
 
     /// The index of a region by name.
@@ -226,9 +323,9 @@ impl Scenario {
                 return invalid(format!("region {} is named twice", region.name));
             }
         }
-        let loss_ok = |l: f64| (0.0..=1.0).contains(&l);
+        let loss_ok = |l: f64| (0.0..1.0).contains(&l);
         if !loss_ok(self.links.loss) {
-            return invalid("links.loss between 0 and 1".into());
+            return invalid("links.loss at least 0 and below 1".into());
         }
         for pair in &self.links.between {
             for name in &pair.regions {
@@ -237,10 +334,20 @@ impl Scenario {
                 }
             }
             if !loss_ok(pair.loss) {
-                return invalid("links.between.loss between 0 and 1".into());
+                return invalid("links.between.loss at least 0 and below 1".into());
             }
         }
+        let mut revoked = std::collections::BTreeSet::new();
         for fault in &self.faults {
+            let node_known = |name: &String| {
+                if self.node_index(name).is_none() {
+                    Err(ScenarioError::Invalid(format!(
+                        "a fault names unknown node {name} (nodes are named <region>-<n>, n from 1)"
+                    )))
+                } else {
+                    Ok(())
+                }
+            };
             match fault {
                 Fault::Partition {
                     regions,
@@ -256,7 +363,35 @@ impl Scenario {
                         return invalid("a partition heals after it starts".into());
                     }
                 }
+                Fault::Crash {
+                    node,
+                    at_s,
+                    restart_s,
+                } => {
+                    node_known(node)?;
+                    if restart_s <= at_s {
+                        return invalid(format!("{node} restarts after it crashes"));
+                    }
+                }
+                Fault::LateJoin { node, .. } => node_known(node)?,
+                Fault::Revoke { node, .. } => {
+                    node_known(node)?;
+                    if !revoked.insert(node.clone()) {
+                        return invalid(format!("{node} is revoked twice"));
+                    }
+                }
+                Fault::EvaluatorOutage { at_s, until_s } => {
+                    if until_s <= at_s {
+                        return invalid("an evaluator outage ends after it starts".into());
+                    }
+                }
             }
+            if fault.ends_at_s() > MAX_DURATION_S {
+                return invalid(format!("a fault ends after {MAX_DURATION_S} s"));
+            }
+        }
+        if revoked.len() >= nodes {
+            return invalid("at least one node is not revoked".into());
         }
         Ok(())
     }

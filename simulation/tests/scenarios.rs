@@ -17,21 +17,35 @@ fn the_same_scenario_and_seed_give_a_byte_identical_report() {
 }
 
 #[test]
-fn a_partitioned_network_converges_after_the_heal() {
+fn every_fault_is_absorbed_and_the_network_converges() {
     let report = run(&small(), 1);
     println!("{}", report.summary());
     assert!(report.converged, "{}", report.to_json());
-    assert!(report.lost > 0, "the partition dropped messages");
+    assert_eq!(report.faults.len(), 5);
+    for fault in &report.faults {
+        assert!(fault.absorbed_after_s.is_some(), "{}", report.summary());
+    }
+    assert!(
+        report.lost > 0,
+        "the partition and the crash dropped messages"
+    );
+    assert!(report.retransmissions > 0, "the lossy link retransmitted");
     assert!(
         report.sync_batches > 0,
         "anti-entropy filled what the partition lost"
     );
-    // Every update's patient is in every index: as many live entries as distinct
-    // (patient, holder) pairs, the same on every node.
+    assert!(
+        report.writes_deferred > 0,
+        "writes to the crashed node waited"
+    );
+    assert!(
+        report.writes_waiting_for_keys > 0,
+        "new patients waited for the evaluators"
+    );
     assert!(report.live_entries_per_node > 0);
     assert!(report.propagation.p50_ms <= report.propagation.p99_ms);
-    // Without a partition, a 20-node mesh with 5-20 ms links spreads in well under a second
-    // of simulated time after the batch window.
+    // Without faults, a 20-node mesh with 5-20 ms links spreads in well under a second of
+    // simulated time after the batch window.
     let mut calm = small();
     calm.faults.clear();
     calm.links.between[0].loss = 0.0;
@@ -39,6 +53,25 @@ fn a_partitioned_network_converges_after_the_heal() {
     assert!(calm.converged);
     assert!(calm.propagation.p99_ms < 1_000, "{}", calm.summary());
     assert_eq!(calm.lost, 0);
+}
+
+#[test]
+fn a_revoked_nodes_entries_leave_every_simulated_index() {
+    let with = run(&small(), 3);
+    assert_eq!(with.revoked_entries_left, 0, "{}", with.to_json());
+    let mut kept = small();
+    kept.faults
+        .retain(|f| !matches!(f, zorgmesh_simulation::scenario::Fault::Revoke { .. }));
+    let without = run(&kept, 3);
+    assert!(with.converged && without.converged);
+    // The revoked node had published: its entries are in every index without the
+    // revocation, and in none with it.
+    assert!(
+        with.live_entries_per_node < without.live_entries_per_node,
+        "{} vs {}",
+        with.live_entries_per_node,
+        without.live_entries_per_node
+    );
 }
 
 #[test]
@@ -55,4 +88,10 @@ fn bad_scenarios_are_refused_with_the_reason() {
     let degree = text.replace("mesh_degree = 6", "mesh_degree = 20");
     let error = Scenario::parse(&degree).unwrap_err().to_string();
     assert!(error.contains("mesh_degree"), "{error}");
+    let node = text.replace("node = \"zuid-3\"", "node = \"zuid-11\"");
+    let error = Scenario::parse(&node).unwrap_err().to_string();
+    assert!(error.contains("unknown node zuid-11"), "{error}");
+    let restart = text.replace("restart_s = 25", "restart_s = 5");
+    let error = Scenario::parse(&restart).unwrap_err().to_string();
+    assert!(error.contains("restarts after it crashes"), "{error}");
 }

@@ -107,15 +107,36 @@ impl CompactEntry {
 #[derive(Debug, Default)]
 pub struct MemoryEntries {
     slots: Vec<Option<Slot>>,
-    slot_of: HashMap<NodeId, u32>,
-    patients: HashMap<PatientKey, Vec<CompactEntry>>,
+    slot_of: HashMap<NodeId, u32, ahash::RandomState>,
+    patients: HashMap<PatientKey, Vec<CompactEntry>, ahash::RandomState>,
     live: u64,
 }
 
 impl MemoryEntries {
-    /// An empty store.
+    /// An empty store, its maps keyed at random (a publisher cannot choose patient keys
+    /// that collide).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose maps are keyed from `seed`: the same writes then give the same
+    /// layout and the same [`MemoryEntries::bytes_per_entry`] (for a simulator's
+    /// byte-identical reports).
+    pub fn seeded(seed: u64) -> Self {
+        let hasher = || {
+            ahash::RandomState::with_seeds(
+                seed,
+                seed ^ 0x9e37_79b9_7f4a_7c15,
+                seed.rotate_left(17),
+                !seed,
+            )
+        };
+        Self {
+            slots: Vec::new(),
+            slot_of: HashMap::with_hasher(hasher()),
+            patients: HashMap::with_hasher(hasher()),
+            live: 0,
+        }
     }
 
     fn is_current(&self, entry: &CompactEntry) -> bool {
