@@ -97,6 +97,24 @@ enum SimCommand {
         #[arg(long, default_value = "sim-out")]
         out: PathBuf,
     },
+    /// Run a scenario under every combination of some settings and write a table of
+    /// outcomes per setting (sweep.md, sweep.json, plots, and each run's report).
+    Sweep {
+        /// The scenario file.
+        scenario: PathBuf,
+        /// A setting and its values, e.g. `batch_window_ms=50,200,1000`; repeat for more
+        /// settings. Short names: batch_window_ms, batch_max_entries, mesh_degree,
+        /// sync_interval_ms, latency_ms, jitter_ms, loss, updates, patients, duration_s;
+        /// any other setting by its dotted path (links.between... excepted).
+        #[arg(long, required = true)]
+        vary: Vec<String>,
+        /// Seed of every run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where the reports go.
+        #[arg(long, default_value = "sim-sweep")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -981,24 +999,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("content digest {}", summary.content_digest);
         }
         Command::Client(command) => client_command(command).await?,
-        Command::Sim(SimCommand::Run {
-            scenario,
-            seed,
-            out,
-        }) => {
-            let text = std::fs::read_to_string(&scenario)
-                .with_context(|| format!("cannot read {}", scenario.display()))?;
-            let parsed = zorgmesh_simulation::Scenario::parse(&text)
-                .with_context(|| format!("in {}", scenario.display()))?;
-            let report =
-                tokio::task::spawn_blocking(move || zorgmesh_simulation::run(&parsed, seed))
-                    .await?;
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create {}", out.display()))?;
-            std::fs::write(out.join("report.json"), report.to_json())?;
-            std::fs::write(out.join("summary.txt"), report.summary() + "\n")?;
-            println!("{}", report.summary());
-            println!("report: {}", out.join("report.json").display());
+        Command::Sim(command) => {
+            tokio::task::spawn_blocking(move || sim_command(command)).await??
         }
         Command::Demo(args) => {
             if args.patients == 0 {
@@ -1012,6 +1014,107 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir: args.dir,
             })
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar over simulated seconds (hidden when stderr is not a terminal).
+fn sim_progress(prefix: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} simulated s",
+        )
+        .expect("a valid progress template"),
+    );
+    bar.set_prefix(prefix);
+    bar
+}
+
+fn sim_command(command: SimCommand) -> anyhow::Result<()> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let create = |dir: &PathBuf| {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
+    };
+    match command {
+        SimCommand::Run {
+            scenario,
+            seed,
+            out,
+        } => {
+            let parsed = zorgmesh_simulation::Scenario::parse(&read(&scenario)?)
+                .with_context(|| format!("in {}", scenario.display()))?;
+            create(&out)?;
+            let bar = sim_progress(parsed.name.clone());
+            let report = zorgmesh_simulation::run_observed(&parsed, seed, &mut |p| {
+                bar.set_length(p.expected_s.max(p.simulated_s));
+                bar.set_position(p.simulated_s);
+            });
+            bar.finish_and_clear();
+            std::fs::write(out.join("report.json"), report.to_json())?;
+            std::fs::write(out.join("summary.txt"), report.summary() + "\n")?;
+            let plots = zorgmesh_simulation::plot::write_report_plots(&report, &out)?;
+            println!("{}", report.summary());
+            println!("report: {}", out.join("report.json").display());
+            for plot in plots {
+                println!("plot: {}", plot.display());
+            }
+        }
+        SimCommand::Sweep {
+            scenario,
+            vary,
+            seed,
+            out,
+        } => {
+            use zorgmesh_simulation::sweep;
+            let text = read(&scenario)?;
+            let variations = vary
+                .iter()
+                .map(|v| sweep::Variation::parse(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            let runs = sweep::combinations(&text, &variations)
+                .with_context(|| format!("in {}", scenario.display()))?;
+            create(&out)?;
+            let total = runs.len();
+            let mut rows = Vec::with_capacity(total);
+            let mut name = String::new();
+            for (n, (setting, parsed)) in runs.into_iter().enumerate() {
+                name = parsed.name.clone();
+                let label = sweep::label(&setting);
+                let bar = sim_progress(format!("{}/{total} {label}", n + 1));
+                let report = zorgmesh_simulation::run_observed(&parsed, seed, &mut |p| {
+                    bar.set_length(p.expected_s.max(p.simulated_s));
+                    bar.set_position(p.simulated_s);
+                });
+                bar.finish_and_clear();
+                let dir = out.join(label.replace([' ', '='], "_"));
+                create(&dir)?;
+                std::fs::write(dir.join("report.json"), report.to_json())?;
+                std::fs::write(dir.join("summary.txt"), report.summary() + "\n")?;
+                println!(
+                    "{label}: p99 {} ms, {:.2} bytes per useful byte, {}",
+                    report.propagation.p99_ms,
+                    report.traffic.received_per_useful_byte,
+                    if report.converged {
+                        "converged"
+                    } else {
+                        "did NOT converge"
+                    }
+                );
+                rows.push(sweep::SweepRow { setting, report });
+            }
+            let sweep = sweep::SweepReport::new(name, seed, rows);
+            std::fs::write(out.join("sweep.json"), sweep.to_json())?;
+            std::fs::write(out.join("sweep.md"), sweep.table())?;
+            let plots = zorgmesh_simulation::plot::write_sweep_plots(&sweep, &out)?;
+            println!("\n{}", sweep.table());
+            println!("table: {}", out.join("sweep.md").display());
+            for plot in plots {
+                println!("plot: {}", plot.display());
+            }
         }
     }
     Ok(())

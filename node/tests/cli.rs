@@ -717,3 +717,73 @@ fn node_run_names_what_is_wrong_with_a_config() {
     let err = failed(&zorgmesh(&["node", "run", "--config", s(&write(base))]));
     assert!(err.contains("ca.crt"), "{err}");
 }
+
+#[test]
+fn sim_run_and_sweep_write_reports_tables_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../simulation/scenarios/small.toml");
+    let out = dir.path().join("run");
+    let stdout = ok(&zorgmesh(&[
+        "sim",
+        "run",
+        s(&scenario),
+        "--seed",
+        "2",
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        stdout.contains("fault: zuid-7 revoked at 40 s: absorbed"),
+        "{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["converged"], true);
+    assert_eq!(
+        report["propagation"]["cdf_ms"].as_array().unwrap().len(),
+        201
+    );
+    assert_eq!(report["per_node"].as_array().unwrap().len(), 20);
+    for plot in [
+        "propagation-cdf.svg",
+        "traffic-per-node.svg",
+        "index-memory-per-node.svg",
+        "faults.svg",
+    ] {
+        let svg = std::fs::read_to_string(out.join(plot)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("small"), "{plot}");
+    }
+
+    let sweep = dir.path().join("sweep");
+    let stdout = ok(&zorgmesh(&[
+        "sim",
+        "sweep",
+        s(&scenario),
+        "--vary",
+        "batch_window_ms=100,1000",
+        "--out",
+        s(&sweep),
+    ]));
+    assert!(
+        stdout.contains("| 100 |") && stdout.contains("| 1000 |"),
+        "{stdout}"
+    );
+    let table = std::fs::read_to_string(sweep.join("sweep.md")).unwrap();
+    assert!(
+        table.contains("best p99") && table.contains("least traffic"),
+        "{table}"
+    );
+    assert!(sweep.join("batch_window_ms_1000/report.json").exists());
+    assert!(sweep.join("sweep-p99.svg").exists());
+
+    let error = failed(&zorgmesh(&[
+        "sim",
+        "sweep",
+        s(&scenario),
+        "--vary",
+        "mesh_size=4",
+        "--out",
+        s(&sweep),
+    ]));
+    assert!(error.contains("no setting mesh_size"), "{error}");
+}

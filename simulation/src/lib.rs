@@ -19,11 +19,12 @@
 //! zorgmesh sim run simulation/scenarios/small.toml --seed 1 --out target/sim
 //! ```
 
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod sweep;
 
 pub use report::Report;
-pub use run::run;
+pub use run::{run, run_observed, Progress};
 pub use scenario::{Scenario, ScenarioError};

@@ -34,6 +34,31 @@ impl Histogram {
         self.max = self.max.max(ms);
     }
 
+    /// [`Histogram::percentile`] of each share in `shares` (ascending), in one pass.
+    pub fn percentiles(&self, shares: &[f64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(shares.len());
+        if self.samples == 0 {
+            return vec![0; shares.len()];
+        }
+        let mut wanted = shares
+            .iter()
+            .map(|p| ((self.samples as f64) * p).ceil().max(1.0) as u64)
+            .peekable();
+        let mut seen = 0;
+        for (ms, count) in self.counts.iter().enumerate() {
+            seen += count;
+            while wanted.next_if(|w| *w <= seen).is_some() {
+                out.push(if ms == HISTOGRAM_MS {
+                    self.max
+                } else {
+                    ms as u64
+                });
+            }
+        }
+        out.resize(shares.len(), self.max);
+        out
+    }
+
     /// The smallest value at or below which a share `p` of the samples lie.
     pub fn percentile(&self, p: f64) -> u64 {
         if self.samples == 0 {
@@ -69,6 +94,28 @@ pub struct Propagation {
     pub p99_ms: u64,
     /// Slowest, ms.
     pub max_ms: u64,
+    /// The distribution: entry `i` is the time within which `i / 2` percent of the samples
+    /// had arrived (201 points, 0 % to 100 %).
+    pub cdf_ms: Vec<u64>,
+}
+
+/// One node's figures.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeFigures {
+    /// Its name.
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// Bytes it sent.
+    pub sent_bytes: u64,
+    /// Bytes it received.
+    pub received_bytes: u64,
+    /// Live entries in its index.
+    pub live_entries: usize,
+    /// Bytes its in-memory index store holds (from its allocations).
+    pub index_bytes: u64,
+    /// Whether the CA revoked it.
+    pub revoked: bool,
 }
 
 /// Traffic per node.
@@ -150,6 +197,8 @@ pub struct Report {
     /// Bytes per entry the in-memory store of the first node that is not revoked holds, from
     /// its allocations.
     pub index_bytes_per_entry: f64,
+    /// Every node's figures, in node order.
+    pub per_node: Vec<NodeFigures>,
 }
 
 /// What a run hands the report.
@@ -195,6 +244,8 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
             p95_ms: propagation.percentile(0.95),
             p99_ms: propagation.percentile(0.99),
             max_ms: propagation.max,
+            cdf_ms: propagation
+                .percentiles(&(0..=200).map(|i| i as f64 / 200.0).collect::<Vec<_>>()),
         },
         traffic: Traffic {
             sent_per_node: round(nodes.iter().map(|n| n.sent_bytes).sum::<u64>() as f64 / count),
@@ -218,6 +269,18 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
         revoked_entries_left,
         live_entries_per_node: reference.map_or(0, |n| n.live_entries),
         index_bytes_per_entry: round(reference.map_or(0.0, |n| n.index_bytes_per_entry)),
+        per_node: nodes
+            .iter()
+            .map(|n| NodeFigures {
+                name: n.name.clone(),
+                region: n.region.clone(),
+                sent_bytes: n.sent_bytes,
+                received_bytes: n.received_bytes,
+                live_entries: n.live_entries,
+                index_bytes: (n.index_bytes_per_entry * n.live_entries as f64).round() as u64,
+                revoked: n.revoked,
+            })
+            .collect(),
     }
 }
 
@@ -272,5 +335,25 @@ impl Report {
                 None => format!("\nfault: {}: NOT absorbed", f.fault),
             })
             .collect::<String>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_in_one_pass_agree_with_each_percentile() {
+        let mut histogram = Histogram::default();
+        for ms in [3, 3, 5, 8, 13, 21, 34, 55, 700_000, 89] {
+            histogram.record(ms);
+        }
+        let shares: Vec<f64> = (0..=200).map(|i| i as f64 / 200.0).collect();
+        let all = histogram.percentiles(&shares);
+        for (share, ms) in shares.iter().zip(&all) {
+            assert_eq!(*ms, histogram.percentile(*share), "at {share}");
+        }
+        assert_eq!(*all.last().unwrap(), 700_000);
+        assert_eq!(Histogram::default().percentiles(&[0.5]), vec![0]);
     }
 }

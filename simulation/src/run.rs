@@ -856,8 +856,23 @@ fn publisher_info(node: NodeId, name: String, region: &str) -> PublisherInfo {
     }
 }
 
+/// How far a run is, told about once per simulated second.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Simulated seconds done.
+    pub simulated_s: u64,
+    /// Simulated seconds the run is expected to take: the workload and the last fault
+    /// (it goes on until it converges, for as long again at most).
+    pub expected_s: u64,
+}
+
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> Report {
+    run_observed(scenario, seed, &mut |_| {})
+}
+
+/// Runs `scenario` with `seed`, telling `observe` how far it is.
+pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Progress)) -> Report {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let regions = scenario.node_regions();
     let node_names = scenario.node_names();
@@ -1020,11 +1035,20 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let give_up = settle_from + span.max(60 * SECOND);
     let mut converged_at = None;
     let mut next_check = 0;
+    let mut next_progress = 0;
+    let expected_s = settle_from.div_ceil(SECOND);
     while let Some(Reverse((at, id))) = sim.queue.pop() {
         if at > give_up {
             break;
         }
         sim.now = at;
+        if sim.now >= next_progress {
+            next_progress = sim.now + SECOND;
+            observe(Progress {
+                simulated_s: sim.now / SECOND,
+                expected_s,
+            });
+        }
         let event = sim.events.remove(&id).expect("every queued event is kept");
         sim.handle(event);
         if sim.now >= next_check {
@@ -1081,6 +1105,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> Report {
 
 /// What the report needs of each node.
 pub(crate) struct NodeView {
+    pub name: String,
+    pub region: String,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub useful_bytes: u64,
@@ -1095,6 +1121,8 @@ impl Sim<'_> {
             .iter()
             .enumerate()
             .map(|(i, n)| NodeView {
+                name: self.node_names[i].clone(),
+                region: self.scenario.regions[n.region].name.clone(),
                 sent_bytes: n.sent_bytes,
                 received_bytes: n.received_bytes,
                 useful_bytes: n.useful_bytes,

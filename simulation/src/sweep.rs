@@ -114,7 +114,7 @@ impl Variation {
 #[derive(Clone, Debug, Serialize)]
 pub struct SweepRow {
     /// `name=value` of every varied setting.
-    pub setting: Vec<(String, String)>,
+    pub setting: Setting,
     /// The run's report.
     pub report: Report,
 }
@@ -135,11 +135,14 @@ pub struct SweepReport {
     pub best_traffic: Option<usize>,
 }
 
+/// `name=value` of every varied setting of one run.
+pub type Setting = Vec<(String, String)>;
+
 /// Every combination of the variations applied to `text`, each checked as a scenario.
 pub fn combinations(
     text: &str,
     variations: &[Variation],
-) -> Result<Vec<(Vec<(String, String)>, Scenario)>, SweepError> {
+) -> Result<Vec<(Setting, Scenario)>, SweepError> {
     let base: toml::Table = toml::from_str(text)?;
     let runs: usize = variations.iter().map(|v| v.values.len()).product();
     if runs > MAX_RUNS {
