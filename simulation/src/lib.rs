@@ -23,6 +23,7 @@ pub mod plot;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod store;
 pub mod sweep;
 
 pub use report::Report;

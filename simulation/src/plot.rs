@@ -61,8 +61,8 @@ pub fn write_report_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, P
     per_node(
         &path,
         &format!(
-            "{}: locator index memory per node (sorted; {:.0} B per entry)",
-            report.scenario, report.index_bytes_per_entry
+            "{}: locator index memory of the {} measured nodes (sorted; {:.0} B per entry)",
+            report.scenario, report.measured_indexes, report.index_bytes_per_entry
         ),
         "bytes",
         &[(
@@ -70,7 +70,8 @@ pub fn write_report_plots(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, P
             report
                 .per_node
                 .iter()
-                .map(|n| n.index_bytes as f64)
+                .filter_map(|n| n.index_bytes)
+                .map(|b| b as f64)
                 .collect(),
         )],
     )?;

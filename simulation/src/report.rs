@@ -110,10 +110,11 @@ pub struct NodeFigures {
     pub sent_bytes: u64,
     /// Bytes it received.
     pub received_bytes: u64,
-    /// Live entries in its index.
-    pub live_entries: usize,
-    /// Bytes its in-memory index store holds (from its allocations).
-    pub index_bytes: u64,
+    /// Live entries in its index (`None`: its index is not measured).
+    pub live_entries: Option<usize>,
+    /// Bytes its in-memory index store holds, from its allocations (`None`: not
+    /// measured).
+    pub index_bytes: Option<u64>,
     /// Whether the CA revoked it.
     pub revoked: bool,
 }
@@ -192,7 +193,11 @@ pub struct Report {
     /// Entries of revoked nodes still in the index of any node that is not revoked (0
     /// once every node applied the revocation).
     pub revoked_entries_left: usize,
-    /// Live entries in each node's index (the same everywhere once converged).
+    /// Nodes whose index kept every entry and was measured (the others ran the same index
+    /// on a store that keeps nothing; see the `store` module).
+    pub measured_indexes: usize,
+    /// Live entries in each node's index (the same everywhere once converged), from the
+    /// first measured node that is not revoked.
     pub live_entries_per_node: usize,
     /// Bytes per entry the in-memory store of the first node that is not revoked holds, from
     /// its allocations.
@@ -231,7 +236,9 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
     let count = nodes.len().max(1) as f64;
     let received: u64 = nodes.iter().map(|n| n.received_bytes).sum();
     let useful: u64 = nodes.iter().map(|n| n.useful_bytes).sum();
-    let reference = nodes.iter().find(|n| !n.revoked);
+    let reference = nodes
+        .iter()
+        .find(|n| !n.revoked && n.live_entries.is_some());
     Report {
         scenario: scenario.name.clone(),
         seed,
@@ -267,8 +274,13 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
         settle_from_s: round(settle_from as f64 / 1e6),
         faults,
         revoked_entries_left,
-        live_entries_per_node: reference.map_or(0, |n| n.live_entries),
-        index_bytes_per_entry: round(reference.map_or(0.0, |n| n.index_bytes_per_entry)),
+        measured_indexes: nodes.iter().filter(|n| n.live_entries.is_some()).count(),
+        live_entries_per_node: reference.and_then(|n| n.live_entries).unwrap_or(0),
+        index_bytes_per_entry: round(
+            reference
+                .and_then(|n| n.index_bytes_per_entry)
+                .unwrap_or(0.0),
+        ),
         per_node: nodes
             .iter()
             .map(|n| NodeFigures {
@@ -277,7 +289,10 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
                 sent_bytes: n.sent_bytes,
                 received_bytes: n.received_bytes,
                 live_entries: n.live_entries,
-                index_bytes: (n.index_bytes_per_entry * n.live_entries as f64).round() as u64,
+                index_bytes: n
+                    .live_entries
+                    .zip(n.index_bytes_per_entry)
+                    .map(|(live, per)| (per * live as f64).round() as u64),
                 revoked: n.revoked,
             })
             .collect(),

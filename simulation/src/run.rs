@@ -16,14 +16,14 @@
 
 use crate::report::{FaultOutcome, Histogram, Report};
 use crate::scenario::{Fault, Scenario};
+use crate::store::{DiscardEntries, SimStore};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use zorgmesh_protocol::batch::SignedBatch;
-use zorgmesh_protocol::index::{BatchOutcome, IndexLimits};
+use zorgmesh_protocol::index::{BatchOutcome, HashedBatch, IndexLimits};
 use zorgmesh_protocol::revocation::{
     Revocation, RevocationListBody, RevocationState, SignedRevocationList,
 };
@@ -48,6 +48,9 @@ const REQUEST_BYTES: u64 = 64;
 const MAX_RETRANSMISSIONS: u32 = 8;
 /// QUIC's probe timeout adds the peer's maximum ACK delay to a round trip.
 const MAX_ACK_DELAY: Micros = 25 * MS;
+/// Linux's minimum retransmission timeout, which its tail loss probe adds when one segment
+/// is in flight.
+const TCP_RTO_MIN: Micros = 200 * MS;
 /// How often convergence after a fault is checked.
 const CHECK_EVERY: Micros = 100 * MS;
 /// The key deriver's first and longest pause after the evaluators failed it.
@@ -123,6 +126,47 @@ enum Event {
     },
 }
 
+/// An event in the queue: earliest first, ties in the order they were scheduled.
+struct Queued {
+    at: Micros,
+    order: u64,
+    event: Event,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // BinaryHeap pops the greatest: the earliest must compare greatest.
+        (other.at, other.order).cmp(&(self.at, self.order))
+    }
+}
+
+fn is_set(bits: &[u64], n: usize) -> bool {
+    bits.get(n / 64)
+        .is_some_and(|word| word & (1u64 << (n % 64)) != 0)
+}
+
+/// One direction of a link between two regions.
+#[derive(Clone, Copy)]
+struct Link {
+    latency: Micros,
+    jitter: Micros,
+    loss: f64,
+}
+
 /// A sync in progress at a node.
 struct SyncInProgress {
     id: u64,
@@ -138,13 +182,15 @@ struct SimNode {
     key: SigningKey,
     log: PublisherLog,
     poll_at: Option<Micros>,
-    index: LocatorIndex,
+    index: LocatorIndex<SimStore>,
     revocations: RevocationState,
     /// What the sim knows this node's index holds of each publisher's log (last sequence).
     heads: Vec<u64>,
     mesh: Vec<usize>,
     /// gossipsub's seen-message cache: batch ids this node has had (a bit each).
     seen: Vec<u64>,
+    /// Batches on their way to this node by gossip, with their earliest arrival.
+    in_flight: HashMap<usize, Micros, ahash::RandomState>,
     up: bool,
     sync: Option<SyncInProgress>,
     /// Writes refused while the node was down, retried by their sources at restart.
@@ -184,14 +230,16 @@ struct Sim<'a> {
     scenario: &'a Scenario,
     rng: ChaCha8Rng,
     now: Micros,
-    queue: BinaryHeap<Reverse<(Micros, u64)>>,
-    events: BTreeMap<u64, Event>,
+    queue: BinaryHeap<Queued>,
     next_event: u64,
     next_sync: u64,
     nodes: Vec<SimNode>,
+    /// The link from region `a` to region `b` at `a * regions + b`, and when it is cut.
+    links: Vec<Link>,
+    cuts: Vec<Vec<(Micros, Micros)>>,
     node_ids: Vec<NodeId>,
     node_names: Vec<String>,
-    publisher_of: BTreeMap<NodeId, usize>,
+    publisher_of: HashMap<NodeId, usize>,
     ca: SigningKey,
     /// The CA's newest list (what the next one builds on).
     ca_list: RevocationListBody,
@@ -199,7 +247,9 @@ struct Sim<'a> {
     revoked: Vec<bool>,
     evaluators_out: bool,
     /// Every batch cut, with its encoded size; by publisher, the batch ids in sequence order.
-    batches: Vec<(Arc<SignedBatch>, u64)>,
+    batches: Vec<(HashedBatch, u64)>,
+    /// The publisher (node number) of each batch.
+    batch_publisher: Vec<u32>,
     log_of: Vec<Vec<usize>>,
     propagation: Histogram,
     counters: Counters,
@@ -209,48 +259,21 @@ struct Sim<'a> {
 
 impl<'a> Sim<'a> {
     fn schedule(&mut self, at: Micros, event: Event) {
-        let id = self.next_event;
+        let order = self.next_event;
         self.next_event += 1;
-        self.events.insert(id, event);
-        self.queue.push(Reverse((at, id)));
+        self.queue.push(Queued { at, order, event });
     }
 
-    fn link(&self, a: usize, b: usize) -> (Micros, Micros, f64) {
-        let (ra, rb) = (self.nodes[a].region, self.nodes[b].region);
-        let links = &self.scenario.links;
-        let mut spec = (links.latency_ms, links.jitter_ms, links.loss);
-        if ra != rb {
-            let (na, nb) = (
-                &self.scenario.regions[ra].name,
-                &self.scenario.regions[rb].name,
-            );
-            if let Some(pair) = links.between.iter().find(|p| {
-                (&p.regions[0] == na && &p.regions[1] == nb)
-                    || (&p.regions[0] == nb && &p.regions[1] == na)
-            }) {
-                spec = (pair.latency_ms, pair.jitter_ms, pair.loss);
-            }
-        }
-        (spec.0 * MS, spec.1 * MS, spec.2)
+    fn link(&self, a: usize, b: usize) -> Link {
+        let regions = self.scenario.regions.len();
+        self.links[self.nodes[a].region * regions + self.nodes[b].region]
     }
 
     fn cut_off(&self, a: usize, b: usize) -> bool {
-        let (ra, rb) = (self.nodes[a].region, self.nodes[b].region);
-        self.scenario.faults.iter().any(|fault| match fault {
-            Fault::Partition {
-                regions,
-                at_s,
-                heal_s,
-            } => {
-                let (x, y) = (
-                    self.scenario.region_index(&regions[0]),
-                    self.scenario.region_index(&regions[1]),
-                );
-                let pair = (Some(ra) == x && Some(rb) == y) || (Some(ra) == y && Some(rb) == x);
-                pair && self.now >= at_s * SECOND && self.now < heal_s * SECOND
-            }
-            _ => false,
-        })
+        let regions = self.scenario.regions.len();
+        self.cuts[self.nodes[a].region * regions + self.nodes[b].region]
+            .iter()
+            .any(|(from, until)| self.now >= *from && self.now < *until)
     }
 
     /// True when `a` talks to `b` at all: both up, and neither has cut the other off for
@@ -260,37 +283,63 @@ impl<'a> Sim<'a> {
         self.nodes[a].up && self.nodes[b].up && !refuses(a, b) && !refuses(b, a)
     }
 
-    /// When a message sent now from `a` reaches `b`, or `None` when it is lost.
-    fn transit(&mut self, a: usize, b: usize) -> Option<Micros> {
+    /// When a message sent now from `a` reaches `b`, or `None` when it is lost. A lost
+    /// packet costs a retransmission: `retransmit_after` plus twice the latency.
+    fn transit_over(&mut self, a: usize, b: usize, retransmit_after: Micros) -> Option<Micros> {
         if !self.connected(a, b) || self.cut_off(a, b) {
             self.counters.lost += 1;
             return None;
         }
-        let (latency, jitter, loss) = self.link(a, b);
-        let mut delay = latency;
-        if jitter > 0 {
-            delay += self.rng.gen_range(0..=jitter);
+        let link = self.link(a, b);
+        let mut delay = link.latency;
+        if link.jitter > 0 {
+            delay += self.rng.gen_range(0..=link.jitter);
         }
-        if loss > 0.0 {
+        if link.loss > 0.0 {
             let mut tries = 0;
-            while self.rng.gen_bool(loss) {
+            while self.rng.gen_bool(link.loss) {
                 tries += 1;
                 if tries > MAX_RETRANSMISSIONS {
                     self.counters.lost += 1;
                     return None;
                 }
                 self.counters.retransmissions += 1;
-                delay += 2 * latency + MAX_ACK_DELAY;
+                delay += 2 * link.latency + retransmit_after;
             }
         }
         Some(self.now + delay)
     }
 
+    /// A request or answer over the data plane (QUIC: a loss is resent after the probe
+    /// timeout, a round trip plus the peer's ACK delay).
+    fn transit(&mut self, a: usize, b: usize) -> Option<Micros> {
+        self.transit_over(a, b, MAX_ACK_DELAY)
+    }
+
+    /// A gossip message (TCP with yamux, as the node's libp2p runs it: a lone lost
+    /// segment is resent by Linux's tail loss probe after two round trips plus its 200 ms
+    /// minimum).
     fn send_batch(&mut self, from: usize, to: usize, batch: usize) {
         let bytes = self.batches[batch].1;
         self.nodes[from].sent_bytes += bytes;
-        if let Some(at) = self.transit(from, to) {
+        let Some(at) = self.transit_over(from, to, TCP_RTO_MIN) else {
+            return;
+        };
+        // A copy that arrives after one the node has, or one already on its way, is a
+        // duplicate gossipsub drops: it is counted, not queued.
+        let receiver = &mut self.nodes[to];
+        let first = !is_set(&receiver.seen, batch)
+            && receiver
+                .in_flight
+                .get(&batch)
+                .is_none_or(|earliest| at < *earliest);
+        if first {
+            receiver.in_flight.insert(batch, at);
             self.schedule(at, Event::Deliver { to, from, batch });
+        } else {
+            receiver.received_bytes += bytes;
+            self.counters.delivered += 1;
+            self.counters.duplicates += 1;
         }
     }
 
@@ -309,6 +358,7 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Sets `batch` in `node`'s seen cache; true when it was not set.
     fn mark_seen(&mut self, node: usize, batch: usize) -> bool {
         let (word, bit) = (batch / 64, 1u64 << (batch % 64));
         let seen = &mut self.nodes[node].seen;
@@ -325,29 +375,31 @@ impl<'a> Sim<'a> {
         let bytes = batch.to_bytes().len() as u64;
         let id = self.batches.len();
         self.log_of[node].push(id);
-        let own = batch.clone();
-        self.batches.push((Arc::new(batch), bytes));
+        let hashed = HashedBatch::new(batch);
+        self.batches.push((hashed.clone(), bytes));
+        self.batch_publisher.push(node as u32);
         self.mark_seen(node, id);
         let now_ms = self.now_ms();
-        if let Err(e) = self.nodes[node].index.receive_batch(own, now_ms) {
+        if let Err(e) = self.nodes[node].index.receive_hashed(hashed, now_ms) {
             panic!("a holder's own batch was refused by its index: {e}");
         }
         self.nodes[node].heads[node] = self.log_of[node].len() as u64;
-        for peer in self.nodes[node].mesh.clone() {
+        for i in 0..self.nodes[node].mesh.len() {
+            let peer = self.nodes[node].mesh[i];
             self.send_batch(node, peer, id);
         }
     }
 
     /// Feeds a batch to `node`'s index; returns whether it was new (to forward).
     fn apply(&mut self, node: usize, batch: usize) -> bool {
-        let signed = (*self.batches[batch].0).clone();
+        let hashed = self.batches[batch].0.clone();
         let now_ms = self.now_ms();
-        match self.nodes[node].index.receive_batch(signed, now_ms) {
+        match self.nodes[node].index.receive_hashed(hashed, now_ms) {
             Ok(BatchOutcome::Applied { sequences, .. }) => {
-                let publisher = self.publisher_of[&self.batches[batch].0.body.publisher];
+                let publisher = self.batch_publisher[batch] as usize;
                 for sequence in sequences {
                     let id = self.log_of[publisher][(sequence - 1) as usize];
-                    let applied = &self.batches[id].0;
+                    let applied = self.batches[id].0.batch();
                     self.nodes[node].useful_bytes += applied.body.entries.len() as u64
                         * zorgmesh_protocol::locator::ENTRY_BYTES as u64;
                     for entry in &applied.body.entries {
@@ -652,6 +704,9 @@ impl<'a> Sim<'a> {
                 self.schedule_poll(node);
             }
             Event::Deliver { to, from, batch } => {
+                if self.nodes[to].in_flight.get(&batch) == Some(&self.now) {
+                    self.nodes[to].in_flight.remove(&batch);
+                }
                 if !self.nodes[to].up {
                     self.counters.lost += 1;
                     return;
@@ -665,7 +720,8 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 if self.apply(to, batch) {
-                    for peer in self.nodes[to].mesh.clone() {
+                    for i in 0..self.nodes[to].mesh.len() {
+                        let peer = self.nodes[to].mesh[i];
                         if peer != from {
                             self.send_batch(to, peer, batch);
                         }
@@ -913,8 +969,6 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         max_entries: scenario.publishing.batch_max_entries,
         window_ms: scenario.publishing.batch_window_ms,
     };
-    // Each batch's signature is checked once for all simulated nodes (same verdicts).
-    let verified = zorgmesh_protocol::index::VerifiedSignatures::new();
     let late: Vec<bool> = (0..count)
         .map(|n| {
             scenario.faults.iter().any(|f| {
@@ -922,6 +976,11 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
             })
         })
         .collect();
+    let measured_count = scenario.measured_indexes.unwrap_or(count);
+    let mut measured = vec![false; count];
+    for k in 0..measured_count {
+        measured[k * count / measured_count] = true;
+    }
     let nodes: Vec<SimNode> = (0..count)
         .map(|i| {
             let mut index = LocatorIndex::with_store(
@@ -929,9 +988,14 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                     max_publishers: count + 1,
                     ..IndexLimits::default()
                 },
-                zorgmesh_protocol::index::MemoryEntries::seeded(seed ^ i as u64),
+                if measured[i] {
+                    SimStore::Full(zorgmesh_protocol::index::MemoryEntries::seeded(
+                        seed ^ i as u64,
+                    ))
+                } else {
+                    SimStore::Discard(DiscardEntries::default())
+                },
             );
-            index.share_verified_signatures(verified.clone());
             for info in &infos {
                 index.admit_publisher(info.clone());
             }
@@ -947,6 +1011,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 heads: vec![0; count],
                 mesh: peers,
                 seen: Vec::new(),
+                in_flight: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
                 up: !late[i],
                 sync: None,
                 refused_writes: Vec::new(),
@@ -964,12 +1029,49 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         .enumerate()
         .map(|(i, id)| (*id, i))
         .collect();
+    let region_count = scenario.regions.len();
+    let mut links = Vec::with_capacity(region_count * region_count);
+    let mut cuts = vec![Vec::new(); region_count * region_count];
+    for a in 0..region_count {
+        for b in 0..region_count {
+            let (na, nb) = (&scenario.regions[a].name, &scenario.regions[b].name);
+            let l = &scenario.links;
+            let pair = l.between.iter().find(|p| {
+                (&p.regions[0] == na && &p.regions[1] == nb)
+                    || (&p.regions[0] == nb && &p.regions[1] == na)
+            });
+            let (latency, jitter, loss) = match pair {
+                Some(p) if a != b => (p.latency_ms, p.jitter_ms, p.loss),
+                _ => (l.latency_ms, l.jitter_ms, l.loss),
+            };
+            links.push(Link {
+                latency: latency * MS,
+                jitter: jitter * MS,
+                loss,
+            });
+            for fault in &scenario.faults {
+                if let Fault::Partition {
+                    regions,
+                    at_s,
+                    heal_s,
+                } = fault
+                {
+                    if (&regions[0] == na && &regions[1] == nb)
+                        || (&regions[0] == nb && &regions[1] == na)
+                    {
+                        cuts[a * region_count + b].push((at_s * SECOND, heal_s * SECOND));
+                    }
+                }
+            }
+        }
+    }
     let mut sim = Sim {
+        links,
+        cuts,
         scenario,
         rng,
         now: 0,
         queue: BinaryHeap::new(),
-        events: BTreeMap::new(),
         next_event: 0,
         next_sync: 0,
         nodes,
@@ -981,6 +1083,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         revoked: vec![false; count],
         evaluators_out: false,
         batches: Vec::new(),
+        batch_publisher: Vec::new(),
         log_of: vec![Vec::new(); count],
         propagation: Histogram::default(),
         counters: Counters::default(),
@@ -1037,7 +1140,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
     let mut next_check = 0;
     let mut next_progress = 0;
     let expected_s = settle_from.div_ceil(SECOND);
-    while let Some(Reverse((at, id))) = sim.queue.pop() {
+    while let Some(Queued { at, event, .. }) = sim.queue.pop() {
         if at > give_up {
             break;
         }
@@ -1049,7 +1152,6 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 expected_s,
             });
         }
-        let event = sim.events.remove(&id).expect("every queued event is kept");
         sim.handle(event);
         if sim.now >= next_check {
             next_check = sim.now + CHECK_EVERY;
@@ -1085,7 +1187,8 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 .iter()
                 .enumerate()
                 .filter(|(n, _)| !sim.revoked[*n])
-                .map(|(_, node)| node.index.publisher_entries(&sim.node_ids[p]).len())
+                .filter_map(|(_, node)| node.index.store().full())
+                .map(|store| store.publisher_entries(&sim.node_ids[p]).len())
                 .sum::<usize>()
         })
         .sum();
@@ -1110,8 +1213,9 @@ pub(crate) struct NodeView {
     pub sent_bytes: u64,
     pub received_bytes: u64,
     pub useful_bytes: u64,
-    pub live_entries: usize,
-    pub index_bytes_per_entry: f64,
+    /// Of a node whose index keeps every entry.
+    pub live_entries: Option<usize>,
+    pub index_bytes_per_entry: Option<f64>,
     pub revoked: bool,
 }
 
@@ -1126,8 +1230,8 @@ impl Sim<'_> {
                 sent_bytes: n.sent_bytes,
                 received_bytes: n.received_bytes,
                 useful_bytes: n.useful_bytes,
-                live_entries: n.index.live_entries(),
-                index_bytes_per_entry: n.index.store().bytes_per_entry(),
+                live_entries: n.index.store().full().map(|_| n.index.live_entries()),
+                index_bytes_per_entry: n.index.store().full().map(|s| s.bytes_per_entry()),
                 revoked: self.revoked[i],
             })
             .collect()

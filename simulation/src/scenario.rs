@@ -35,6 +35,12 @@ pub struct Scenario {
     /// Faults over time.
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// How many nodes' indexes keep every entry and are measured (spread evenly over the
+    /// nodes, the first included); the others run the same index on a store that keeps
+    /// nothing, which changes no verdict, so propagation, traffic and convergence stay
+    /// exact for every node. Default: every node.
+    #[serde(default)]
+    pub measured_indexes: Option<usize>,
 }
 
 fn default_sync_interval() -> u64 {
@@ -335,6 +341,11 @@ impl Scenario {
             }
             if !loss_ok(pair.loss) {
                 return invalid("links.between.loss at least 0 and below 1".into());
+            }
+        }
+        if let Some(measured) = self.measured_indexes {
+            if !(1..=nodes).contains(&measured) {
+                return invalid(format!("measured_indexes between 1 and {nodes}"));
             }
         }
         let mut revoked = std::collections::BTreeSet::new();

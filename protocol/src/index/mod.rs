@@ -56,6 +56,47 @@ pub enum BatchOutcome {
     },
 }
 
+/// A signed batch with its body's hash ([`crate::batch::BatchBody::hash`]) computed once:
+/// the index chains on it, compares forks by it, and a shared [`VerifiedSignatures`]
+/// remembers signatures under it. Made only by [`HashedBatch::new`], so the hash is
+/// always the batch's.
+///
+/// Clones share one allocation, and the first index that verifies the signature records
+/// the key it verified under, so the indexes of a simulator that all receive one batch
+/// check its signature once (the same verdicts: a batch is immutable, and another key is
+/// checked afresh).
+#[derive(Clone, Debug)]
+pub struct HashedBatch(std::sync::Arc<HashedInner>);
+
+#[derive(Debug)]
+struct HashedInner {
+    batch: SignedBatch,
+    hash: [u8; 32],
+    verified_by: std::sync::OnceLock<NodeId>,
+}
+
+impl HashedBatch {
+    /// Hashes `batch`.
+    pub fn new(batch: SignedBatch) -> Self {
+        let hash = batch.body.hash();
+        Self(std::sync::Arc::new(HashedInner {
+            batch,
+            hash,
+            verified_by: std::sync::OnceLock::new(),
+        }))
+    }
+
+    /// The batch.
+    pub fn batch(&self) -> &SignedBatch {
+        &self.0.batch
+    }
+
+    /// Its body's hash.
+    pub fn hash(&self) -> [u8; 32] {
+        self.0.hash
+    }
+}
+
 /// Why the index refused a batch.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BatchRejection {
@@ -156,7 +197,7 @@ struct PublisherState {
     record_issued_at_ms: u64,
     next_sequence: u64,
     head_hash: [u8; 32],
-    pending: BTreeMap<u64, SignedBatch>,
+    pending: BTreeMap<u64, HashedBatch>,
     /// The log's hand-overs, oldest first (verified by the caller).
     handovers: Vec<HandOverBody>,
 }
@@ -185,7 +226,7 @@ impl PublisherState {
 #[derive(Debug)]
 pub struct LocatorIndex<S: EntryStore = MemoryEntries> {
     limits: IndexLimits,
-    publishers: HashMap<NodeId, PublisherState>,
+    publishers: HashMap<NodeId, PublisherState, ahash::RandomState>,
     store: S,
     /// Signatures other indexes of this process already checked (a simulator's nodes).
     verified: Option<VerifiedSignatures>,
@@ -230,7 +271,7 @@ impl<S: EntryStore> LocatorIndex<S> {
     pub fn with_store(limits: IndexLimits, store: S) -> Self {
         Self {
             limits,
-            publishers: HashMap::new(),
+            publishers: HashMap::default(),
             store,
             verified: None,
             revoked: Default::default(),
@@ -449,6 +490,18 @@ impl<S: EntryStore> LocatorIndex<S> {
         batch: SignedBatch,
         now_ms: u64,
     ) -> Result<BatchOutcome, BatchRejection> {
+        self.receive_hashed(HashedBatch::new(batch), now_ms)
+    }
+
+    /// Feeds one batch whose hash was computed before (a simulator hands the same batch to
+    /// thousands of indexes) to the index: the same verdicts as
+    /// [`LocatorIndex::receive_batch`].
+    pub fn receive_hashed(
+        &mut self,
+        hashed: HashedBatch,
+        now_ms: u64,
+    ) -> Result<BatchOutcome, BatchRejection> {
+        let batch = hashed.batch();
         let publisher = batch.body.publisher;
         let limits = self.limits;
         let state = self
@@ -462,7 +515,7 @@ impl<S: EntryStore> LocatorIndex<S> {
         let sequence = batch.body.sequence;
         if sequence < state.next_sequence {
             // Old news, unless it contradicts the head we hold.
-            if sequence + 1 == state.next_sequence && batch.body.hash() != state.head_hash {
+            if sequence + 1 == state.next_sequence && hashed.hash() != state.head_hash {
                 batch.verify_by(&state.key_at(sequence))?;
                 return Err(BatchRejection::Fork {
                     publisher,
@@ -472,9 +525,12 @@ impl<S: EntryStore> LocatorIndex<S> {
             return Ok(BatchOutcome::Duplicate);
         }
         let key = state.key_at(sequence);
-        match &self.verified {
-            Some(verified) => verified.verify(&batch, &key)?,
-            None => batch.verify_by(&key)?,
+        if hashed.0.verified_by.get() != Some(&key) {
+            match &self.verified {
+                Some(verified) => verified.verify_hashed(batch, &hashed.hash(), &key)?,
+                None => batch.verify_by(&key)?,
+            }
+            let _ = hashed.0.verified_by.set(key);
         }
         if let Some(handover) = state.handover_at(sequence) {
             // The first batch under a new key continues the log where the hand-over said.
@@ -487,7 +543,7 @@ impl<S: EntryStore> LocatorIndex<S> {
         }
         if sequence > state.next_sequence {
             if let Some(held) = state.pending.get(&sequence) {
-                if held.body.hash() != batch.body.hash() {
+                if held.hash() != hashed.hash() {
                     return Err(BatchRejection::Fork {
                         publisher,
                         sequence,
@@ -499,7 +555,7 @@ impl<S: EntryStore> LocatorIndex<S> {
                 return Err(BatchRejection::BufferFull(publisher));
             }
             let missing_from = state.next_sequence;
-            state.pending.insert(sequence, batch);
+            state.pending.insert(sequence, hashed);
             let missing_to = (missing_from..)
                 .find(|s| state.pending.contains_key(s))
                 .map_or(sequence - 1, |s| s - 1);
@@ -517,29 +573,29 @@ impl<S: EntryStore> LocatorIndex<S> {
         // Apply this batch and every buffered batch that now follows on.
         let mut sequences = Vec::new();
         let mut patients = Vec::new();
-        let mut next = Some(batch);
+        let mut next = Some(hashed);
         while let Some(current) = next.take() {
             let head = PublisherHead {
-                sequence: current.body.sequence,
-                hash: current.body.hash(),
+                sequence: current.batch().body.sequence,
+                hash: current.hash(),
             };
             if let Err(e) = self
                 .store
-                .apply_batch(&publisher, &current.body.entries, head)
+                .apply_batch(&publisher, &current.batch().body.entries, head)
             {
                 if sequences.is_empty() {
                     return Err(e.into());
                 }
                 // What was applied stands; this one waits for the next try.
-                state.pending.insert(current.body.sequence, current);
+                state.pending.insert(current.batch().body.sequence, current);
                 break;
             }
             state.head_hash = head.hash;
             state.next_sequence = head.sequence + 1;
             sequences.push(head.sequence);
-            patients.extend(current.body.entries.iter().map(|e| e.patient));
+            patients.extend(current.batch().body.entries.iter().map(|e| e.patient));
             if let Some(candidate) = state.pending.remove(&state.next_sequence) {
-                if candidate.body.previous_hash == state.head_hash {
+                if candidate.batch().body.previous_hash == state.head_hash {
                     next = Some(candidate);
                 } else {
                     // A buffered batch that does not chain is dropped; sync will refetch.
@@ -647,7 +703,7 @@ impl<S: EntryStore> LocatorIndex<S> {
         // Buffered batches right after the snapshot can now be applied.
         let mut head = sequence;
         if let Some(next) = state.pending.remove(&(sequence + 1)) {
-            if let Ok(BatchOutcome::Applied { sequences, .. }) = self.receive_batch(next, now_ms) {
+            if let Ok(BatchOutcome::Applied { sequences, .. }) = self.receive_hashed(next, now_ms) {
                 head = sequences.last().copied().unwrap_or(head);
             }
         }

@@ -8,16 +8,16 @@
 use crate::batch::SignatureError;
 use crate::batch::SignedBatch;
 use crate::locator::NodeId;
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-/// Most signatures remembered; when full, the set starts again (correct, only slower).
+/// Most signatures remembered (128 bytes each); when full, the set starts again (correct,
+/// only slower).
 pub const MAX_REMEMBERED: usize = 4_000_000;
 
-/// A shared set of `(body, signature, key)` triples whose signature verified.
+/// A shared set of `(body hash, signature, key)` triples whose signature verified.
 #[derive(Clone, Debug, Default)]
-pub struct VerifiedSignatures(Arc<Mutex<HashSet<[u8; 32]>>>);
+pub struct VerifiedSignatures(Arc<Mutex<HashSet<[u8; 128], ahash::RandomState>>>);
 
 impl VerifiedSignatures {
     /// An empty set.
@@ -29,11 +29,21 @@ impl VerifiedSignatures {
     /// remembered, under a digest of the body, the signature and the key, so a batch with
     /// another signature or for another key is checked afresh.
     pub fn verify(&self, batch: &SignedBatch, key: &NodeId) -> Result<(), SignatureError> {
-        let mut hasher = Sha256::new();
-        hasher.update(batch.body.hash());
-        hasher.update(batch.signature);
-        hasher.update(key.0);
-        let digest: [u8; 32] = hasher.finalize().into();
+        self.verify_hashed(batch, &batch.body.hash(), key)
+    }
+
+    /// [`VerifiedSignatures::verify`] of a batch whose body hash is `body_hash` (the
+    /// caller's [`super::HashedBatch`] computed it).
+    pub(crate) fn verify_hashed(
+        &self,
+        batch: &SignedBatch,
+        body_hash: &[u8; 32],
+        key: &NodeId,
+    ) -> Result<(), SignatureError> {
+        let mut digest = [0u8; 128];
+        digest[..32].copy_from_slice(body_hash);
+        digest[32..96].copy_from_slice(&batch.signature);
+        digest[96..].copy_from_slice(&key.0);
         if self
             .0
             .lock()
