@@ -4,7 +4,8 @@ a required binding allows, and the element types a validator walks to find them.
 
 Source: the R4 (4.0.1) models of fhir.resources 6.4.0 (BSD licence), which were generated
 from the official StructureDefinitions and carry each required binding's codes as
-`enum_values`. The wheel is fetched from PyPI and checked against its SHA-256; only its
+`enum_values` (where a list was cut short, ending in "+", the value set's full list
+below takes its place). The wheel is fetched from PyPI and checked against its SHA-256; only its
 source text is read (parsed with `ast`, never imported).
 
     scripts/generate-r4-bindings.py [path/to/fhir.resources-6.4.0-py2.py3-none-any.whl]
@@ -48,11 +49,67 @@ def field_of(node):
     codes = []
     if "enum_values" in keywords:
         codes = [c.value for c in keywords["enum_values"].elts]
-    # A list that ends in "+" was cut short by the models' generator (Observation.status
-    # lists 4 of its 8 codes): such an element is not checked rather than checked wrongly.
-    if "+" in codes:
-        codes = []
     return alias.value, type_name, codes
+
+
+# The models' generator took each code list from the element's short description, which for
+# these elements names only the first codes and ends in "+" (Observation.status lists 4 of its
+# 8). Their full lists, from the R4 (4.0.1) value sets each binding names
+# (https://hl7.org/fhir/R4/valueset-<name>.html, the expansion's selectable codes):
+FULL_LISTS = {
+    "observation-status": ["registered", "preliminary", "final", "amended", "corrected",
+                           "cancelled", "entered-in-error", "unknown"],
+    "udi-entry-type": ["barcode", "rfid", "manual", "card", "self-reported", "unknown"],
+    "device-statement-status": ["active", "completed", "entered-in-error", "intended",
+                                "stopped", "on-hold"],
+    "diagnostic-report-status": ["registered", "partial", "preliminary", "final", "amended",
+                                 "corrected", "appended", "cancelled", "entered-in-error",
+                                 "unknown"],
+    "encounter-status": ["planned", "arrived", "triaged", "in-progress", "onleave", "finished",
+                         "cancelled", "entered-in-error", "unknown"],
+    # `question` is abstract (notSelectable): an item is one of its kinds.
+    "item-type": ["group", "display", "boolean", "decimal", "integer", "date", "dateTime",
+                  "time", "string", "text", "url", "choice", "open-choice", "attachment",
+                  "reference", "quantity"],
+    "map-transform": ["create", "copy", "truncate", "escape", "cast", "append", "translate",
+                      "reference", "dateOp", "uuid", "pointer", "evaluate", "cc", "c", "qty",
+                      "id", "cp"],
+    "supplyrequest-status": ["draft", "active", "suspended", "cancelled", "completed",
+                             "entered-in-error", "unknown"],
+    "task-status": ["draft", "requested", "received", "accepted", "rejected", "ready",
+                    "cancelled", "in-progress", "on-hold", "failed", "completed",
+                    "entered-in-error"],
+}
+# (model class, JSON key) -> the value set of an element whose list ends in "+".
+CUT_SHORT = {
+    ("DetectedIssue", "status"): "observation-status",
+    ("DeviceUdiCarrier", "entryType"): "udi-entry-type",
+    ("DeviceUseStatement", "status"): "device-statement-status",
+    ("DiagnosticReport", "status"): "diagnostic-report-status",
+    ("Encounter", "status"): "encounter-status",
+    ("EncounterStatusHistory", "status"): "encounter-status",
+    ("Observation", "status"): "observation-status",
+    ("QuestionnaireItem", "type"): "item-type",
+    ("RiskAssessment", "status"): "observation-status",
+    ("StructureMapGroupRuleTarget", "transform"): "map-transform",
+    ("SupplyRequest", "status"): "supplyrequest-status",
+    ("Task", "status"): "task-status",
+}
+
+
+def completed(class_name, field):
+    """The field with a list cut short replaced by its value set's full list."""
+    key, type_name, codes = field
+    if "+" not in codes:
+        return field
+    value_set = CUT_SHORT.get((class_name, key))
+    if value_set is None:
+        sys.exit(f"{class_name}.{key}: its code list {codes} is cut short and has no full list")
+    full = FULL_LISTS[value_set]
+    missing = [c for c in codes if c != "+" and c not in full]
+    if missing:
+        sys.exit(f"{class_name}.{key}: {missing} are not in {value_set}")
+    return key, type_name, full
 
 
 def main():
@@ -74,7 +131,7 @@ def main():
                     continue
                 base = node.bases[0]
                 base_name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", None)
-                fields = [f for f in map(field_of, node.body) if f]
+                fields = [completed(node.name, f) for f in map(field_of, node.body) if f]
                 classes[node.name] = (base_name, fields)
 
     def all_fields(name):
@@ -119,8 +176,9 @@ def main():
 
     lines = [
         "//! Generated by `scripts/generate-r4-bindings.py` from the R4 (4.0.1) models of",
-        "//! fhir.resources 6.4.0 (BSD): do not edit. The codes of every `code` element with a",
-        "//! required binding, and the element types that lead to them.",
+        "//! fhir.resources 6.4.0 (BSD), with the full lists of the R4 value sets the models cut",
+        "//! short: do not edit. The codes of every `code` element with a required binding, and",
+        "//! the element types that lead to them.",
         "",
         "/// The code lists: each the codes one required binding allows.",
         "pub static CODE_LISTS: &[&[&str]] = &[",

@@ -552,16 +552,19 @@ impl RunningNode {
                 (mesh.clone(), data_plane.clone(), publisher.clone());
             let own_address = advertised.clone();
             let wait = Duration::from_millis(config.sync.own_head_wait_ms);
+            let mut stop = shutdown_rx.clone();
             tasks.push(spawn(Box::pin(async move {
-                let outcome = crate::own_log::learn_own_head(
-                    &mesh,
-                    &data_plane,
-                    &publisher,
-                    &own_address,
-                    wait,
-                )
-                .await;
-                tracing::info!(?outcome, "own log head learnt");
+                // A node stopped while it still waits for peers signs nothing on.
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    outcome = crate::own_log::learn_own_head(
+                        &mesh,
+                        &data_plane,
+                        &publisher,
+                        &own_address,
+                        wait,
+                    ) => tracing::info!(?outcome, "own log head learnt"),
+                }
             })));
         }
         let recovered = publisher.recover().await?;

@@ -603,6 +603,32 @@ async fn sort_include_summary_elements_total_and_post_search() {
         .as_str()
         .unwrap()
         .contains("_summary=true"));
+    // A read takes _summary and _elements too (the whole version's ETag either way).
+    let patient = search(&mesh, "Patient/zoe?_summary=true").await;
+    assert!(
+        patient.get("birthDate").is_some() && patient.get("text").is_none(),
+        "{patient}"
+    );
+    let patient = search(&mesh, "Patient/zoe/_history/1?_elements=gender").await;
+    assert!(
+        patient.get("gender").is_some() && patient.get("name").is_none(),
+        "{patient}"
+    );
+    assert_eq!(patient["meta"]["tag"][0]["code"], "SUBSETTED");
+    let whole = search(&mesh, "Patient/zoe?_summary=false").await;
+    assert!(whole.get("name").is_some() && whole["meta"].get("tag").is_none());
+    let response = mesh
+        .http
+        .get(format!(
+            "{}/Patient/zoe?_summary=count",
+            mesh.node(0).base_url()
+        ))
+        .bearer_auth(mesh.token(0).await.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+
     let body = search(&mesh, "Observation?_total=none").await;
     assert!(body.get("total").is_none());
     assert!(body["link"][0]["url"]

@@ -1165,6 +1165,7 @@ async fn read(
     if let Err(e) = who.require(&resource_type, Interaction::Read) {
         return e.into_response();
     }
+    let params = parse_query(query);
     match state.fhir.read(&resource_type, &id) {
         Ok(stored) if not_modified(&headers, &stored) => {
             let mut response = versioned_response(StatusCode::NOT_MODIFIED, &stored, None);
@@ -1172,8 +1173,24 @@ async fn read(
             response.headers_mut().remove(header::CONTENT_TYPE);
             AccessNote::of_resources(&state.fhir, [&stored.resource]).attach(response)
         }
-        Ok(stored) => AccessNote::of_resources(&state.fhir, [&stored.resource])
-            .attach(versioned_response(StatusCode::OK, &stored, None)),
+        Ok(stored) => shaped_read_response(&state, stored, &params),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A read's answer: the resource as `_summary` / `_elements` ask (the ETag and
+/// Last-Modified of the whole version either way).
+fn shaped_read_response(
+    state: &ApiState,
+    mut stored: super::service::Versioned,
+    params: &[(String, String)],
+) -> Response {
+    let note = AccessNote::of_resources(&state.fhir, [&stored.resource]);
+    match super::search::shape_read(std::mem::take(&mut stored.resource), params) {
+        Ok(shaped) => {
+            stored.resource = shaped;
+            note.attach(versioned_response(StatusCode::OK, &stored, None))
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -1344,13 +1361,14 @@ async fn vread(
     State(state): State<ApiState>,
     Extension(who): Who,
     Path((resource_type, id, version)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     if let Err(e) = who.require(&resource_type, Interaction::Read) {
         return e.into_response();
     }
+    let params = parse_query(query);
     match state.fhir.vread(&resource_type, &id, &version) {
-        Ok(stored) => AccessNote::of_resources(&state.fhir, [&stored.resource])
-            .attach(versioned_response(StatusCode::OK, &stored, None)),
+        Ok(stored) => shaped_read_response(&state, stored, &params),
         Err(e) => e.into_response(),
     }
 }

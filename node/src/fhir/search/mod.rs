@@ -377,6 +377,26 @@ fn is_summary_element(key: &str, elements: &[&str], choices: &[&str]) -> bool {
     })
 }
 
+/// A read's or vread's resource as its `_summary` and `_elements` ask for it (the other
+/// parameters a read may carry, `_format` and `_pretty`, do not change the resource).
+/// `_summary=count` is for searches only: 400.
+pub fn shape_read(resource: Value, params: &[(String, String)]) -> Result<Value, FhirError> {
+    let mut query = Query::of(Vec::new());
+    for (name, value) in params {
+        if name != "_summary" && name != "_elements" {
+            continue;
+        }
+        let resource_type = resource.get("resourceType").and_then(Value::as_str);
+        query::read_parameter(resource_type.unwrap_or(""), name, value, &mut query)?;
+    }
+    if query.summary == Summary::Count {
+        return Err(FhirError::invalid(
+            "_summary=count: only a search counts; a read returns one resource",
+        ));
+    }
+    Ok(shaped(resource, &query))
+}
+
 /// A resource as `_summary` and `_elements` ask for it (marked `SUBSETTED` when cut).
 fn shaped(mut resource: Value, query: &Query) -> Value {
     let keep: Option<Vec<&str>> = match (&query.elements, query.summary) {

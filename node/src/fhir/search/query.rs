@@ -390,6 +390,21 @@ pub fn parse(
 }
 
 /// Reads a result parameter into `query`; `Ok(false)` if `name` is not one.
+/// `_summary` or `_elements` of a read, applied to `query` as a search applies them.
+pub fn read_parameter(
+    resource_type: &str,
+    name: &str,
+    value: &str,
+    query: &mut Query,
+) -> Result<(), FhirError> {
+    match result_parameter(resource_type, name, value, query) {
+        Err(Unapplied::Invalid(message)) | Err(Unapplied::Unknown(message)) => {
+            Err(FhirError::invalid(message))
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
 fn result_parameter(
     resource_type: &str,
     name: &str,
