@@ -24,6 +24,10 @@ use zorgmesh_protocol::snapshot::SignedSnapshotChunk;
 use zorgmesh_protocol::standing::{Answer, HolderStanding};
 use zorgmesh_protocol::{LocatorIndex, NodeId, PatientKey, SignedBatch};
 
+/// The log target of one line per gossiped batch applied, with each entry's propagation
+/// lag (debug level): `RUST_LOG=warn,zorgmesh::propagation=debug`.
+pub const PROPAGATION_LOG: &str = "zorgmesh::propagation";
+
 /// Reason given when the index has no room for another publisher (not the sender's fault).
 const INDEX_FULL: &str = "the index is full";
 
@@ -535,6 +539,18 @@ impl Mesh {
                 }
             }
             Ok(BatchOutcome::Applied { .. }) => {
+                // For measuring propagation from outside (scripts/sim-fidelity.sh): how long
+                // after its holder staged it each entry reached this index.
+                if tracing::enabled!(target: PROPAGATION_LOG, tracing::Level::DEBUG) {
+                    let lags: Vec<u64> = candidate
+                        .body
+                        .entries
+                        .iter()
+                        .map(|e| now_ms.saturating_sub(e.updated_at_ms))
+                        .collect();
+                    tracing::debug!(target: PROPAGATION_LOG, publisher = %publisher,
+                        sequence = candidate.body.sequence, lags_ms = ?lags, "batch applied");
+                }
                 if let Some(nudge) = self.consent_nudge.get() {
                     for entry in &candidate.body.entries {
                         if entry.categories & zorgmesh_protocol::locator::category::CONSENT != 0 {

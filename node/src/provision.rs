@@ -54,32 +54,8 @@ pub fn new_key() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)
 }
 
-/// Which peers a node dials at start: everyone in small meshes; otherwise up to three of
-/// its own region and the first node of every other region.
-pub fn bootstrap_peers<'a>(topology: &'a Topology, node: &NodeSpec) -> Vec<&'a NodeSpec> {
-    let others: Vec<&NodeSpec> = topology
-        .nodes
-        .iter()
-        .filter(|n| n.name != node.name)
-        .collect();
-    if others.len() <= 8 {
-        return others;
-    }
-    let mut chosen: Vec<&NodeSpec> = others
-        .iter()
-        .filter(|n| n.region == node.region)
-        .take(3)
-        .copied()
-        .collect();
-    for region in &topology.regions {
-        if region.name != node.region {
-            if let Some(first) = others.iter().find(|n| n.region == region.name) {
-                chosen.push(first);
-            }
-        }
-    }
-    chosen
-}
+/// Which peers a node dials at start (the topology's rule).
+pub use zorgmesh_topology::bootstrap_peers;
 
 /// Writes the CA and every node's material and config under `out`.
 pub fn generate(

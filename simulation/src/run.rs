@@ -15,7 +15,7 @@
 //! insertion order, so a scenario and a seed give the same report, byte for byte.
 
 use crate::report::{FaultOutcome, Histogram, Report};
-use crate::scenario::{Fault, Scenario};
+use crate::scenario::{Connections, Fault, Scenario};
 use crate::store::{DiscardEntries, SimStore};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use zorgmesh_protocol::batch::SignedBatch;
-use zorgmesh_protocol::index::{BatchOutcome, HashedBatch, IndexLimits};
+use zorgmesh_protocol::index::{BatchOutcome, EntryStore, HashedBatch, IndexLimits};
 use zorgmesh_protocol::revocation::{
     Revocation, RevocationListBody, RevocationState, SignedRevocationList,
 };
@@ -187,6 +187,9 @@ struct SimNode {
     /// What the sim knows this node's index holds of each publisher's log (last sequence).
     heads: Vec<u64>,
     mesh: Vec<usize>,
+    /// Every peer it has a gossip connection to (its mesh among them): its own batches go
+    /// to all of them.
+    connections: Vec<usize>,
     /// gossipsub's seen-message cache: batch ids this node has had (a bit each).
     seen: Vec<u64>,
     /// Batches on their way to this node by gossip, with their earliest arrival.
@@ -384,8 +387,8 @@ impl<'a> Sim<'a> {
             panic!("a holder's own batch was refused by its index: {e}");
         }
         self.nodes[node].heads[node] = self.log_of[node].len() as u64;
-        for i in 0..self.nodes[node].mesh.len() {
-            let peer = self.nodes[node].mesh[i];
+        for i in 0..self.nodes[node].connections.len() {
+            let peer = self.nodes[node].connections[i];
             self.send_batch(node, peer, id);
         }
     }
@@ -426,23 +429,9 @@ impl<'a> Sim<'a> {
 
     /// Stages a write's locator entry at its holder.
     fn stage(&mut self, node: usize, patient: u64, written_ms: u64) {
-        let mut key = [0u8; 32];
-        key[..8].copy_from_slice(&patient.to_be_bytes());
         let now_ms = self.now_ms();
-        let holder = self.node_ids[node];
-        self.nodes[node].log.stage(
-            LocatorEntry {
-                patient: PatientKey(key),
-                holder,
-                categories: zorgmesh_protocol::locator::category::OBSERVATIONS,
-                commitment: [(patient % 251) as u8; 32],
-                // Propagation is measured from the source's write, so that a write waiting
-                // for a restart or for the evaluators shows in it.
-                updated_at_ms: written_ms,
-                retracted: false,
-            },
-            now_ms,
-        );
+        let entry = sim_entry(patient, self.node_ids[node], written_ms);
+        self.nodes[node].log.stage(entry, now_ms);
         self.schedule_poll(node);
     }
 
@@ -941,30 +930,37 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         .iter()
         .map(|k| NodeId(k.verifying_key().to_bytes()))
         .collect();
-    let infos: Vec<PublisherInfo> = node_ids
+    // One allocation per publisher, shared by every index.
+    let infos: Vec<Arc<PublisherInfo>> = node_ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            publisher_info(
+            Arc::new(publisher_info(
                 *id,
                 node_names[i].clone(),
                 &scenario.regions[regions[i]].name,
-            )
+            ))
         })
         .collect();
-    // A mesh of about `mesh_degree` peers each, made symmetric.
-    let mut mesh: Vec<Vec<usize>> = vec![Vec::new(); count];
-    for node in 0..count {
-        while mesh[node].len() < scenario.gossip.mesh_degree {
-            let peer = rng.gen_range(0..count);
-            if peer != node && !mesh[node].contains(&peer) {
-                mesh[node].push(peer);
-                if !mesh[peer].contains(&node) {
-                    mesh[peer].push(node);
+    let (connections, mesh) = match scenario.gossip.connections {
+        Connections::Random => {
+            // A mesh of about `mesh_degree` peers each, made symmetric.
+            let mut mesh: Vec<Vec<usize>> = vec![Vec::new(); count];
+            for node in 0..count {
+                while mesh[node].len() < scenario.gossip.mesh_degree {
+                    let peer = rng.gen_range(0..count);
+                    if peer != node && !mesh[node].contains(&peer) {
+                        mesh[node].push(peer);
+                        if !mesh[peer].contains(&node) {
+                            mesh[peer].push(node);
+                        }
+                    }
                 }
             }
+            (mesh.clone(), mesh)
         }
-    }
+        Connections::Bootstrap => bootstrap_mesh(scenario, &node_names, &mut rng),
+    };
     let policy = BatchPolicy {
         max_entries: scenario.publishing.batch_max_entries,
         window_ms: scenario.publishing.batch_window_ms,
@@ -1001,6 +997,8 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
             }
             let mut peers = mesh[i].clone();
             peers.sort_unstable();
+            let mut connected = connections[i].clone();
+            connected.sort_unstable();
             SimNode {
                 region: regions[i],
                 key: keys[i].clone(),
@@ -1010,6 +1008,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 revocations: RevocationState::default(),
                 heads: vec![0; count],
                 mesh: peers,
+                connections: connected,
                 seen: Vec::new(),
                 in_flight: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
                 up: !late[i],
@@ -1024,6 +1023,8 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
             }
         })
         .collect();
+    let mut nodes = nodes;
+    preload(scenario, seed, &node_ids, &mut nodes);
     let publisher_of = node_ids
         .iter()
         .enumerate()
@@ -1204,6 +1205,149 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         faults: outcomes,
         revoked_entries_left,
     })
+}
+
+/// The connections and gossipsub meshes of [`Connections::Bootstrap`]: the bootstrap rule
+/// of `zorgmesh topology generate` over the scenario's nodes, both ways; then each node in
+/// turn grafts up to `mesh_degree` of its connections, in random order, onto peers that
+/// have fewer than twice that.
+fn bootstrap_mesh(
+    scenario: &Scenario,
+    node_names: &[String],
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+    use zorgmesh_topology::{NodeSpec, Region, Topology};
+    let listen = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let regions = scenario.node_regions();
+    let topology = Topology {
+        network: NETWORK.into(),
+        regions: scenario
+            .regions
+            .iter()
+            .map(|r| Region {
+                name: r.name.clone(),
+                description: String::new(),
+            })
+            .collect(),
+        nodes: node_names
+            .iter()
+            .zip(&regions)
+            .map(|(name, region)| NodeSpec {
+                category: Default::default(),
+                name: name.clone(),
+                region: scenario.regions[*region].name.clone(),
+                role: zorgmesh_protocol::NodeRole::Institution,
+                organisation_ura: String::new(),
+                organisation_name: String::new(),
+                http: listen,
+                gossip: listen,
+                data: listen,
+                host: None,
+                evaluator: false,
+            })
+            .collect(),
+        evaluator_threshold: None,
+    };
+    let count = node_names.len();
+    let index: HashMap<&str, usize> = node_names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut connections: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for (node, spec) in topology.nodes.iter().enumerate() {
+        for peer in zorgmesh_topology::bootstrap_peers(&topology, spec) {
+            let peer = index[peer.name.as_str()];
+            if !connections[node].contains(&peer) {
+                connections[node].push(peer);
+                connections[peer].push(node);
+            }
+        }
+    }
+    let degree = scenario.gossip.mesh_degree;
+    let mut mesh: Vec<Vec<usize>> = vec![Vec::new(); count];
+    for node in 0..count {
+        let mut candidates = connections[node].clone();
+        candidates.sort_unstable();
+        for i in (1..candidates.len()).rev() {
+            candidates.swap(i, rng.gen_range(0..=i));
+        }
+        for peer in candidates {
+            if mesh[node].len() >= degree {
+                break;
+            }
+            if !mesh[node].contains(&peer) && mesh[peer].len() < 2 * degree {
+                mesh[node].push(peer);
+                mesh[peer].push(node);
+            }
+        }
+    }
+    (connections, mesh)
+}
+
+/// Patients handled per pass of [`preload`] (bounds the entries held at once).
+const PRELOAD_PATIENTS_PER_PASS: u64 = 1 << 20;
+
+/// Writes `workload.holders_per_patient` entries of every patient, at distinct holders,
+/// into every measured store, as the state after the load (see [`crate::scenario::Workload`]).
+/// Heads do not move: the first batch each holder cuts in the run is its log's first. Its
+/// own generator, so the run's draws are those of the same scenario without a preload.
+fn preload(scenario: &Scenario, seed: u64, node_ids: &[NodeId], nodes: &mut [SimNode]) {
+    let holders = scenario.workload.holders_per_patient as usize;
+    if holders == 0 || !nodes.iter().any(|n| n.index.store().full().is_some()) {
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7072_656c_6f61_6400);
+    let count = nodes.len();
+    let head = zorgmesh_protocol::index::PublisherHead {
+        sequence: 0,
+        hash: zorgmesh_protocol::batch::GENESIS_HASH,
+    };
+    let mut by_holder: Vec<Vec<LocatorEntry>> = vec![Vec::new(); count];
+    let mut chosen = Vec::with_capacity(holders);
+    let mut first = 0;
+    while first < scenario.workload.patients {
+        let end = (first + PRELOAD_PATIENTS_PER_PASS).min(scenario.workload.patients);
+        for patient in first..end {
+            chosen.clear();
+            while chosen.len() < holders {
+                let holder = rng.gen_range(0..count);
+                if !chosen.contains(&holder) {
+                    chosen.push(holder);
+                }
+            }
+            for &holder in &chosen {
+                by_holder[holder].push(sim_entry(patient, node_ids[holder], EPOCH_MS));
+            }
+        }
+        for (holder, entries) in by_holder.iter_mut().enumerate() {
+            for node in nodes.iter_mut() {
+                if let SimStore::Full(store) = node.index.store_mut() {
+                    store
+                        .apply_batch(&node_ids[holder], entries, head)
+                        .expect("the memory store takes every batch");
+                }
+            }
+            entries.clear();
+        }
+        first = end;
+    }
+}
+
+/// The locator entry a simulated write of `patient` at `holder` stages.
+fn sim_entry(patient: u64, holder: NodeId, written_ms: u64) -> LocatorEntry {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&patient.to_be_bytes());
+    LocatorEntry {
+        patient: PatientKey(key),
+        holder,
+        categories: zorgmesh_protocol::locator::category::OBSERVATIONS,
+        commitment: [(patient % 251) as u8; 32],
+        // Propagation is measured from the source's write, so that a write waiting for a
+        // restart or for the evaluators shows in it.
+        updated_at_ms: written_ms,
+        retracted: false,
+    }
 }
 
 /// What the report needs of each node.

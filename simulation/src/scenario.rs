@@ -6,6 +6,9 @@ use serde::Deserialize;
 pub const MAX_NODES: usize = 100_000;
 /// Most simulated time.
 pub const MAX_DURATION_S: u64 = 7 * 24 * 3600;
+/// The most entries a scenario preloads (`workload.holders_per_patient` × patients): twice
+/// the national index.
+pub const MAX_PRELOADED_ENTRIES: u64 = 200_000_000;
 
 /// A scenario: regions of nodes, links, gossip and publishing settings, a workload and
 /// faults over time.
@@ -112,12 +115,35 @@ pub struct RegionPair {
 pub struct Gossip {
     /// Mesh peers of each node (gossipsub's D).
     pub mesh_degree: usize,
+    /// Which nodes are connected (see [`Connections`]).
+    #[serde(default)]
+    pub connections: Connections,
 }
 
 impl Default for Gossip {
     fn default() -> Self {
-        Self { mesh_degree: 6 }
+        Self {
+            mesh_degree: 6,
+            connections: Connections::default(),
+        }
     }
+}
+
+/// Which nodes hold a gossip connection to which.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connections {
+    /// Each node is connected to about `mesh_degree` random others, and its gossipsub mesh
+    /// is those connections.
+    #[default]
+    Random,
+    /// As real nodes connect: each dials the peers `zorgmesh topology generate` gives it
+    /// (everyone in a mesh of up to nine nodes; else three of its own region and the first
+    /// node of every other region), and is dialled back. Its gossipsub mesh is up to
+    /// `mesh_degree` of its connections (a node takes no more than twice that, gossipsub's
+    /// `mesh_n_high`); a holder publishes its own batches to every connection (gossipsub's
+    /// flood publishing) and forwards to its mesh.
+    Bootstrap,
 }
 
 /// How holders cut batches.
@@ -142,6 +168,14 @@ impl Default for Publishing {
 /// What is published: `updates` locator updates, spread evenly (with seeded jitter) over
 /// the duration, each for a patient drawn from `patients`, at a holder drawn from every
 /// node.
+///
+/// `holders_per_patient = H` starts the mesh as it stands after the load: every patient
+/// already has an entry at `H` distinct holders (drawn from every node), in every measured
+/// index. These entries are written straight into the measured stores (the real
+/// `MemoryEntries`) and are not gossiped: no index's verdict reads its entries, so what
+/// the run measures of propagation, traffic, faults and convergence is exactly what it
+/// would be without them (`tests/scenarios.rs` checks this), while the index figures are
+/// those of an index holding the whole national load.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
@@ -149,6 +183,9 @@ pub struct Workload {
     pub patients: u64,
     /// Locator updates in all.
     pub updates: u64,
+    /// Holders every patient already has entries at when the run starts.
+    #[serde(default)]
+    pub holders_per_patient: u32,
 }
 
 /// A fault over time. Nodes are named `<region>-<n>`, `n` counting from 1 within the
@@ -322,6 +359,13 @@ impl Scenario {
         }
         if self.workload.patients == 0 || self.workload.updates > 100_000_000 {
             return invalid("workload.patients at least 1, workload.updates at most 10^8".into());
+        }
+        let holders = u64::from(self.workload.holders_per_patient);
+        if holders > nodes as u64 || holders * self.workload.patients > MAX_PRELOADED_ENTRIES {
+            return invalid(format!(
+                "workload.holders_per_patient at most the nodes ({nodes}), and at most \
+                 {MAX_PRELOADED_ENTRIES} preloaded entries (patients × holders) in all"
+            ));
         }
         let mut names = std::collections::BTreeSet::new();
         for region in &self.regions {

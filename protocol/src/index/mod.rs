@@ -11,6 +11,7 @@ use crate::identity::PublisherInfo;
 use crate::locator::{LocatorEntry, NodeId};
 use crate::patient::PatientKey;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub mod entries;
 pub mod verified;
@@ -192,7 +193,9 @@ pub struct HolderLocation {
 
 #[derive(Debug)]
 struct PublisherState {
-    info: PublisherInfo,
+    /// Shared: a process that runs many indexes (the simulator) admits each publisher to
+    /// all of them with one allocation.
+    info: Arc<PublisherInfo>,
     data_address: Option<String>,
     record_issued_at_ms: u64,
     next_sequence: u64,
@@ -312,7 +315,7 @@ impl<S: EntryStore> LocatorIndex<S> {
     /// Records a publisher whose certificate chain the caller has verified and that never
     /// handed its log over. Returns false when the index is full and the publisher is new,
     /// or when the publisher is revoked.
-    pub fn admit_publisher(&mut self, info: PublisherInfo) -> bool {
+    pub fn admit_publisher(&mut self, info: impl Into<Arc<PublisherInfo>>) -> bool {
         self.admit_log(info, &[]).is_ok()
     }
 
@@ -322,9 +325,10 @@ impl<S: EntryStore> LocatorIndex<S> {
     /// from each hand-over's `from_sequence` on verify under its new key).
     pub fn admit_log(
         &mut self,
-        info: PublisherInfo,
+        info: impl Into<Arc<PublisherInfo>>,
         chain: &[HandOverBody],
     ) -> Result<ChainStanding, AdmitError> {
+        let info: Arc<PublisherInfo> = info.into();
         let log = info.node;
         if self.revoked.contains(&log) {
             return Err(AdmitError::Revoked(log));
@@ -725,7 +729,7 @@ impl<S: EntryStore> LocatorIndex<S> {
             .filter_map(|entry| {
                 let state = self.publishers.get(&entry.holder)?;
                 Some(HolderLocation {
-                    info: state.info.clone(),
+                    info: PublisherInfo::clone(&state.info),
                     data_address: state.data_address.clone(),
                     entry,
                 })
@@ -748,13 +752,13 @@ impl<S: EntryStore> LocatorIndex<S> {
 
     /// Certificate facts of a publisher.
     pub fn publisher(&self, node: &NodeId) -> Option<&PublisherInfo> {
-        self.publishers.get(node).map(|s| &s.info)
+        self.publishers.get(node).map(|s| &*s.info)
     }
 
     /// Facts and data-plane address of every known publisher.
     pub fn publishers(&self) -> impl Iterator<Item = (&PublisherInfo, Option<&str>)> {
         self.publishers
             .values()
-            .map(|s| (&s.info, s.data_address.as_deref()))
+            .map(|s| (&*s.info, s.data_address.as_deref()))
     }
 }
