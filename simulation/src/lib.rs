@@ -11,9 +11,12 @@
 //! anti-entropy driven by the node's own [`zorgmesh_protocol::sync::SyncSession`], and
 //! revocation lists applied by [`zorgmesh_protocol::revocation::RevocationState`]. What is
 //! modelled: links (latency, jitter, packet loss as retransmission delay, partitions),
-//! gossipsub's eager push over a mesh of `mesh_degree` peers, and faults over time (region
-//! partitions, node crashes and restarts, late joiners, revoked nodes, evaluator outages).
-//! Not yet modelled: gossipsub's lazy IHAVE/IWANT and peer scoring, and link bandwidth.
+//! gossipsub's eager push over a mesh of `mesh_degree` peers (random, or connected as real
+//! nodes connect, with flood publishing), the bytes every message takes on the wire (see
+//! [`wire`]), faults over time (region partitions, node crashes and restarts, late joiners,
+//! revoked nodes, evaluator outages), and a national load preloaded into the measured
+//! indexes. Not yet modelled: gossipsub's lazy IHAVE/IWANT and peer scoring, and link
+//! bandwidth. `scripts/sim-fidelity.sh` compares a scenario with real node processes.
 //!
 //! ```text
 //! zorgmesh sim run simulation/scenarios/small.toml --seed 1 --out target/sim
@@ -25,6 +28,7 @@ pub mod run;
 pub mod scenario;
 pub mod store;
 pub mod sweep;
+pub mod wire;
 
 pub use report::Report;
 pub use run::{run, run_observed, Progress};

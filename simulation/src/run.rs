@@ -23,7 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use zorgmesh_protocol::batch::SignedBatch;
+use zorgmesh_protocol::gossip::GossipMessage;
 use zorgmesh_protocol::index::{BatchOutcome, EntryStore, HashedBatch, IndexLimits};
+use zorgmesh_protocol::record::{NodeRecord, SignedNodeRecord};
 use zorgmesh_protocol::revocation::{
     Revocation, RevocationListBody, RevocationState, SignedRevocationList,
 };
@@ -251,6 +253,12 @@ struct Sim<'a> {
     evaluators_out: bool,
     /// Every batch cut, with its encoded size; by publisher, the batch ids in sequence order.
     batches: Vec<(HashedBatch, u64)>,
+    /// What each batch costs on the wire as gossip (see [`crate::wire`]).
+    batch_wire: Vec<crate::wire::Transfer>,
+    /// Each node's signed record (with its real certificate), which its batches carry.
+    records: Vec<SignedNodeRecord>,
+    /// Bytes of the gossip topic's name.
+    topic_len: u64,
     /// The publisher (node number) of each batch.
     batch_publisher: Vec<u32>,
     log_of: Vec<Vec<usize>>,
@@ -323,11 +331,14 @@ impl<'a> Sim<'a> {
     /// segment is resent by Linux's tail loss probe after two round trips plus its 200 ms
     /// minimum).
     fn send_batch(&mut self, from: usize, to: usize, batch: usize) {
-        let bytes = self.batches[batch].1;
-        self.nodes[from].sent_bytes += bytes;
+        let wire = self.batch_wire[batch];
+        self.nodes[from].sent_bytes += wire.forward;
         let Some(at) = self.transit_over(from, to, TCP_RTO_MIN) else {
             return;
         };
+        // The receiver's TCP acknowledgements.
+        self.nodes[to].sent_bytes += wire.back;
+        self.nodes[from].received_bytes += wire.back;
         // A copy that arrives after one the node has, or one already on its way, is a
         // duplicate gossipsub drops: it is counted, not queued.
         let receiver = &mut self.nodes[to];
@@ -340,7 +351,7 @@ impl<'a> Sim<'a> {
             receiver.in_flight.insert(batch, at);
             self.schedule(at, Event::Deliver { to, from, batch });
         } else {
-            receiver.received_bytes += bytes;
+            receiver.received_bytes += wire.forward;
             self.counters.delivered += 1;
             self.counters.duplicates += 1;
         }
@@ -375,7 +386,14 @@ impl<'a> Sim<'a> {
 
     /// A holder's new batch: into its own index, then pushed to its mesh.
     fn publish(&mut self, node: usize, batch: SignedBatch) {
-        let bytes = batch.to_bytes().len() as u64;
+        // As the node gossips it: with the publisher's current record.
+        let message = GossipMessage::Batch {
+            record: self.records[node].clone(),
+            batch: batch.clone(),
+        };
+        let bytes = message.to_bytes().len() as u64;
+        self.batch_wire
+            .push(crate::wire::gossip(bytes, self.topic_len));
         let id = self.batches.len();
         self.log_of[node].push(id);
         let hashed = HashedBatch::new(batch);
@@ -487,7 +505,7 @@ impl<'a> Sim<'a> {
 
     /// Sends a sync request from `node` to `peer`, or ends the sync when it cannot go.
     fn ask(&mut self, node: usize, peer: usize, sync: u64, request: SyncRequest) {
-        self.nodes[node].sent_bytes += REQUEST_BYTES;
+        self.nodes[node].sent_bytes += crate::wire::quic(REQUEST_BYTES).forward;
         match self.transit(node, peer) {
             Some(at) => self.schedule(
                 at,
@@ -529,7 +547,25 @@ impl<'a> Sim<'a> {
         self.ask(node, peer, id, request);
     }
 
-    fn answer(&mut self, peer: usize, request: SyncRequest) -> (SyncAnswer, u64) {
+    /// The frames of a data-plane answer (each with its 4-byte length, `End` last), as the
+    /// node sends them.
+    fn answer_bytes(&self, answer: &SyncAnswer) -> u64 {
+        const FRAME: u64 = 4;
+        const END: u64 = FRAME + 1 + 4;
+        END + match answer {
+            SyncAnswer::Revocations(list) => list
+                .as_ref()
+                .map_or(0, |l| FRAME + 2 + l.to_bytes().len() as u64),
+            SyncAnswer::Digest(_) => FRAME + 1 + 32,
+            SyncAnswer::Heads(heads) => FRAME + 1 + 8 + 40 * heads.len() as u64,
+            SyncAnswer::Batches(ids) => ids
+                .iter()
+                .map(|id| FRAME + 1 + 8 + self.batches[*id].1)
+                .sum(),
+        }
+    }
+
+    fn answer(&mut self, peer: usize, request: SyncRequest) -> SyncAnswer {
         match request {
             SyncRequest::Revocations { held } => {
                 let list = self.nodes[peer]
@@ -537,35 +573,26 @@ impl<'a> Sim<'a> {
                     .list()
                     .filter(|l| l.body.sequence > held)
                     .cloned();
-                let bytes = list.as_ref().map_or(8, |l| l.to_bytes().len() as u64);
-                (SyncAnswer::Revocations(list.map(Arc::new)), bytes)
+                SyncAnswer::Revocations(list.map(Arc::new))
             }
             SyncRequest::Digest => {
                 let heads = self.nodes[peer].index.publisher_heads();
-                (
-                    SyncAnswer::Digest(zorgmesh_protocol::sync::heads_digest(&heads)),
-                    32,
-                )
+                SyncAnswer::Digest(zorgmesh_protocol::sync::heads_digest(&heads))
             }
             SyncRequest::Heads => {
                 let heads = self.nodes[peer].index.publisher_heads();
-                let vector = zorgmesh_protocol::sync::heads_vector(&heads);
-                let bytes = 40 * vector.len() as u64;
-                (SyncAnswer::Heads(vector), bytes)
+                SyncAnswer::Heads(zorgmesh_protocol::sync::heads_vector(&heads))
             }
             SyncRequest::Range(range) => {
                 let mut ids = Vec::new();
-                let mut bytes = 0;
                 if let Some(&publisher) = self.publisher_of.get(&range.publisher) {
                     let held = self.nodes[peer].heads[publisher];
                     let last = (range.from + u64::from(range.limit)).min(held + 1);
                     for sequence in range.from..last {
-                        let id = self.log_of[publisher][(sequence - 1) as usize];
-                        bytes += self.batches[id].1;
-                        ids.push(id);
+                        ids.push(self.log_of[publisher][(sequence - 1) as usize]);
                     }
                 }
-                (SyncAnswer::Batches(ids), bytes)
+                SyncAnswer::Batches(ids)
             }
         }
     }
@@ -622,13 +649,15 @@ impl<'a> Sim<'a> {
         except: Option<usize>,
         list: Arc<SignedRevocationList>,
     ) {
-        let bytes = list.to_bytes().len() as u64;
+        let wire = crate::wire::gossip(list.to_bytes().len() as u64 + 1, self.topic_len);
         for peer in self.nodes[node].mesh.clone() {
             if Some(peer) == except {
                 continue;
             }
-            self.nodes[node].sent_bytes += bytes;
+            self.nodes[node].sent_bytes += wire.forward;
             if let Some(at) = self.transit(node, peer) {
+                self.nodes[peer].sent_bytes += wire.back;
+                self.nodes[node].received_bytes += wire.back;
                 self.schedule(
                     at,
                     Event::DeliverRevocations {
@@ -701,8 +730,7 @@ impl<'a> Sim<'a> {
                     return;
                 }
                 self.counters.delivered += 1;
-                let bytes = self.batches[batch].1;
-                self.nodes[to].received_bytes += bytes;
+                self.nodes[to].received_bytes += self.batch_wire[batch].forward;
                 // gossipsub drops a message it has seen before the node sees it.
                 if !self.mark_seen(to, batch) {
                     self.counters.duplicates += 1;
@@ -721,7 +749,8 @@ impl<'a> Sim<'a> {
                 if !self.nodes[to].up {
                     return;
                 }
-                self.nodes[to].received_bytes += list.to_bytes().len() as u64;
+                self.nodes[to].received_bytes +=
+                    crate::wire::gossip(list.to_bytes().len() as u64 + 1, self.topic_len).forward;
                 if self.take_revocations(to, &list) {
                     self.gossip_revocations(to, Some(from), list);
                 }
@@ -741,9 +770,15 @@ impl<'a> Sim<'a> {
                     self.nodes[node].sync = None;
                     return;
                 }
-                self.nodes[peer].received_bytes += REQUEST_BYTES;
-                let (answer, bytes) = self.answer(peer, request);
-                self.nodes[peer].sent_bytes += bytes;
+                let request_wire = crate::wire::quic(REQUEST_BYTES);
+                self.nodes[peer].received_bytes += request_wire.forward;
+                self.nodes[peer].sent_bytes += request_wire.back;
+                self.nodes[node].received_bytes += request_wire.back;
+                let answer = self.answer(peer, request);
+                let wire = crate::wire::quic(self.answer_bytes(&answer));
+                self.nodes[peer].sent_bytes += wire.forward;
+                self.nodes[node].sent_bytes += wire.back;
+                self.nodes[peer].received_bytes += wire.back;
                 match self.transit(peer, node) {
                     Some(at) => self.schedule(at, Event::SyncReply { node, sync, answer }),
                     None => self.nodes[node].sync = None,
@@ -754,15 +789,8 @@ impl<'a> Sim<'a> {
                 if !self.nodes[node].up || current != Some(sync) {
                     return;
                 }
-                let bytes = match &answer {
-                    SyncAnswer::Revocations(list) => {
-                        list.as_ref().map_or(8, |l| l.to_bytes().len() as u64)
-                    }
-                    SyncAnswer::Digest(_) => 32,
-                    SyncAnswer::Heads(heads) => 40 * heads.len() as u64,
-                    SyncAnswer::Batches(ids) => ids.iter().map(|id| self.batches[*id].1).sum(),
-                };
-                self.nodes[node].received_bytes += bytes;
+                let bytes = self.answer_bytes(&answer);
+                self.nodes[node].received_bytes += crate::wire::quic(bytes).forward;
                 self.on_reply(node, answer);
             }
             Event::DeriveRetry { node } => {
@@ -1025,6 +1053,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         .collect();
     let mut nodes = nodes;
     preload(scenario, seed, &node_ids, &mut nodes);
+    let records = node_records(scenario, &ca, &keys, &node_names);
     let publisher_of = node_ids
         .iter()
         .enumerate()
@@ -1084,6 +1113,9 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         revoked: vec![false; count],
         evaluators_out: false,
         batches: Vec::new(),
+        batch_wire: Vec::new(),
+        records,
+        topic_len: zorgmesh_protocol::gossip::locator_topic(NETWORK).len() as u64,
         batch_publisher: Vec::new(),
         log_of: vec![Vec::new(); count],
         propagation: Histogram::default(),
@@ -1283,6 +1315,46 @@ fn bootstrap_mesh(
         }
     }
     (connections, mesh)
+}
+
+/// Every node's signed record, with a certificate the network CA issued it for the run
+/// (real DER, so that batches weigh on the wire what the node's do).
+fn node_records(
+    scenario: &Scenario,
+    ca: &SigningKey,
+    keys: &[SigningKey],
+    node_names: &[String],
+) -> Vec<SignedNodeRecord> {
+    let epoch = time::OffsetDateTime::from_unix_timestamp((EPOCH_MS / 1000) as i64)
+        .expect("the epoch is a valid time");
+    let authority = zorgmesh_certs::CertificateAuthority::create(NETWORK, ca.clone(), epoch, 3650)
+        .expect("the simulated network's CA");
+    let regions = scenario.node_regions();
+    keys.iter()
+        .zip(node_names)
+        .enumerate()
+        .map(|(i, (key, name))| {
+            let identity = zorgmesh_certs::NodeIdentity {
+                name: name.clone(),
+                organisation_ura: format!("{:08}", i % 100_000_000),
+                organisation_name: format!("Zorgorganisatie {name}"),
+                region: scenario.regions[regions[i]].name.clone(),
+                role: NodeRole::Institution,
+                category: Default::default(),
+            };
+            let certificate_der = authority
+                .issue(&identity, key, epoch, epoch + time::Duration::days(365))
+                .expect("a certificate for every simulated node");
+            NodeRecord {
+                node: NodeId(key.verifying_key().to_bytes()),
+                handovers: Vec::new(),
+                certificate_der,
+                data_address: format!("10.{}.{}.{}:7000", i >> 16 & 255, i >> 8 & 255, i & 255),
+                issued_at_ms: EPOCH_MS,
+            }
+            .sign(key)
+        })
+        .collect()
 }
 
 /// Patients handled per pass of [`preload`] (bounds the entries held at once).
