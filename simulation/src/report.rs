@@ -167,6 +167,8 @@ pub struct Report {
     pub delivered: u64,
     /// Deliveries the index called duplicates.
     pub duplicates: u64,
+    /// Gossip copies not sent because the receiver's IDONTWANT had arrived first.
+    pub spared_by_idontwant: u64,
     /// Messages lost to partitions, nodes that were down or cut off, or a link that lost
     /// every retransmission.
     pub lost: u64,
@@ -262,6 +264,7 @@ pub(crate) fn assemble(run: RunResult<'_>) -> Report {
         },
         delivered: counters.delivered,
         duplicates: counters.duplicates,
+        spared_by_idontwant: counters.spared,
         lost: counters.lost,
         retransmissions: counters.retransmissions,
         refused: counters.refused,
@@ -315,7 +318,7 @@ impl Report {
         format!(
             "scenario {} (seed {}): {} nodes, {} updates in {} batches\n\
              propagation: p50 {} ms, p95 {} ms, p99 {} ms, max {} ms\n\
-             traffic: {:.0} bytes received per node, {:.2} per useful locator byte; {} duplicates, {} lost\n\
+             traffic: {:.0} bytes received per node, {:.2} per useful locator byte; {} duplicates ({} spared by IDONTWANT), {} lost\n\
              anti-entropy: {} rounds, {} batches fetched\n\
              {}",
             self.scenario,
@@ -330,6 +333,7 @@ impl Report {
             self.traffic.received_per_node,
             self.traffic.received_per_useful_byte,
             self.duplicates,
+            self.spared_by_idontwant,
             self.lost,
             self.sync_rounds,
             self.sync_batches,

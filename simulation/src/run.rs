@@ -55,6 +55,17 @@ const MAX_ACK_DELAY: Micros = 25 * MS;
 const TCP_RTO_MIN: Micros = 200 * MS;
 /// How often convergence after a fault is checked.
 const CHECK_EVERY: Micros = 100 * MS;
+/// gossipsub's heartbeat, as the node sets it.
+const HEARTBEAT: Micros = 500 * MS;
+/// gossipsub's defaults: IHAVE goes to at least `gossip_lazy` peers outside the mesh, or a
+/// `gossip_factor` of them, and names the messages of the last `history_gossip` heartbeats.
+const GOSSIP_LAZY: usize = 6;
+const GOSSIP_FACTOR: f64 = 0.25;
+const HISTORY_GOSSIP: usize = 3;
+/// First arrivals a node remembers for IDONTWANT before it forgets those older than
+/// [`ARRIVAL_MEMORY`] (by then every copy of a batch has long been sent).
+const ARRIVALS_KEPT: usize = 4096;
+const ARRIVAL_MEMORY: Micros = 10 * SECOND;
 /// The key deriver's first and longest pause after the evaluators failed it.
 const DERIVE_PAUSE_FIRST: Micros = 100 * MS;
 const DERIVE_PAUSE_MAX: Micros = 10 * SECOND;
@@ -114,6 +125,10 @@ enum Event {
         node: usize,
         sync: u64,
         answer: SyncAnswer,
+    },
+    /// A node's gossipsub heartbeat: IHAVE to some of its peers outside its mesh.
+    Heartbeat {
+        node: usize,
     },
     /// A holder's key deriver tries the evaluators again.
     DeriveRetry {
@@ -192,8 +207,15 @@ struct SimNode {
     /// Every peer it has a gossip connection to (its mesh among them): its own batches go
     /// to all of them.
     connections: Vec<usize>,
+    /// Its connections outside its mesh (where IHAVE goes).
+    outside_mesh: Vec<usize>,
+    /// Messages it had first in each of the last heartbeats, newest first (what its IHAVE
+    /// names).
+    recent: [u32; HISTORY_GOSSIP],
     /// gossipsub's seen-message cache: batch ids this node has had (a bit each).
     seen: Vec<u64>,
+    /// When recent batches first reached it (for its peers' IDONTWANT notices).
+    arrived: HashMap<usize, Micros, ahash::RandomState>,
     /// Batches on their way to this node by gossip, with their earliest arrival.
     in_flight: HashMap<usize, Micros, ahash::RandomState>,
     up: bool,
@@ -215,6 +237,8 @@ struct SimNode {
 pub(crate) struct Counters {
     pub delivered: u64,
     pub duplicates: u64,
+    /// Copies not sent because the receiver's IDONTWANT had arrived.
+    pub spared: u64,
     pub lost: u64,
     pub retransmissions: u64,
     pub refused: u64,
@@ -255,6 +279,8 @@ struct Sim<'a> {
     batches: Vec<(HashedBatch, u64)>,
     /// What each batch costs on the wire as gossip (see [`crate::wire`]).
     batch_wire: Vec<crate::wire::Transfer>,
+    /// Whether each batch's gossip message is large enough for IDONTWANT.
+    batch_large: Vec<bool>,
     /// Each node's signed record (with its real certificate), which its batches carry.
     records: Vec<SignedNodeRecord>,
     /// Bytes of the gossip topic's name.
@@ -331,6 +357,16 @@ impl<'a> Sim<'a> {
     /// segment is resent by Linux's tail loss probe after two round trips plus its 200 ms
     /// minimum).
     fn send_batch(&mut self, from: usize, to: usize, batch: usize) {
+        // The receiver's IDONTWANT (sent when its first copy arrived) has reached this node:
+        // it does not send.
+        if self.batch_large[batch] {
+            if let Some(&arrived) = self.nodes[to].arrived.get(&batch) {
+                if arrived + self.link(to, from).latency <= self.now {
+                    self.counters.spared += 1;
+                    return;
+                }
+            }
+        }
         let wire = self.batch_wire[batch];
         self.nodes[from].sent_bytes += wire.forward;
         let Some(at) = self.transit_over(from, to, TCP_RTO_MIN) else {
@@ -354,6 +390,61 @@ impl<'a> Sim<'a> {
             receiver.received_bytes += wire.forward;
             self.counters.delivered += 1;
             self.counters.duplicates += 1;
+            self.send_idontwant(to, from, batch);
+        }
+    }
+
+    /// gossipsub's IDONTWANT: a node that receives a copy of a large message tells its other
+    /// mesh peers not to send it (a peer that has the notice before it forwards does not).
+    fn send_idontwant(&mut self, node: usize, from: usize, batch: usize) {
+        if !self.batch_large[batch] {
+            return;
+        }
+        let author = self.batch_publisher[batch] as usize;
+        let wire = crate::wire::idontwant();
+        for i in 0..self.nodes[node].mesh.len() {
+            let peer = self.nodes[node].mesh[i];
+            if peer == from
+                || peer == author
+                || !self.connected(node, peer)
+                || self.cut_off(node, peer)
+            {
+                continue;
+            }
+            self.nodes[node].sent_bytes += wire.forward;
+            self.nodes[peer].received_bytes += wire.forward;
+            self.nodes[peer].sent_bytes += wire.back;
+            self.nodes[node].received_bytes += wire.back;
+        }
+    }
+
+    /// A heartbeat: IHAVE with the messages of the last heartbeats to some peers outside the
+    /// mesh (who have nearly always had them: no IWANT follows).
+    fn heartbeat(&mut self, node: usize) {
+        let ids: u32 = self.nodes[node].recent.iter().sum();
+        let recent = &mut self.nodes[node].recent;
+        recent.rotate_right(1);
+        recent[0] = 0;
+        let outside = self.nodes[node].outside_mesh.len();
+        if ids == 0 || outside == 0 || !self.nodes[node].up {
+            return;
+        }
+        let targets = ((outside as f64 * GOSSIP_FACTOR).ceil() as usize)
+            .max(GOSSIP_LAZY)
+            .min(outside);
+        let wire = crate::wire::ihave(u64::from(ids), self.topic_len);
+        for k in 0..targets {
+            // A partial shuffle picks `targets` distinct peers.
+            let pick = self.rng.gen_range(k..outside);
+            self.nodes[node].outside_mesh.swap(k, pick);
+            let peer = self.nodes[node].outside_mesh[k];
+            if !self.connected(node, peer) || self.cut_off(node, peer) {
+                continue;
+            }
+            self.nodes[node].sent_bytes += wire.forward;
+            self.nodes[peer].received_bytes += wire.forward;
+            self.nodes[peer].sent_bytes += wire.back;
+            self.nodes[node].received_bytes += wire.back;
         }
     }
 
@@ -394,6 +485,11 @@ impl<'a> Sim<'a> {
         let bytes = message.to_bytes().len() as u64;
         self.batch_wire
             .push(crate::wire::gossip(bytes, self.topic_len));
+        self.batch_large.push(
+            crate::wire::message_protobuf_len(bytes, self.topic_len)
+                > crate::wire::IDONTWANT_THRESHOLD,
+        );
+        self.nodes[node].recent[0] += 1;
         let id = self.batches.len();
         self.log_of[node].push(id);
         let hashed = HashedBatch::new(batch);
@@ -731,11 +827,19 @@ impl<'a> Sim<'a> {
                 }
                 self.counters.delivered += 1;
                 self.nodes[to].received_bytes += self.batch_wire[batch].forward;
+                self.send_idontwant(to, from, batch);
                 // gossipsub drops a message it has seen before the node sees it.
                 if !self.mark_seen(to, batch) {
                     self.counters.duplicates += 1;
                     return;
                 }
+                self.nodes[to].recent[0] += 1;
+                let now = self.now;
+                let arrived = &mut self.nodes[to].arrived;
+                if arrived.len() >= ARRIVALS_KEPT {
+                    arrived.retain(|_, at| *at + ARRIVAL_MEMORY > now);
+                }
+                arrived.insert(batch, now);
                 if self.apply(to, batch) {
                     for i in 0..self.nodes[to].mesh.len() {
                         let peer = self.nodes[to].mesh[i];
@@ -792,6 +896,10 @@ impl<'a> Sim<'a> {
                 let bytes = self.answer_bytes(&answer);
                 self.nodes[node].received_bytes += crate::wire::quic(bytes).forward;
                 self.on_reply(node, answer);
+            }
+            Event::Heartbeat { node } => {
+                self.heartbeat(node);
+                self.schedule(self.now + HEARTBEAT, Event::Heartbeat { node });
             }
             Event::DeriveRetry { node } => {
                 if self.evaluators_out || !self.nodes[node].up {
@@ -1035,10 +1143,17 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 index,
                 revocations: RevocationState::default(),
                 heads: vec![0; count],
+                outside_mesh: connected
+                    .iter()
+                    .copied()
+                    .filter(|p| !peers.contains(p))
+                    .collect(),
+                recent: [0; HISTORY_GOSSIP],
                 mesh: peers,
                 connections: connected,
                 seen: Vec::new(),
                 in_flight: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
+                arrived: HashMap::with_hasher(ahash::RandomState::with_seeds(5, 6, 7, 8)),
                 up: !late[i],
                 sync: None,
                 refused_writes: Vec::new(),
@@ -1114,6 +1229,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         evaluators_out: false,
         batches: Vec::new(),
         batch_wire: Vec::new(),
+        batch_large: Vec::new(),
         records,
         topic_len: zorgmesh_protocol::gossip::locator_topic(NETWORK).len() as u64,
         batch_publisher: Vec::new(),
@@ -1142,6 +1258,13 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
     for node in 0..count {
         let first = sim.rng.gen_range(0..scenario.sync_interval_ms * MS);
         sim.schedule(first, Event::SyncTick { node });
+    }
+    // Heartbeats matter only where a node has peers outside its mesh.
+    for node in 0..count {
+        if !sim.nodes[node].outside_mesh.is_empty() {
+            let first = sim.rng.gen_range(0..HEARTBEAT);
+            sim.schedule(first, Event::Heartbeat { node });
+        }
     }
     for (i, fault) in scenario.faults.iter().enumerate() {
         let starts = match fault {

@@ -10,9 +10,12 @@
 //!   bytes of stream data, each with [`QUIC_PACKET_OVERHEAD`], acknowledged every second
 //!   packet by a packet of [`QUIC_ACK_PACKET`] bytes.
 //!
+//! gossipsub's control messages IHAVE (each heartbeat, to non-mesh peers) and IDONTWANT (for
+//! every copy of a large message received, to the other mesh peers) are counted too.
+//!
 //! Not modelled: connection set-up (TCP, noise and the membership handshake; QUIC with TLS),
-//! gossipsub's control messages (IHAVE, IWANT, GRAFT, PRUNE, IDONTWANT), retransmitted bytes
-//! and path-MTU probes. `scripts/sim-fidelity.sh` measures how far that leaves the model from
+//! IWANT (a node announced a message it has nearly always had it already), GRAFT and PRUNE,
+//! retransmitted bytes and path-MTU probes. `scripts/sim-fidelity.sh` measures how far that leaves the model from
 //! real nodes.
 
 /// A protobuf field's tag and length prefix for `len` bytes.
@@ -60,13 +63,18 @@ pub struct Transfer {
 
 /// A gossip message with `payload` bytes of data on topic `topic_len` bytes long.
 pub fn gossip(payload: u64, topic_len: u64) -> Transfer {
-    let message = field(PEER_ID_BYTES) // from
-        + field(payload) // data
-        + field(SEQNO_BYTES)
-        + field(topic_len)
-        + field(SIGNATURE_BYTES);
     // RPC { publish: [message] }, length-prefixed on the stream.
-    let rpc = field(message);
+    rpc_on_the_wire(field(message_protobuf_len(payload, topic_len)))
+}
+
+/// gossipsub's message ids here (the first 20 bytes of SHA-256 of the data).
+pub const MESSAGE_ID_BYTES: u64 = 20;
+/// gossipsub sends IDONTWANT for messages whose protobuf is longer than this (its default).
+pub const IDONTWANT_THRESHOLD: u64 = 1_000;
+
+/// A gossipsub RPC of `rpc_body` bytes on its own, through yamux, noise and TCP.
+fn rpc_on_the_wire(rpc_body: u64) -> Transfer {
+    let rpc = field(rpc_body);
     let framed = varint(rpc) + rpc + YAMUX_HEADER;
     let noise = framed + framed.div_ceil(NOISE_MAX_PAYLOAD) * NOISE_FRAME;
     let segments = noise.div_ceil(TCP_MSS).max(1);
@@ -74,6 +82,27 @@ pub fn gossip(payload: u64, topic_len: u64) -> Transfer {
         forward: noise + segments * TCP_IP_HEADERS,
         back: segments.div_ceil(2) * TCP_IP_HEADERS,
     }
+}
+
+/// The protobuf length of a gossip message with `payload` bytes of data.
+pub fn message_protobuf_len(payload: u64, topic_len: u64) -> u64 {
+    field(PEER_ID_BYTES)
+        + field(payload)
+        + field(SEQNO_BYTES)
+        + field(topic_len)
+        + field(SIGNATURE_BYTES)
+}
+
+/// An IDONTWANT control message for one message id.
+pub fn idontwant() -> Transfer {
+    let ids = field(MESSAGE_ID_BYTES);
+    rpc_on_the_wire(field(field(ids)))
+}
+
+/// An IHAVE control message announcing `ids` message ids on a topic `topic_len` long.
+pub fn ihave(ids: u64, topic_len: u64) -> Transfer {
+    let ihave = field(topic_len) + ids * field(MESSAGE_ID_BYTES);
+    rpc_on_the_wire(field(field(ihave)))
 }
 
 /// `payload` bytes of stream data over QUIC (a request or one answer).
