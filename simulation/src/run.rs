@@ -62,10 +62,9 @@ const HEARTBEAT: Micros = 500 * MS;
 const GOSSIP_LAZY: usize = 6;
 const GOSSIP_FACTOR: f64 = 0.25;
 const HISTORY_GOSSIP: usize = 3;
-/// First arrivals a node remembers for IDONTWANT before it forgets those older than
-/// [`ARRIVAL_MEMORY`] (by then every copy of a batch has long been sent).
-const ARRIVALS_KEPT: usize = 4096;
-const ARRIVAL_MEMORY: Micros = 10 * SECOND;
+/// How long a node remembers when a batch first reached it, for IDONTWANT (by then every
+/// copy but a retransmitted one has been sent); older arrivals are forgotten every as long.
+const ARRIVAL_MEMORY: Micros = 2 * SECOND;
 /// The key deriver's first and longest pause after the evaluators failed it.
 const DERIVE_PAUSE_FIRST: Micros = 100 * MS;
 const DERIVE_PAUSE_MAX: Micros = 10 * SECOND;
@@ -216,6 +215,8 @@ struct SimNode {
     seen: Vec<u64>,
     /// When recent batches first reached it (for its peers' IDONTWANT notices).
     arrived: HashMap<usize, Micros, ahash::RandomState>,
+    /// When it next forgets old arrivals.
+    forget_arrivals_at: Micros,
     /// Batches on their way to this node by gossip, with their earliest arrival.
     in_flight: HashMap<usize, Micros, ahash::RandomState>,
     up: bool,
@@ -835,11 +836,12 @@ impl<'a> Sim<'a> {
                 }
                 self.nodes[to].recent[0] += 1;
                 let now = self.now;
-                let arrived = &mut self.nodes[to].arrived;
-                if arrived.len() >= ARRIVALS_KEPT {
-                    arrived.retain(|_, at| *at + ARRIVAL_MEMORY > now);
+                let receiver = &mut self.nodes[to];
+                if now >= receiver.forget_arrivals_at {
+                    receiver.arrived.retain(|_, at| *at + ARRIVAL_MEMORY > now);
+                    receiver.forget_arrivals_at = now + ARRIVAL_MEMORY;
                 }
-                arrived.insert(batch, now);
+                receiver.arrived.insert(batch, now);
                 if self.apply(to, batch) {
                     for i in 0..self.nodes[to].mesh.len() {
                         let peer = self.nodes[to].mesh[i];
@@ -1154,6 +1156,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
                 seen: Vec::new(),
                 in_flight: HashMap::with_hasher(ahash::RandomState::with_seeds(1, 2, 3, 4)),
                 arrived: HashMap::with_hasher(ahash::RandomState::with_seeds(5, 6, 7, 8)),
+                forget_arrivals_at: ARRIVAL_MEMORY,
                 up: !late[i],
                 sync: None,
                 refused_writes: Vec::new(),
