@@ -121,12 +121,31 @@ fn fjall_bound(bound: Bound<&[u8]>, start: bool) -> Bound<Vec<u8>> {
     }
 }
 
+/// How long an open waits for sled's file lock: sled lets go of it from a background
+/// thread shortly after the last handle drops, so a store this process just closed (a check
+/// before a start) can still be locked for a moment. Another process's lock outlasts it.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Engine {
     /// Opens (or creates) the engine's store in `dir`. `Err` carries whether the store is
     /// in use by another process.
     pub fn open(dir: &Path, kind: EngineKind) -> Result<Self, OpenFailure> {
         match kind {
-            EngineKind::Sled => match sled::Config::new().path(dir).open() {
+            EngineKind::Sled => match open_sled(dir) {
                 Ok(db) => Ok(Self::Sled(db)),
                 Err(sled::Error::Io(e)) if e.to_string().contains("lock") => {
                     Err(OpenFailure::InUse(e.to_string()))
