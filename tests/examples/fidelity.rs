@@ -21,6 +21,7 @@
 
 use anyhow::{bail, Context};
 use serde_json::Value;
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -165,30 +166,8 @@ struct Counters {
     dropped: AtomicU64,
 }
 
-struct Queued {
-    due: Instant,
-    order: u64,
-    to: usize,
-    packet: Vec<u8>,
-}
-
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.order) == (other.due, other.order)
-    }
-}
-impl Eq for Queued {}
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        // Earliest first out of a max-heap.
-        (other.due, other.order).cmp(&(self.due, self.order))
-    }
-}
+/// A packet waiting in the switch: when it is due, its order of arrival, its destination.
+type Queued = (Instant, u64, usize, Vec<u8>);
 
 /// The switch: one reader thread per TUN device, one thread that writes each packet to its
 /// destination's device when it is due.
@@ -251,31 +230,29 @@ impl Switch {
         drop(tx);
         let writer_stop = stop.clone();
         threads.push(std::thread::spawn(move || {
-            let mut queue = BinaryHeap::new();
+            // Earliest first; `order` keeps packets of the same instant in arrival order.
+            let mut queue: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
             let mut order = 0u64;
             while !writer_stop.load(Ordering::Relaxed) {
                 let wait = queue
                     .peek()
-                    .map_or(Duration::from_millis(100), |q: &Queued| {
-                        q.due.saturating_duration_since(Instant::now())
+                    .map_or(Duration::from_millis(100), |Reverse(q)| {
+                        q.0.saturating_duration_since(Instant::now())
                     });
                 match rx.recv_timeout(wait) {
                     Ok((due, to, packet)) => {
                         order += 1;
-                        queue.push(Queued {
-                            due,
-                            order,
-                            to,
-                            packet,
-                        });
+                        queue.push(Reverse((due, order, to, packet)));
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
                 let now = Instant::now();
-                while queue.peek().is_some_and(|q| q.due <= now) {
-                    let Some(q) = queue.pop() else { break };
-                    let _ = devices[q.to].send(&q.packet);
+                while queue.peek().is_some_and(|Reverse(q)| q.0 <= now) {
+                    let Some(Reverse((_, _, to, packet))) = queue.pop() else {
+                        break;
+                    };
+                    let _ = devices[to].send(&packet);
                 }
             }
         }));
