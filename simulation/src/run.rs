@@ -275,6 +275,8 @@ struct Sim<'a> {
     ca_list: RevocationListBody,
     /// Nodes the CA revoked.
     revoked: Vec<bool>,
+    /// Whether the CA revoked anyone yet.
+    anyone_revoked: bool,
     evaluators_out: bool,
     /// Every batch cut, with its encoded size; by publisher, the batch ids in sequence order.
     batches: Vec<(HashedBatch, u64)>,
@@ -317,8 +319,16 @@ impl<'a> Sim<'a> {
     /// True when `a` talks to `b` at all: both up, and neither has cut the other off for
     /// a revocation.
     fn connected(&self, a: usize, b: usize) -> bool {
+        if !self.nodes[a].up || !self.nodes[b].up {
+            return false;
+        }
+        // Before the CA revoked anyone, no node refuses another (the common case, and the
+        // check costs two lookups per message).
+        if !self.anyone_revoked {
+            return true;
+        }
         let refuses = |x: usize, y: usize| self.nodes[x].revocations.is_revoked(&self.node_ids[y]);
-        self.nodes[a].up && self.nodes[b].up && !refuses(a, b) && !refuses(b, a)
+        !refuses(a, b) && !refuses(b, a)
     }
 
     /// When a message sent now from `a` reaches `b`, or `None` when it is lost. A lost
@@ -928,6 +938,7 @@ impl<'a> Sim<'a> {
                 Fault::Revoke { .. } => {
                     let node = self.fault_node(fault).expect("validated");
                     self.revoked[node] = true;
+                    self.anyone_revoked = true;
                     let revocation = Revocation {
                         node: self.node_ids[node],
                         name: self.node_names[node].clone(),
@@ -1229,6 +1240,7 @@ pub fn run_observed(scenario: &Scenario, seed: u64, observe: &mut dyn FnMut(Prog
         ca,
         ca_list: RevocationListBody::empty(NETWORK),
         revoked: vec![false; count],
+        anyone_revoked: false,
         evaluators_out: false,
         batches: Vec::new(),
         batch_wire: Vec::new(),
