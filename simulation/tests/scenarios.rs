@@ -117,6 +117,28 @@ fn a_mesh_connected_as_real_nodes_connect_converges_deterministically() {
 }
 
 #[test]
+fn every_example_scenario_is_valid() {
+    for (name, text) in [
+        ("small", include_str!("../scenarios/small.toml")),
+        ("thousand", include_str!("../scenarios/thousand.toml")),
+        ("national", include_str!("../scenarios/national.toml")),
+        (
+            "national-sweep",
+            include_str!("../scenarios/national-sweep.toml"),
+        ),
+    ] {
+        let scenario = Scenario::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(scenario.name, name);
+    }
+    let national = Scenario::parse(include_str!("../scenarios/national.toml")).unwrap();
+    assert_eq!(national.node_names().len(), 5000);
+    assert_eq!(
+        national.workload.patients * u64::from(national.workload.holders_per_patient),
+        90_000_000
+    );
+}
+
+#[test]
 fn bad_scenarios_are_refused_with_the_reason() {
     let text = include_str!("../scenarios/small.toml");
     let unknown = text.replace(
