@@ -691,8 +691,18 @@ async fn drive(
             },
         )
         .await?;
-    // A few heartbeats for the gossipsub meshes to settle.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The gossipsub meshes have settled when their GRAFT/PRUNE traffic stops: no gossip
+    // bytes for a second (polled, at most 30 s).
+    let gossip_total = || -> u64 { (1..=n).map(|h| switch.bytes(h, 0).1).sum() };
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut quiet_since) = (gossip_total(), Instant::now());
+    while quiet_since.elapsed() < Duration::from_secs(1) && Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = gossip_total();
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        }
+    }
     // Idle traffic, to take off the figures of the run.
     let total = |class: usize| -> u64 { (1..=n).map(|h| switch.bytes(h, class).1).sum() };
     let idle_from = (total(0), total(1), Instant::now());
